@@ -1,0 +1,95 @@
+-- Orders, their status history, stream cursors and quarantined records.
+-- Times are UTC text in one fixed format (YYYY-MM-DDTHH:MM:SS.ffffffZ) so they sort and compare as text.
+
+CREATE TABLE orders (
+    id                  INTEGER PRIMARY KEY,
+    provider            TEXT    NOT NULL,
+    account             TEXT    NOT NULL,
+    channel             TEXT    NOT NULL,
+    external_id         TEXT    NOT NULL,
+    status              TEXT,
+    payment_status      TEXT,
+    shipping_status     TEXT,
+    total_minor         INTEGER,
+    currency            TEXT,
+    upstream_created_at TEXT,
+    upstream_updated_at TEXT    NOT NULL,
+    payload             TEXT    NOT NULL,
+    first_seen_at       TEXT    NOT NULL,
+    synced_at           TEXT    NOT NULL,
+    UNIQUE (provider, account, channel, external_id)
+);
+
+CREATE INDEX orders_by_updated ON orders (provider, account, upstream_updated_at);
+
+CREATE TABLE order_events (
+    id                  INTEGER PRIMARY KEY,
+    order_id            INTEGER NOT NULL REFERENCES orders (id) ON DELETE CASCADE,
+    provider            TEXT    NOT NULL,
+    account             TEXT    NOT NULL,
+    channel             TEXT    NOT NULL,
+    external_id         TEXT    NOT NULL,
+    old_status          TEXT,
+    new_status          TEXT,
+    old_payment_status  TEXT,
+    new_payment_status  TEXT,
+    old_shipping_status TEXT,
+    new_shipping_status TEXT,
+    upstream_updated_at TEXT    NOT NULL,
+    observed_at         TEXT    NOT NULL
+);
+
+CREATE INDEX order_events_by_order ON order_events (order_id, id);
+
+-- The history is written by the database itself, in the same statement as the order, so no
+-- writer (ordersync or a person with SQL) can change a status without leaving a trace.
+CREATE TRIGGER orders_first_seen AFTER INSERT ON orders
+BEGIN
+    INSERT INTO order_events (order_id, provider, account, channel, external_id,
+        old_status, new_status, old_payment_status, new_payment_status,
+        old_shipping_status, new_shipping_status, upstream_updated_at, observed_at)
+    VALUES (NEW.id, NEW.provider, NEW.account, NEW.channel, NEW.external_id,
+        NULL, NEW.status, NULL, NEW.payment_status, NULL, NEW.shipping_status,
+        NEW.upstream_updated_at, NEW.synced_at);
+END;
+
+CREATE TRIGGER orders_status_changed AFTER UPDATE ON orders
+WHEN OLD.status IS NOT NEW.status
+  OR OLD.payment_status IS NOT NEW.payment_status
+  OR OLD.shipping_status IS NOT NEW.shipping_status
+BEGIN
+    INSERT INTO order_events (order_id, provider, account, channel, external_id,
+        old_status, new_status, old_payment_status, new_payment_status,
+        old_shipping_status, new_shipping_status, upstream_updated_at, observed_at)
+    VALUES (NEW.id, NEW.provider, NEW.account, NEW.channel, NEW.external_id,
+        OLD.status, NEW.status, OLD.payment_status, NEW.payment_status,
+        OLD.shipping_status, NEW.shipping_status, NEW.upstream_updated_at, NEW.synced_at);
+END;
+
+CREATE TABLE sync_cursors (
+    provider             TEXT    NOT NULL,
+    account              TEXT    NOT NULL,
+    resource             TEXT    NOT NULL,
+    cursor               TEXT,
+    cursor_updated_at    TEXT,
+    last_run_started_at  TEXT,
+    last_run_finished_at TEXT,
+    last_success_at      TEXT,
+    last_error           TEXT,
+    consecutive_failures INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (provider, account, resource)
+);
+
+CREATE TABLE quarantine (
+    id            INTEGER PRIMARY KEY,
+    provider      TEXT    NOT NULL,
+    account       TEXT    NOT NULL,
+    source        TEXT    NOT NULL,
+    error         TEXT    NOT NULL,
+    raw_body      TEXT    NOT NULL,
+    body_sha256   TEXT    NOT NULL,
+    first_seen_at TEXT    NOT NULL,
+    last_seen_at  TEXT    NOT NULL,
+    times_seen    INTEGER NOT NULL DEFAULT 1,
+    UNIQUE (provider, account, body_sha256)
+);

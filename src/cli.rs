@@ -1,0 +1,538 @@
+//! Command-line definitions and one function per subcommand.
+
+use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
+use clap::{Args, Parser, Subcommand};
+use ordersync::config::{Config, LogConfig, LogFormat};
+use ordersync::model::{ProviderKind, StreamKey};
+use ordersync::providers::graas::GraasClient;
+use ordersync::providers::http::{HttpClient, RateGate};
+use ordersync::sandbox::{Faults, Mutations, Sandbox, SandboxConfig};
+use ordersync::store::{self, Batch, Store};
+use ordersync::sync::{self, Daemon, StreamRunner};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ordersync",
+    version,
+    about = "Keeps your database in sync with the order systems you sell through."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args)]
+struct ConfigArg {
+    /// The TOML configuration file (see config.example.toml).
+    #[arg(long, short, env = "ORDERSYNC_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon: every configured stream on its schedule until SIGTERM or Ctrl-C.
+    Run {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Run every stream until it has caught up, print a summary, and exit.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Apply the database migrations and exit.
+    Migrate {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Check the configuration; print every problem with its key path.
+    CheckConfig {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Show each stream's cursor, lag, last run and last error.
+    Status {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Serve the simulated provider APIs, to test a setup against.
+    Sandbox(SandboxArgs),
+    /// Watch ordersync sync a built-in sandbox into a temporary SQLite database.
+    Demo(DemoArgs),
+    /// Graas tools.
+    Graas {
+        #[command(subcommand)]
+        command: GraasCommand,
+    },
+}
+
+#[derive(Debug, Args)]
+struct SandboxArgs {
+    #[arg(long, default_value = "127.0.0.1:8700")]
+    listen: SocketAddr,
+    /// Graas accounts to simulate.
+    #[arg(long, default_value_t = 2)]
+    accounts: usize,
+    /// Orders per account at start.
+    #[arg(long, default_value_t = 2_500)]
+    orders: usize,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Keep changing order statuses while serving.
+    #[arg(long)]
+    mutate: bool,
+    /// Serve every n-th order malformed.
+    #[arg(long)]
+    malformed_every: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+struct DemoArgs {
+    /// Stop after this long (e.g. `30s`); without it, run until Ctrl-C.
+    #[arg(long = "for", value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+    #[arg(long, default_value_t = 2)]
+    accounts: usize,
+    #[arg(long, default_value_t = 2_500)]
+    orders: usize,
+    /// Keep the SQLite database here instead of in a temporary directory.
+    #[arg(long)]
+    database: Option<PathBuf>,
+    /// Without the sandbox's faults (429s, 5xx, truncated bodies, slow pages).
+    #[arg(long)]
+    no_faults: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum GraasCommand {
+    /// Fetch one order from Graas, store it, and print it.
+    Get {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The account's `name` in the configuration.
+        #[arg(long)]
+        account: String,
+        /// The marketplace connection (`site.nickNameID`), e.g. `lazada-1`.
+        #[arg(long)]
+        channel: String,
+        #[arg(long)]
+        order: String,
+    },
+}
+
+pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run { config, once } => run(config, once).await,
+        Command::Migrate { config } => migrate(config).await,
+        Command::CheckConfig { config } => Ok(check_config(config)),
+        Command::Status { config } => status(config).await,
+        Command::Sandbox(args) => sandbox(args).await,
+        Command::Demo(args) => demo(args).await,
+        Command::Graas {
+            command:
+                GraasCommand::Get {
+                    config,
+                    account,
+                    channel,
+                    order,
+                },
+        } => graas_get(config, &account, &channel, &order).await,
+    }
+}
+
+fn load(config: &ConfigArg) -> anyhow::Result<Config> {
+    Config::load(config.config.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn init_logging(log: &LogConfig) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&log.level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match log.format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    let store = store::open(&config.database).await?;
+    store.migrate().await?;
+    Ok(store)
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = tokio::signal::ctrl_c() => {},
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn run(config: ConfigArg, once: bool) -> anyhow::Result<ExitCode> {
+    let config = load(&config)?;
+    init_logging(&config.log);
+    let store = open_store(&config).await?;
+    let runners = sync::build_runners(&config, &store)?;
+    if runners.is_empty() {
+        tracing::warn!("no enabled accounts in the configuration; nothing to sync");
+    }
+    let mut failed = false;
+    if once {
+        let started = Instant::now();
+        let cancel = CancellationToken::new();
+        let on_signal = cancel.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            on_signal.cancel();
+        });
+        for (stream, result) in sync::run_until_caught_up(&runners, &cancel).await {
+            let line = match result {
+                Ok(run) => serde_json::json!({
+                    "stream": stream.to_string(), "written": run.written, "unchanged": run.unchanged,
+                    "quarantined": run.quarantined, "requests": run.requests, "cursor": run.cursor,
+                    "interrupted": run.interrupted,
+                }),
+                Err(error) => {
+                    failed = true;
+                    serde_json::json!({"stream": stream.to_string(), "error": error.to_string()})
+                }
+            };
+            println!("{line}");
+        }
+        println!(
+            "{}",
+            serde_json::json!({
+                "elapsed_ms": started.elapsed().as_millis() as u64,
+                "peak_rss_kb": peak_rss_kb(),
+            })
+        );
+    } else {
+        let daemon = Daemon::start(runners).await?;
+        tracing::info!(streams = daemon.runners().len(), "ordersync running");
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing the current transactions");
+        daemon.shutdown().await;
+    }
+    store.close().await;
+    tracing::info!("stopped");
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// The process's peak resident set (VmHWM) in KiB, where /proc tells it.
+fn peak_rss_kb() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+async fn migrate(config: ConfigArg) -> anyhow::Result<ExitCode> {
+    let config = load(&config)?;
+    init_logging(&config.log);
+    let store = open_store(&config).await?;
+    store.close().await;
+    println!("migrations applied");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check_config(config: ConfigArg) -> ExitCode {
+    match Config::load(config.config.as_deref()) {
+        Ok(config) => {
+            println!(
+                "configuration is valid: {:?} database, {} Graas account(s)",
+                config.database.backend,
+                config.graas.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprint!("{error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn status(config: ConfigArg) -> anyhow::Result<ExitCode> {
+    let config = load(&config)?;
+    let store = open_store(&config).await?;
+    let streams = store.streams().await?;
+    store.close().await;
+    let now = Utc::now();
+    let ago = |t: Option<DateTime<Utc>>| {
+        t.map(|t| format!("{}s ago", (now - t).num_seconds()))
+            .unwrap_or_else(|| "never".into())
+    };
+    println!(
+        "{:<36} {:>12} {:>14} {:>14}  last error",
+        "stream", "lag", "last run", "last success"
+    );
+    for s in streams {
+        let lag = s
+            .cursor
+            .as_deref()
+            .and_then(|c| c.parse::<i64>().ok())
+            .map(|c| format!("{}s", now.timestamp() - c))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:<36} {:>12} {:>14} {:>14}  {}",
+            s.stream.to_string(),
+            lag,
+            ago(s.last_run_started_at),
+            ago(s.last_success_at),
+            s.last_error.unwrap_or_default()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn sandbox(args: SandboxArgs) -> anyhow::Result<ExitCode> {
+    init_logging(&LogConfig {
+        level: "info".into(),
+        format: LogFormat::Text,
+    });
+    let mut config = SandboxConfig::graas(args.accounts, args.orders);
+    config.seed = args.seed;
+    config.malformed_every = args.malformed_every;
+    config.mutations = args.mutate.then(Mutations::default);
+    let accounts = config.graas.clone();
+    let sandbox = Sandbox::start(args.listen, config)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    println!("sandbox listening on {}", sandbox.base_url());
+    for account in &accounts {
+        println!(
+            "graas account_number={} app_key={} orders={}",
+            account.account_number, account.app_key, account.orders
+        );
+    }
+    println!(
+        "statistics: GET {0}/_sandbox/graas/stats   faults: PUT {0}/_sandbox/graas/faults",
+        sandbox.base_url()
+    );
+    shutdown_signal().await;
+    sandbox.stop().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The configuration `ordersync demo` runs with: the sandbox's accounts, fast schedules.
+fn demo_config(sandbox: &Sandbox, spec: &SandboxConfig, database_url: &str) -> String {
+    let start = Utc::now() - chrono::Duration::seconds(spec.history_secs + 3600);
+    let mut text = format!(
+        "[database]\nurl = \"{database_url}\"\n\n[log]\nlevel = \"warn\"\n\n[http]\nrequest_timeout = \"2s\"\nmin_backoff = \"100ms\"\nmax_backoff = \"2s\"\n"
+    );
+    for (i, account) in spec.graas.iter().enumerate() {
+        text.push_str(&format!(
+            "\n[[graas]]\nname = \"shop-{n}\"\nbase_url = \"{url}\"\naccount_number = \"{number}\"\napp_key = \"{key}\"\nschedule = \"*/2 * * * * *\"\nlookback = \"1m\"\nsettle = \"2s\"\npage_size = 200\nstart_from = \"{start}\"\nmax_window = \"1d\"\nrate_limit = \"40/s\"\n",
+            n = i + 1,
+            url = sandbox.base_url(),
+            number = account.account_number,
+            key = account.app_key,
+            start = start.to_rfc3339(),
+        ));
+    }
+    text
+}
+
+async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    let mut spec = SandboxConfig::graas(args.accounts, args.orders);
+    spec.malformed_every = Some(997);
+    spec.mutations = Some(Mutations::default());
+    if !args.no_faults {
+        spec.faults = Faults {
+            rate_limit_per_sec: Some(50),
+            retry_after_secs: 1,
+            server_error_ratio: 0.03,
+            slow_ratio: 0.01,
+            slow_ms: 3_000,
+            truncate_ratio: 0.02,
+        };
+    }
+    let sandbox = Sandbox::start(([127, 0, 0, 1], 0).into(), spec.clone()).await?;
+    let temp = tempfile::tempdir()?;
+    let path = args
+        .database
+        .clone()
+        .unwrap_or_else(|| temp.path().join("ordersync-demo.db"));
+    let url = format!("sqlite://{}", path.display());
+    let config = Config::from_toml(&demo_config(&sandbox, &spec, &url))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    init_logging(&config.log);
+    let store = open_store(&config).await?;
+    let runners = sync::build_runners(&config, &store)?;
+    println!(
+        "ordersync demo: {} sandbox Graas account(s) of {} orders at {} (faults {}), database {}",
+        args.accounts,
+        args.orders,
+        sandbox.base_url(),
+        if args.no_faults { "off" } else { "on" },
+        path.display()
+    );
+    println!("Ctrl-C to stop.\n");
+    let daemon = Daemon::start(runners.clone()).await?;
+    let started = Instant::now();
+    let stop = async {
+        match args.duration {
+            Some(limit) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(limit) => {},
+                    _ = shutdown_signal() => {},
+                }
+            }
+            None => shutdown_signal().await,
+        }
+    };
+    tokio::pin!(stop);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = tick.tick() => print_progress(&runners, started),
+        }
+    }
+    daemon.shutdown().await;
+    sandbox.graas().set_mutating(false);
+    println!("\nsummary after {:.0}s:", started.elapsed().as_secs_f64());
+    let mut all_match = true;
+    for (runner, account) in runners.iter().zip(&spec.graas) {
+        let stored = store
+            .orders_of(ProviderKind::Graas.as_str(), &runner.stream().account)
+            .await?;
+        let truth = sandbox.graas().truth(&account.account_number);
+        let quarantined = store
+            .quarantine_count(ProviderKind::Graas.as_str(), &runner.stream().account)
+            .await?;
+        let stats = sandbox
+            .graas()
+            .stats(&account.account_number)
+            .unwrap_or_default();
+        let p = runner.progress().snapshot();
+        println!(
+            "  {}: {} orders stored, {} quarantined, sandbox holds {} ({} created or changed while running); {} requests, {} answered 429, {} 5xx, {} truncated",
+            runner.stream().account,
+            stored.len(),
+            quarantined,
+            truth.len(),
+            stats.changes,
+            p.requests,
+            stats.over_limit,
+            stats.server_errors,
+            stats.truncated,
+        );
+        all_match &= stored.len() as i64 + quarantined >= truth.len() as i64 - stats.changes as i64;
+    }
+    store.close().await;
+    sandbox.stop().await;
+    if args.database.is_none() {
+        println!("(the temporary database is removed; pass --database PATH to keep it)");
+    }
+    Ok(if all_match {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn print_progress(runners: &[Arc<StreamRunner>], started: Instant) {
+    let now = Utc::now().timestamp();
+    for runner in runners {
+        let p = runner.progress().snapshot();
+        let lag = if p.cursor > 0 {
+            format!("{}s", now - p.cursor)
+        } else {
+            "-".into()
+        };
+        println!(
+            "[{:>4.0}s] {:<10} written {:>7}  unchanged {:>7}  quarantined {:>3}  requests {:>6}  cursor lag {:>9}  runs {:>3} ({} failed){}",
+            started.elapsed().as_secs_f64(),
+            runner.stream().account,
+            p.written,
+            p.unchanged,
+            p.quarantined,
+            p.requests,
+            lag,
+            p.runs,
+            p.failed_runs,
+            p.last_error
+                .map(|e| format!("  last error: {e}"))
+                .unwrap_or_default(),
+        );
+    }
+}
+
+async fn graas_get(
+    config: ConfigArg,
+    account: &str,
+    channel: &str,
+    order_id: &str,
+) -> anyhow::Result<ExitCode> {
+    let config = load(&config)?;
+    init_logging(&config.log);
+    let Some(settings) = config.graas.iter().find(|a| a.name == account) else {
+        let known: Vec<&str> = config.graas.iter().map(|a| a.name.as_str()).collect();
+        bail!("--account `{account}` is not in the configuration; known Graas accounts: {known:?}");
+    };
+    let http = HttpClient::new(&config.http)?;
+    let client = GraasClient::new(http, Arc::new(RateGate::new(settings.rate_limit)), settings);
+    let Some(order) = client.order(channel, order_id).await? else {
+        bail!("Graas has no order {order_id} on channel {channel} (HTTP 404)");
+    };
+    let store = open_store(&config).await?;
+    let stream = StreamKey {
+        provider: ProviderKind::Graas,
+        account: account.to_owned(),
+        resource: "orders".to_owned(),
+    };
+    let outcome = store
+        .commit_batch(&Batch {
+            stream: &stream,
+            orders: std::slice::from_ref(&order),
+            quarantined: &[],
+            cursor: None,
+            seen_at: Utc::now(),
+        })
+        .await?;
+    store.close().await;
+    eprintln!(
+        "{} {}/{}: status {:?}, updated {}; {}",
+        account,
+        order.key.channel,
+        order.key.external_id,
+        order.status,
+        order.upstream_updated_at,
+        if outcome.written == 1 {
+            "stored"
+        } else {
+            "already up to date"
+        }
+    );
+    println!("{}", order.payload);
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,748 @@
+//! Configuration: one TOML file, `ORDERSYNC_…` environment overrides, secrets from env or files.
+//!
+//! Loading happens in two steps. Figment + serde read the file into [`RawConfig`] (types and unknown
+//! keys are checked there); [`RawConfig::validate`] then parses every value into its typed form and
+//! collects *all* problems, each with its key path, so a user fixes a file in one pass.
+
+use chrono::{DateTime, Utc};
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::Deserialize;
+use std::collections::HashSet;
+use std::fmt;
+use std::num::NonZeroU32;
+use std::path::Path;
+use std::time::Duration;
+use url::Url;
+
+/// Environment variables starting with this override file keys; `__` separates nesting levels.
+pub const ENV_PREFIX: &str = "ORDERSYNC_";
+
+/// A secret value. Its `Debug` and `Display` never show the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    /// The value itself, for the one place that must send it upstream.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// A request rate such as `5/s` or `200/m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub requests: NonZeroU32,
+    pub per: Duration,
+}
+
+impl RateLimit {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let help = "write it as COUNT/UNIT, e.g. `5/s`, `300/m` or `1000/h`";
+        let (count, unit) = text
+            .split_once('/')
+            .ok_or_else(|| format!("`{text}` is not a rate: {help}"))?;
+        let requests: NonZeroU32 = count
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{count}` is not a positive whole number: {help}"))?;
+        let per = match unit.trim() {
+            "s" | "sec" | "second" => Duration::from_secs(1),
+            "m" | "min" | "minute" => Duration::from_secs(60),
+            "h" | "hour" => Duration::from_secs(3600),
+            other => return Err(format!("unknown unit `{other}`: {help}")),
+        };
+        Ok(RateLimit { requests, per })
+    }
+
+    /// The steady gap between two requests at this rate.
+    pub fn interval(&self) -> Duration {
+        self.per / self.requests.get()
+    }
+
+    pub fn per_second(&self) -> f64 {
+        f64::from(self.requests.get()) / self.per.as_secs_f64()
+    }
+}
+
+/// One problem in the configuration, with the key it concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Everything wrong with a configuration, in file order.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub problems: Vec<ConfigProblem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let count = self.problems.len();
+        writeln!(
+            f,
+            "the configuration has {count} problem{}:",
+            if count == 1 { "" } else { "s" }
+        )?;
+        for problem in &self.problems {
+            writeln!(f, "  - {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ConfigError {
+    fn single(path: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            problems: vec![ConfigProblem {
+                path: path.into(),
+                message: message.into(),
+            }],
+        }
+    }
+
+    fn from_figment(error: figment::Error) -> Self {
+        let problems = error
+            .into_iter()
+            .map(|e| {
+                let path = if e.path.is_empty() {
+                    "(top level)".to_owned()
+                } else {
+                    e.path.join(".")
+                };
+                let source = e
+                    .metadata
+                    .as_ref()
+                    .map(|m| format!(" (from {})", m.name))
+                    .unwrap_or_default();
+                ConfigProblem {
+                    path,
+                    message: format!("{}{source}", e.kind),
+                }
+            })
+            .collect();
+        ConfigError { problems }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The file as written.
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub database: RawDatabase,
+    #[serde(default)]
+    pub log: RawLog,
+    #[serde(default)]
+    pub http: RawHttp,
+    #[serde(default)]
+    pub graas: Vec<RawGraasAccount>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDatabase {
+    #[serde(default = "default_database_url")]
+    pub url: String,
+    pub schema: Option<String>,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+}
+
+impl Default for RawDatabase {
+    fn default() -> Self {
+        RawDatabase {
+            url: default_database_url(),
+            schema: None,
+            max_connections: default_max_connections(),
+        }
+    }
+}
+
+fn default_database_url() -> String {
+    "sqlite://ordersync.db".to_owned()
+}
+fn default_max_connections() -> u32 {
+    8
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    #[serde(default = "default_log_level")]
+    pub level: String,
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog {
+            level: default_log_level(),
+            format: LogFormat::default(),
+        }
+    }
+}
+
+fn default_log_level() -> String {
+    "info".to_owned()
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp {
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: String,
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout: String,
+    #[serde(default = "default_max_retries")]
+    pub max_retries: usize,
+    #[serde(default = "default_min_backoff")]
+    pub min_backoff: String,
+    #[serde(default = "default_max_backoff")]
+    pub max_backoff: String,
+}
+
+impl Default for RawHttp {
+    fn default() -> Self {
+        RawHttp {
+            connect_timeout: default_connect_timeout(),
+            request_timeout: default_request_timeout(),
+            max_retries: default_max_retries(),
+            min_backoff: default_min_backoff(),
+            max_backoff: default_max_backoff(),
+        }
+    }
+}
+
+fn default_connect_timeout() -> String {
+    "5s".to_owned()
+}
+fn default_request_timeout() -> String {
+    "30s".to_owned()
+}
+fn default_max_retries() -> usize {
+    8
+}
+fn default_min_backoff() -> String {
+    "1s".to_owned()
+}
+fn default_max_backoff() -> String {
+    "60s".to_owned()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGraasAccount {
+    pub name: String,
+    pub base_url: String,
+    pub account_number: String,
+    pub app_key: String,
+    #[serde(default = "default_graas_schedule")]
+    pub schedule: String,
+    #[serde(default = "default_lookback")]
+    pub lookback: String,
+    #[serde(default = "default_settle")]
+    pub settle: String,
+    #[serde(default = "default_page_size")]
+    pub page_size: u32,
+    pub start_from: String,
+    #[serde(default = "default_max_window")]
+    pub max_window: String,
+    #[serde(default = "default_graas_rate")]
+    pub rate_limit: String,
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+fn default_graas_schedule() -> String {
+    "*/30 * * * * *".to_owned()
+}
+fn default_lookback() -> String {
+    "10m".to_owned()
+}
+fn default_settle() -> String {
+    "30s".to_owned()
+}
+fn default_page_size() -> u32 {
+    100
+}
+fn default_max_window() -> String {
+    "1d".to_owned()
+}
+fn default_graas_rate() -> String {
+    "5/s".to_owned()
+}
+fn default_true() -> bool {
+    true
+}
+
+// ---------------------------------------------------------------------------------------------
+// The validated, typed configuration.
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database: DatabaseConfig,
+    pub log: LogConfig,
+    pub http: HttpConfig,
+    pub graas: Vec<GraasAccount>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    /// The connection URL; may hold a password, so it is a secret.
+    pub url: Secret,
+    pub backend: Backend,
+    pub schema: Option<String>,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub max_retries: usize,
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct GraasAccount {
+    pub name: String,
+    pub base_url: Url,
+    pub account_number: String,
+    pub app_key: Secret,
+    pub schedule: String,
+    pub lookback: Duration,
+    pub settle: Duration,
+    pub page_size: u32,
+    pub start_from: DateTime<Utc>,
+    pub max_window: Duration,
+    pub rate_limit: RateLimit,
+    pub enabled: bool,
+}
+
+impl Config {
+    /// Reads `path` (when given) and the `ORDERSYNC_…` environment, then validates.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::new();
+        if let Some(path) = path {
+            if !path.is_file() {
+                return Err(ConfigError::single(
+                    "(file)",
+                    format!(
+                        "{} does not exist or is not a file; pass --config with the path of your TOML file (see config.example.toml)",
+                        path.display()
+                    ),
+                ));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        Self::from_figment(figment.merge(Env::prefixed(ENV_PREFIX).split("__")))
+    }
+
+    /// Parses a TOML text (with no environment overrides): for the demo and tests.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        Self::from_figment(Figment::from(Toml::string(text)))
+    }
+
+    fn from_figment(figment: Figment) -> Result<Config, ConfigError> {
+        let raw: RawConfig = figment.extract().map_err(ConfigError::from_figment)?;
+        raw.validate()
+    }
+}
+
+/// Collects problems while values are parsed, so one run reports all of them.
+#[derive(Default)]
+struct Problems(Vec<ConfigProblem>);
+
+impl Problems {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigProblem {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    fn duration(&mut self, path: String, text: &str) -> Duration {
+        humantime::parse_duration(text.trim()).unwrap_or_else(|e| {
+            self.push(
+                path,
+                format!("`{text}` is not a duration ({e}); write e.g. `30s`, `10m`, `1d`"),
+            );
+            Duration::ZERO
+        })
+    }
+
+    fn secret(&mut self, path: String, text: &str) -> Secret {
+        match resolve_secret(text) {
+            Ok(secret) => secret,
+            Err(message) => {
+                self.push(path, message);
+                Secret::new(String::new())
+            }
+        }
+    }
+}
+
+/// Resolves `env:NAME`, `file:/path` or a literal value.
+pub fn resolve_secret(text: &str) -> Result<Secret, String> {
+    if let Some(name) = text.strip_prefix("env:") {
+        return match std::env::var(name) {
+            Ok(value) if !value.is_empty() => Ok(Secret::new(value)),
+            Ok(_) => Err(format!(
+                "environment variable {name} is empty; set it to the secret"
+            )),
+            Err(_) => Err(format!(
+                "environment variable {name} is not set; export it or use `file:/path` instead"
+            )),
+        };
+    }
+    if let Some(path) = text.strip_prefix("file:") {
+        return match std::fs::read_to_string(path) {
+            // Mounted secret files usually end with a newline that is not part of the secret.
+            Ok(value) if !value.trim_end_matches(['\r', '\n']).is_empty() => {
+                Ok(Secret::new(value.trim_end_matches(['\r', '\n'])))
+            }
+            Ok(_) => Err(format!("secret file {path} is empty")),
+            Err(e) => Err(format!("cannot read secret file {path}: {e}")),
+        };
+    }
+    if text.is_empty() {
+        return Err("is empty; give the value, `env:NAME` or `file:/path`".to_owned());
+    }
+    Ok(Secret::new(text))
+}
+
+/// Checks a cron expression the way the scheduler will parse it (six fields, seconds first).
+pub fn check_schedule(expr: &str) -> Result<(), String> {
+    tokio_cron_scheduler::Job::new_async(expr, |_, _| Box::pin(async {}))
+        .map(|_| ())
+        .map_err(|e| {
+            format!(
+                "`{expr}` is not a cron expression ({e:?}); use six fields with seconds first, e.g. `*/30 * * * * *`"
+            )
+        })
+}
+
+fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+impl RawConfig {
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let mut p = Problems::default();
+
+        let database = {
+            let url = self.database.url.trim().to_owned();
+            let backend = if url.starts_with("sqlite:") {
+                Backend::Sqlite
+            } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+                Backend::Postgres
+            } else {
+                p.push(
+                    "database.url",
+                    "must start with `sqlite:` (e.g. `sqlite://ordersync.db`) or `postgres://`",
+                );
+                Backend::Sqlite
+            };
+            if backend == Backend::Postgres && Url::parse(&url).is_err() {
+                p.push(
+                    "database.url",
+                    "is not a valid URL; write postgres://USER[:PASSWORD]@HOST:PORT/DATABASE",
+                );
+            }
+            if let Some(schema) = &self.database.schema {
+                if backend == Backend::Sqlite {
+                    p.push(
+                        "database.schema",
+                        "applies to Postgres only; remove it for SQLite",
+                    );
+                } else if !is_valid_name(schema) || schema.contains(['-', '.']) {
+                    p.push(
+                        "database.schema",
+                        format!("`{schema}` must be letters, digits and `_` only"),
+                    );
+                }
+            }
+            if self.database.max_connections == 0 {
+                p.push("database.max_connections", "must be at least 1");
+            }
+            DatabaseConfig {
+                url: Secret::new(url),
+                backend,
+                schema: self.database.schema,
+                max_connections: self.database.max_connections.max(1),
+            }
+        };
+
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            p.push(
+                "log.level",
+                format!(
+                    "`{}` is not a log filter; use error, warn, info, debug or e.g. `ordersync=debug`",
+                    self.log.level
+                ),
+            );
+        }
+        let log = LogConfig {
+            level: self.log.level,
+            format: self.log.format,
+        };
+
+        let http = HttpConfig {
+            connect_timeout: p.duration("http.connect_timeout".into(), &self.http.connect_timeout),
+            request_timeout: p.duration("http.request_timeout".into(), &self.http.request_timeout),
+            max_retries: self.http.max_retries,
+            min_backoff: p.duration("http.min_backoff".into(), &self.http.min_backoff),
+            max_backoff: p.duration("http.max_backoff".into(), &self.http.max_backoff),
+        };
+        if http.request_timeout.is_zero() {
+            p.push("http.request_timeout", "must be longer than zero");
+        }
+        if http.max_backoff < http.min_backoff {
+            p.push(
+                "http.max_backoff",
+                "must not be shorter than http.min_backoff",
+            );
+        }
+
+        let mut names = HashSet::new();
+        let mut graas = Vec::with_capacity(self.graas.len());
+        for (i, raw) in self.graas.into_iter().enumerate() {
+            let at = |key: &str| format!("graas[{i}].{key}");
+            if !is_valid_name(&raw.name) {
+                p.push(
+                    at("name"),
+                    format!(
+                        "`{}` must be 1-64 characters of letters, digits, `-`, `_` or `.`",
+                        raw.name
+                    ),
+                );
+            }
+            if !names.insert(raw.name.clone()) {
+                p.push(
+                    at("name"),
+                    format!(
+                        "`{}` is used by another [[graas]] account; names must be unique",
+                        raw.name
+                    ),
+                );
+            }
+            let base_url = match Url::parse(raw.base_url.trim()) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => Some(url),
+                Ok(_) | Err(_) => {
+                    p.push(
+                        at("base_url"),
+                        format!(
+                            "`{}` is not an http(s) URL; write e.g. `https://api.graas.example`",
+                            raw.base_url
+                        ),
+                    );
+                    None
+                }
+            };
+            if raw.account_number.trim().is_empty() {
+                p.push(
+                    at("account_number"),
+                    "is empty; set the Graas account number",
+                );
+            }
+            let app_key = p.secret(at("app_key"), &raw.app_key);
+            if let Err(message) = check_schedule(&raw.schedule) {
+                p.push(at("schedule"), message);
+            }
+            let lookback = p.duration(at("lookback"), &raw.lookback);
+            let settle = p.duration(at("settle"), &raw.settle);
+            let max_window = p.duration(at("max_window"), &raw.max_window);
+            if max_window < Duration::from_secs(2) {
+                p.push(at("max_window"), "must be at least 2s");
+            }
+            if raw.page_size == 0 || raw.page_size > 10_000 {
+                p.push(at("page_size"), "must be between 1 and 10000");
+            }
+            let start_from = match DateTime::parse_from_rfc3339(raw.start_from.trim()) {
+                Ok(t) => t.with_timezone(&Utc),
+                Err(e) => {
+                    p.push(
+                        at("start_from"),
+                        format!(
+                            "`{}` is not an RFC 3339 time ({e}); write e.g. `2024-01-01T00:00:00Z`",
+                            raw.start_from
+                        ),
+                    );
+                    DateTime::<Utc>::UNIX_EPOCH
+                }
+            };
+            let rate_limit = RateLimit::parse(&raw.rate_limit).unwrap_or_else(|message| {
+                p.push(at("rate_limit"), message);
+                RateLimit {
+                    requests: NonZeroU32::MIN,
+                    per: Duration::from_secs(1),
+                }
+            });
+            // With no URL there is already a problem recorded, so the account is not needed.
+            let Some(base_url) = base_url else { continue };
+            graas.push(GraasAccount {
+                name: raw.name,
+                base_url,
+                account_number: raw.account_number.trim().to_owned(),
+                app_key,
+                schedule: raw.schedule,
+                lookback,
+                settle,
+                page_size: raw.page_size.clamp(1, 10_000),
+                start_from,
+                max_window,
+                rate_limit,
+                enabled: raw.enabled,
+            });
+        }
+
+        if p.0.is_empty() {
+            Ok(Config {
+                database,
+                log,
+                http,
+                graas,
+            })
+        } else {
+            Err(ConfigError { problems: p.0 })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [[graas]]
+        name = "sg-shop"
+        base_url = "http://127.0.0.1:9"
+        account_number = "5a4e44b3a67a6d000489e5a8"
+        app_key = "literal-key"
+        start_from = "2024-01-01T00:00:00Z"
+    "#;
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let config = Config::from_toml(MINIMAL).unwrap();
+        assert_eq!(config.database.backend, Backend::Sqlite);
+        let account = &config.graas[0];
+        assert_eq!(account.lookback, Duration::from_secs(600));
+        assert_eq!(account.settle, Duration::from_secs(30));
+        assert_eq!(account.page_size, 100);
+        assert_eq!(account.rate_limit.per_second(), 5.0);
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key_path() {
+        let text = r#"
+            [database]
+            url = "mysql://nope"
+            [[graas]]
+            name = "sg shop"
+            base_url = "not a url"
+            account_number = "x"
+            app_key = "env:ORDERSYNC_TEST_SURELY_UNSET_VAR"
+            start_from = "yesterday"
+            schedule = "every minute"
+            lookback = "ten minutes"
+            rate_limit = "5 per second"
+        "#;
+        let err = Config::from_toml(text).unwrap_err();
+        let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
+        for expected in [
+            "database.url",
+            "graas[0].name",
+            "graas[0].base_url",
+            "graas[0].app_key",
+            "graas[0].start_from",
+            "graas[0].schedule",
+            "graas[0].lookback",
+            "graas[0].rate_limit",
+        ] {
+            assert!(paths.contains(&expected), "{expected} missing in {paths:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_key_is_an_error() {
+        let err = Config::from_toml(&format!("{MINIMAL}\npage_sise = 10\n")).unwrap_err();
+        assert!(err.to_string().contains("page_sise"), "{err}");
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug() {
+        let config = Config::from_toml(MINIMAL).unwrap();
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("literal-key"));
+        assert!(shown.contains("[redacted]"));
+    }
+
+    #[test]
+    fn secret_from_file_drops_trailing_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        std::fs::write(&path, "s3cret\n").unwrap();
+        let secret = resolve_secret(&format!("file:{}", path.display())).unwrap();
+        assert_eq!(secret.expose(), "s3cret");
+    }
+
+    #[test]
+    fn rate_limits_parse() {
+        assert_eq!(RateLimit::parse("300/m").unwrap().per_second(), 5.0);
+        assert!(RateLimit::parse("0/s").is_err());
+        assert!(RateLimit::parse("5/fortnight").is_err());
+    }
+}

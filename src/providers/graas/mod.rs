@@ -1,0 +1,166 @@
+//! Graas: orders read by time window (`GET /v1/orders`) and one at a time
+//! (`GET /v1/order/{nickNameID}/{orderID}`). Contract: `shared/providers/graas.md`.
+
+pub mod wire;
+
+use super::http::{HttpClient, RateGate, Response};
+use super::{ProviderError, TimeWindow, WindowPage, WindowSource};
+use crate::config::{GraasAccount, Secret};
+use crate::model::{Order, ProviderKind, Quarantined, StreamKey};
+use async_trait::async_trait;
+use serde_json::value::RawValue;
+use std::sync::Arc;
+use url::Url;
+
+const PROVIDER: &str = "graas";
+
+/// The resource name of the order stream in `sync_cursors`.
+pub const ORDERS_RESOURCE: &str = "orders";
+
+/// One configured Graas account's API.
+pub struct GraasClient {
+    http: HttpClient,
+    gate: Arc<RateGate>,
+    stream: StreamKey,
+    base_url: Url,
+    account_number: String,
+    app_key: Secret,
+}
+
+impl GraasClient {
+    pub fn new(http: HttpClient, gate: Arc<RateGate>, account: &GraasAccount) -> Self {
+        GraasClient {
+            http,
+            gate,
+            stream: StreamKey {
+                provider: ProviderKind::Graas,
+                account: account.name.clone(),
+                resource: ORDERS_RESOURCE.to_owned(),
+            },
+            base_url: account.base_url.clone(),
+            account_number: account.account_number.clone(),
+            app_key: account.app_key.clone(),
+        }
+    }
+
+    pub fn gate(&self) -> &Arc<RateGate> {
+        &self.gate
+    }
+
+    fn url(&self, path: &str) -> Result<Url, ProviderError> {
+        let base = self.base_url.as_str().trim_end_matches('/');
+        Url::parse(&format!("{base}{path}"))
+            .map_err(|e| ProviderError::Transport(format!("cannot build the URL for {path}: {e}")))
+    }
+
+    fn request(&self, client: &reqwest::Client, url: &Url) -> reqwest::RequestBuilder {
+        client
+            .get(url.clone())
+            .header("accountNumber", &self.account_number)
+            .header("appKey", self.app_key.expose())
+            .header(reqwest::header::ACCEPT, "application/json")
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+    }
+
+    /// `GET /v1/order/{nickNameID}/{orderID}`; `None` when Graas does not know the order.
+    pub async fn order(
+        &self,
+        channel: &str,
+        order_id: &str,
+    ) -> Result<Option<Order>, ProviderError> {
+        let mut url = self.url("/v1/order")?;
+        url.path_segments_mut()
+            .map_err(|()| ProviderError::Transport("base_url cannot take a path".into()))?
+            .push(channel)
+            .push(order_id);
+        let what = format!("GET /v1/order/{channel}/{order_id}");
+        let result = self
+            .http
+            .send(
+                PROVIDER,
+                &self.gate,
+                &what,
+                |client| self.request(client, &url),
+                |response| {
+                    let raw: Box<RawValue> = serde_json::from_slice(&response.body)
+                        .map_err(|e| ProviderError::Malformed(format!("{what}: {e}")))?;
+                    wire::map_order(&self.stream.account, &raw)
+                        .map_err(|e| ProviderError::Malformed(format!("{what}: {e}")))
+                },
+            )
+            .await;
+        match result {
+            Ok(order) => Ok(Some(order)),
+            Err(ProviderError::Rejected { status: 404, .. }) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    fn parse_page(
+        &self,
+        window: TimeWindow,
+        page_number: u32,
+        response: Response,
+    ) -> Result<WindowPage, ProviderError> {
+        let source = format!(
+            "GET /v1/orders updatedAfter={} updatedBefore={} pageNumber={page_number}",
+            window.after, window.before
+        );
+        let page: wire::OrdersPage = serde_json::from_slice(&response.body)
+            .map_err(|e| ProviderError::Malformed(format!("{source}: {e}")))?;
+        let mut out = WindowPage {
+            number_of_pages: page
+                .number_of_pages
+                .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+                .unwrap_or(u32::from(!page.history.is_empty())),
+            number_of_records: page.number_of_records.unwrap_or(page.history.len() as u64),
+            orders: Vec::with_capacity(page.history.len()),
+            quarantined: Vec::new(),
+        };
+        for raw in page.history {
+            match wire::map_order(&self.stream.account, raw) {
+                Ok(order) => out.orders.push(order),
+                Err(error) => out.quarantined.push(Quarantined {
+                    provider: ProviderKind::Graas,
+                    account: self.stream.account.clone(),
+                    source: source.clone(),
+                    error: error.to_string(),
+                    raw: raw.get().to_owned(),
+                }),
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl WindowSource for GraasClient {
+    fn stream(&self) -> &StreamKey {
+        &self.stream
+    }
+
+    async fn page(
+        &self,
+        window: TimeWindow,
+        page_number: u32,
+        page_size: u32,
+    ) -> Result<WindowPage, ProviderError> {
+        let mut url = self.url("/v1/orders")?;
+        url.query_pairs_mut()
+            .append_pair("updatedAfter", &window.after.to_string())
+            .append_pair("updatedBefore", &window.before.to_string())
+            .append_pair("pageNumber", &page_number.to_string())
+            .append_pair("pageSize", &page_size.to_string())
+            .append_pair("basicUnitCustomSKU", "false")
+            .append_pair("groupByCart", "false");
+        self.http
+            .send(
+                PROVIDER,
+                &self.gate,
+                "GET /v1/orders",
+                |client| self.request(client, &url),
+                |response| self.parse_page(window, page_number, response),
+            )
+            .await
+    }
+}

@@ -1,0 +1,258 @@
+//! The HTTP client every provider shares: timeouts, error classification, `Retry-After`, retries
+//! with exponential backoff and jitter, and a rate gate per (provider, account).
+
+use super::ProviderError;
+use crate::config::{HttpConfig, RateLimit};
+use backon::{BackoffBuilder, ExponentialBuilder};
+use bytes::Bytes;
+use governor::{DefaultDirectRateLimiter, Quota};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+/// How long a 429 without `Retry-After` pauses the account before the backoff takes over.
+const DEFAULT_RATE_LIMIT_PAUSE: Duration = Duration::from_secs(1);
+
+/// Paces every request of one (provider, account): a steady limiter plus a pause that a 429 sets.
+/// Shared by everything that calls that account, because providers count all of its requests.
+pub struct RateGate {
+    limiter: DefaultDirectRateLimiter,
+    paused_until: Mutex<Option<Instant>>,
+    rate_limited: AtomicU64,
+}
+
+impl RateGate {
+    pub fn new(rate: RateLimit) -> Self {
+        // One request per interval with no burst: the rate holds over any window, not on average.
+        let quota = Quota::with_period(rate.interval())
+            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+            .allow_burst(NonZeroU32::MIN);
+        RateGate {
+            limiter: DefaultDirectRateLimiter::direct(quota),
+            paused_until: Mutex::new(None),
+            rate_limited: AtomicU64::new(0),
+        }
+    }
+
+    /// Waits until a request may be sent.
+    pub async fn ready(&self) {
+        loop {
+            let pause = *self.paused_until.lock().await;
+            match pause {
+                Some(until) if until > Instant::now() => tokio::time::sleep_until(until).await,
+                _ => break,
+            }
+        }
+        self.limiter.until_ready().await;
+    }
+
+    /// Holds every request of this account for `duration` (an upstream 429 asked for it).
+    pub async fn pause(&self, duration: Duration) {
+        self.rate_limited.fetch_add(1, Ordering::Relaxed);
+        let until = Instant::now() + duration;
+        let mut paused = self.paused_until.lock().await;
+        if paused.is_none_or(|current| current < until) {
+            *paused = Some(until);
+        }
+    }
+
+    /// How many 429 answers this account has had.
+    pub fn rate_limited_count(&self) -> u64 {
+        self.rate_limited.load(Ordering::Relaxed)
+    }
+}
+
+/// A response that passed status classification.
+pub struct Response {
+    pub status: u16,
+    pub body: Bytes,
+}
+
+#[derive(Clone)]
+pub struct HttpClient {
+    client: reqwest::Client,
+    config: Arc<HttpConfig>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the HTTP client: {0}")]
+pub struct ClientBuildError(#[from] reqwest::Error);
+
+impl HttpClient {
+    pub fn new(config: &HttpConfig) -> Result<Self, ClientBuildError> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .timeout(config.request_timeout)
+            .user_agent(concat!("ordersync/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(HttpClient {
+            client,
+            config: Arc::new(config.clone()),
+        })
+    }
+
+    pub fn inner(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    /// Sends the request `build` makes, retrying transient failures, and hands a 2xx body to
+    /// `parse`. A body `parse` rejects as [`ProviderError::Malformed`] is fetched again too
+    /// (a truncated transfer looks exactly like that).
+    pub async fn send<T>(
+        &self,
+        provider: &'static str,
+        gate: &RateGate,
+        what: &str,
+        build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+        parse: impl Fn(Response) -> Result<T, ProviderError>,
+    ) -> Result<T, ProviderError> {
+        let mut delays = ExponentialBuilder::default()
+            .with_min_delay(self.config.min_backoff)
+            .with_max_delay(self.config.max_backoff)
+            .with_max_times(self.config.max_retries)
+            .with_jitter()
+            .build();
+        loop {
+            gate.ready().await;
+            let outcome = match build(&self.client).send().await {
+                Ok(response) => classify(provider, response).await.and_then(&parse),
+                Err(error) => Err(transport_error(&error)),
+            };
+            let error = match outcome {
+                Ok(value) => return Ok(value),
+                Err(error) if !error.is_retryable() => return Err(error),
+                Err(error) => error,
+            };
+            let Some(backoff) = delays.next() else {
+                return Err(error);
+            };
+            let delay = match &error {
+                ProviderError::RateLimited { retry_after } => {
+                    let wait = retry_after.unwrap_or(DEFAULT_RATE_LIMIT_PAUSE.max(backoff));
+                    gate.pause(wait).await;
+                    Duration::ZERO
+                }
+                _ => backoff,
+            };
+            tracing::warn!(provider, request = what, %error, retry_in_ms = delay.as_millis() as u64, "retrying");
+            tokio::time::sleep(delay).await;
+        }
+    }
+}
+
+fn transport_error(error: &reqwest::Error) -> ProviderError {
+    if error.is_timeout() {
+        ProviderError::Timeout
+    } else {
+        // Without the URL: it can carry query parameters that are nobody's business in a log.
+        ProviderError::Transport(error.without_url_text())
+    }
+}
+
+trait WithoutUrl {
+    fn without_url_text(&self) -> String;
+}
+
+impl WithoutUrl for reqwest::Error {
+    fn without_url_text(&self) -> String {
+        let mut text = String::new();
+        let mut source: Option<&dyn std::error::Error> = Some(self);
+        while let Some(err) = source {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&err.to_string());
+            source = err.source();
+        }
+        text
+    }
+}
+
+async fn classify(
+    provider: &'static str,
+    response: reqwest::Response,
+) -> Result<Response, ProviderError> {
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_retry_after);
+    let body = match response.bytes().await {
+        Ok(body) => body,
+        Err(error) => return Err(transport_error(&error)),
+    };
+    match status {
+        200..=299 => Ok(Response { status, body }),
+        429 => Err(ProviderError::RateLimited { retry_after }),
+        401 | 403 => Err(ProviderError::Unauthorized {
+            provider,
+            status,
+            message: error_message(&body),
+        }),
+        500..=599 => Err(ProviderError::Server { status }),
+        _ => Err(ProviderError::Rejected {
+            status,
+            message: error_message(&body),
+        }),
+    }
+}
+
+/// The upstream's own words: `errorMessage`/`message` from a JSON body, else the start of the text.
+pub fn error_message(body: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct ErrorBody {
+        #[serde(alias = "errorMessage", alias = "message", alias = "error")]
+        message: Option<String>,
+    }
+    if let Ok(ErrorBody {
+        message: Some(message),
+    }) = serde_json::from_slice::<ErrorBody>(body)
+    {
+        return message;
+    }
+    let text = String::from_utf8_lossy(body);
+    text.chars().take(200).collect()
+}
+
+/// `Retry-After` as seconds or as an HTTP date.
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<f64>() {
+        return (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    let wait = at.with_timezone(&chrono::Utc) - chrono::Utc::now();
+    Some(wait.to_std().unwrap_or(Duration::ZERO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_accepts_seconds_and_http_dates() {
+        assert_eq!(parse_retry_after("3"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_retry_after("-1"), None);
+        let soon = (chrono::Utc::now() + chrono::Duration::seconds(30)).to_rfc2822();
+        let wait = parse_retry_after(&soon).unwrap();
+        assert!(wait > Duration::from_secs(25) && wait <= Duration::from_secs(30));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn error_message_prefers_the_upstream_field() {
+        assert_eq!(
+            error_message(br#"{"errorMessage":"Time Range is mandatory"}"#),
+            "Time Range is mandatory"
+        );
+        assert_eq!(error_message(b"Bad Gateway"), "Bad Gateway");
+    }
+}

@@ -1,0 +1,95 @@
+//! Upstream systems: their HTTP calls, wire types and mapping into [`crate::model`]. A provider
+//! never sees the database; the sync engine hands what it returns to the store.
+//!
+//! Providers differ in how orders reach us, so each inbound mode has its own small interface:
+//! - [`WindowSource`]: orders read by time window and page (Graas).
+//! - webhooks verified and parsed from raw bytes (Get It Done, Grafterr, Lagerkoll) and
+//!   scheduled snapshots (KassaForte) get their interfaces with the providers that need them.
+
+pub mod graas;
+pub mod http;
+
+use crate::model::{Order, Quarantined, StreamKey};
+use async_trait::async_trait;
+use std::time::Duration;
+
+/// Why a provider call did not produce a result. [`ProviderError::is_retryable`] decides whether
+/// trying again can help.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum ProviderError {
+    #[error(
+        "{provider} rejected the credentials (HTTP {status}): {message}; fix the account's keys in the config"
+    )]
+    Unauthorized {
+        provider: &'static str,
+        status: u16,
+        message: String,
+    },
+    #[error("rate limited (HTTP 429){}", retry_after.map(|d| format!(", retry after {}s", d.as_secs_f64())).unwrap_or_default())]
+    RateLimited { retry_after: Option<Duration> },
+    #[error("upstream server error (HTTP {status})")]
+    Server { status: u16 },
+    #[error("request timed out")]
+    Timeout,
+    #[error("connection failed: {0}")]
+    Transport(String),
+    #[error("upstream refused the request (HTTP {status}): {message}")]
+    Rejected { status: u16, message: String },
+    #[error("upstream answered with a body that is not the documented JSON: {0}")]
+    Malformed(String),
+    #[error("upstream kept changing while being read: {0}")]
+    Inconsistent(String),
+}
+
+impl ProviderError {
+    /// Transient failures: the same request may succeed later.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            ProviderError::RateLimited { .. }
+                | ProviderError::Server { .. }
+                | ProviderError::Timeout
+                | ProviderError::Transport(_)
+                | ProviderError::Malformed(_)
+        )
+    }
+}
+
+/// A time window on the upstream's "last updated" field, in Unix seconds. Both bounds are treated
+/// as exclusive (the Graas docs do not say), so the window covers `after + 1 ..= before - 1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeWindow {
+    pub after: i64,
+    pub before: i64,
+}
+
+impl TimeWindow {
+    /// Seconds covered, whatever the upstream's bound semantics.
+    pub fn covered_seconds(&self) -> i64 {
+        (self.before - self.after - 1).max(0)
+    }
+}
+
+/// One page of a window, already mapped; records that failed to map are in `quarantined`.
+#[derive(Debug, Default)]
+pub struct WindowPage {
+    pub number_of_pages: u32,
+    pub number_of_records: u64,
+    pub orders: Vec<Order>,
+    pub quarantined: Vec<Quarantined>,
+}
+
+/// A source of orders read by time window and page number.
+#[async_trait]
+pub trait WindowSource: Send + Sync {
+    /// The stream whose cursor tracks this source.
+    fn stream(&self) -> &StreamKey;
+
+    /// Reads one page (numbered from 1) of a window.
+    async fn page(
+        &self,
+        window: TimeWindow,
+        page_number: u32,
+        page_size: u32,
+    ) -> Result<WindowPage, ProviderError>;
+}

@@ -1,0 +1,552 @@
+//! A simulated Graas: `GET /v1/orders` and `GET /v1/order/{nickNameID}/{orderID}` exactly as
+//! documented (headers checked, paging by `pageNumber`/`pageSize`, both window bounds exclusive),
+//! plus `/_sandbox/…` endpoints to read its statistics and switch faults.
+
+use super::{Faults, Mutations, SandboxConfig};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use serde_json::{Value, json};
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+const CHANNELS: [(&str, &str); 3] = [
+    ("Lazada", "lazada-1"),
+    ("Qoo10", "qoo10-1"),
+    ("Shopee", "shopee-1"),
+];
+
+/// (orderStatus, paymentStatus, shippingStatus) along an order's life.
+const STAGES: [(&str, &str, &str); 7] = [
+    ("INITIATED", "AUTHORIZED", "NOT_SHIPPED"),
+    ("ACCEPTED", "COMPLETED", "NOT_SHIPPED"),
+    ("PROCESSING", "COMPLETED", "READY_TO_SHIP"),
+    ("DISPATCHED", "COMPLETED", "SHIPPED"),
+    ("DELIVERED", "COMPLETED", "DELIVERED"),
+    ("RETURNED", "REFUNDED", "RETURNED"),
+    ("CANCELLED", "REFUNDED", "NOT_SHIPPED"),
+];
+const DELIVERED: u8 = 4;
+const RETURNED: u8 = 5;
+const CANCELLED: u8 = 6;
+
+#[derive(Debug, Clone)]
+struct SimItem {
+    item_id: String,
+    sku: String,
+    quantity: i64,
+    unit_minor: i64,
+}
+
+#[derive(Debug, Clone)]
+struct SimOrder {
+    channel: usize,
+    order_id: String,
+    stage: u8,
+    created: i64,
+    updated: i64,
+    items: Vec<SimItem>,
+    malformed: bool,
+}
+
+/// What the sandbox holds for one order: what a synced database must end up with.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TruthOrder {
+    pub channel: String,
+    pub order_id: String,
+    pub status: String,
+    pub payment_status: String,
+    pub shipping_status: String,
+    pub updated: i64,
+    pub malformed: bool,
+}
+
+/// What one account's API saw.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct AccountStats {
+    pub requests: u64,
+    /// Requests answered 429 because they went over `rate_limit_per_sec`.
+    pub over_limit: u64,
+    pub server_errors: u64,
+    pub slow: u64,
+    pub truncated: u64,
+    pub unauthorized: u64,
+    /// The most requests seen within any one second.
+    pub max_per_second: u64,
+    /// Status changes the mutation loop made (each one a new order version).
+    pub changes: u64,
+}
+
+struct SimAccount {
+    number: String,
+    key: String,
+    orders: Vec<SimOrder>,
+    /// (timeLastUpdated, index) in order, for window queries.
+    by_updated: BTreeSet<(i64, usize)>,
+    by_key: HashMap<(String, String), usize>,
+    recent: VecDeque<Instant>,
+    stats: AccountStats,
+    next_id: u64,
+}
+
+struct SimState {
+    accounts: Vec<SimAccount>,
+    faults: Faults,
+    rng: SmallRng,
+}
+
+pub struct GraasSim {
+    state: Mutex<SimState>,
+    mutating: AtomicBool,
+}
+
+fn now_unix() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+impl SimAccount {
+    fn insert(&mut self, order: SimOrder) {
+        let index = self.orders.len();
+        self.by_updated.insert((order.updated, index));
+        self.by_key.insert(
+            (CHANNELS[order.channel].1.to_owned(), order.order_id.clone()),
+            index,
+        );
+        self.orders.push(order);
+    }
+
+    fn new_order(&mut self, rng: &mut SmallRng, account_index: usize, updated: i64) -> SimOrder {
+        self.next_id += 1;
+        let items = (0..rng.random_range(1..=3))
+            .map(|n| SimItem {
+                item_id: format!("{}{n}", self.next_id),
+                sku: format!("SKU-{:04}", rng.random_range(0..500)),
+                quantity: rng.random_range(1..=12),
+                unit_minor: rng.random_range(100..=50_000),
+            })
+            .collect();
+        SimOrder {
+            channel: rng.random_range(0..CHANNELS.len()),
+            order_id: format!(
+                "{}",
+                30_000_000_000_000u64 + account_index as u64 * 1_000_000_000 + self.next_id
+            ),
+            stage: 0,
+            created: updated,
+            updated,
+            items,
+            malformed: false,
+        }
+    }
+
+    fn touch(&mut self, index: usize, updated: i64) {
+        let order = &mut self.orders[index];
+        self.by_updated.remove(&(order.updated, index));
+        order.updated = updated;
+        self.by_updated.insert((updated, index));
+    }
+
+    /// Counts the request in the sliding second; true when it goes over `limit`.
+    fn count_request(&mut self, limit: Option<u32>) -> bool {
+        let now = Instant::now();
+        while self
+            .recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
+        {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(now);
+        self.stats.requests += 1;
+        self.stats.max_per_second = self.stats.max_per_second.max(self.recent.len() as u64);
+        limit.is_some_and(|limit| self.recent.len() > limit as usize)
+    }
+}
+
+impl GraasSim {
+    pub fn new(config: &SandboxConfig) -> Self {
+        let mut rng = SmallRng::seed_from_u64(config.seed);
+        let now = now_unix();
+        let oldest = now - config.history_secs.max(60);
+        let mut accounts = Vec::new();
+        for (account_index, spec) in config.graas.iter().enumerate() {
+            let mut account = SimAccount {
+                number: spec.account_number.clone(),
+                key: spec.app_key.clone(),
+                orders: Vec::with_capacity(spec.orders),
+                by_updated: BTreeSet::new(),
+                by_key: HashMap::with_capacity(spec.orders),
+                recent: VecDeque::new(),
+                stats: AccountStats::default(),
+                next_id: 0,
+            };
+            for n in 0..spec.orders {
+                // Initial orders end a minute before start, so none is still settling.
+                let updated = rng.random_range(oldest..now - 60);
+                let mut order = account.new_order(&mut rng, account_index, updated);
+                order.created = updated - rng.random_range(0..3600);
+                order.stage = rng.random_range(0..STAGES.len() as u8);
+                order.malformed = config
+                    .malformed_every
+                    .is_some_and(|every| every > 0 && n % every == every - 1);
+                account.insert(order);
+            }
+            accounts.push(account);
+        }
+        GraasSim {
+            state: Mutex::new(SimState {
+                accounts,
+                faults: config.faults.clone(),
+                rng,
+            }),
+            mutating: AtomicBool::new(true),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SimState> {
+        // A panic while holding the lock leaves plain data behind; keep serving it.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn set_faults(&self, faults: Faults) {
+        self.lock().faults = faults;
+    }
+
+    /// Stops (or resumes) the mutation loop; returns the newest `timeLastUpdated` there is.
+    pub fn set_mutating(&self, on: bool) -> i64 {
+        self.mutating.store(on, Ordering::SeqCst);
+        let state = self.lock();
+        state
+            .accounts
+            .iter()
+            .filter_map(|a| a.by_updated.last().map(|(t, _)| *t))
+            .max()
+            .unwrap_or(0)
+    }
+
+    pub fn stats(&self, account_number: &str) -> Option<AccountStats> {
+        let state = self.lock();
+        state
+            .accounts
+            .iter()
+            .find(|a| a.number == account_number)
+            .map(|a| a.stats.clone())
+    }
+
+    /// Every order of an account as the sandbox holds it now, sorted by (channel, order id).
+    pub fn truth(&self, account_number: &str) -> Vec<TruthOrder> {
+        let state = self.lock();
+        let Some(account) = state.accounts.iter().find(|a| a.number == account_number) else {
+            return Vec::new();
+        };
+        let mut orders: Vec<TruthOrder> = account
+            .orders
+            .iter()
+            .map(|o| {
+                let (status, payment, shipping) = STAGES[o.stage as usize];
+                TruthOrder {
+                    channel: CHANNELS[o.channel].1.to_owned(),
+                    order_id: o.order_id.clone(),
+                    status: status.to_owned(),
+                    payment_status: payment.to_owned(),
+                    shipping_status: shipping.to_owned(),
+                    updated: o.updated,
+                    malformed: o.malformed,
+                }
+            })
+            .collect();
+        orders.sort();
+        orders
+    }
+
+    /// One tick of the mutation loop: move some orders forward, create some new ones.
+    pub fn mutate(&self, plan: &Mutations) {
+        if !self.mutating.load(Ordering::SeqCst) {
+            return;
+        }
+        let now = now_unix();
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        for (account_index, account) in state.accounts.iter_mut().enumerate() {
+            for _ in 0..plan.per_tick {
+                if account.orders.is_empty() {
+                    break;
+                }
+                let index = state.rng.random_range(0..account.orders.len());
+                let order = &account.orders[index];
+                // One version per second per order, and never a time before the current one.
+                if order.updated >= now || matches!(order.stage, RETURNED | CANCELLED) {
+                    continue;
+                }
+                let next = match order.stage {
+                    DELIVERED => RETURNED,
+                    stage if stage < DELIVERED && state.rng.random_bool(0.05) => CANCELLED,
+                    stage => stage + 1,
+                };
+                let backdate = if plan.max_backdate_secs > 0
+                    && state.rng.random_bool(plan.backdate_ratio.clamp(0.0, 1.0))
+                {
+                    state.rng.random_range(1..=plan.max_backdate_secs)
+                } else {
+                    0
+                };
+                let updated = (now - backdate).max(order.updated + 1);
+                account.orders[index].stage = next;
+                account.touch(index, updated);
+                account.stats.changes += 1;
+            }
+            for _ in 0..plan.new_per_tick {
+                let order = account.new_order(&mut state.rng, account_index, now);
+                account.insert(order);
+                account.stats.changes += 1;
+            }
+        }
+    }
+}
+
+fn render(order: &SimOrder, salt: u64) -> String {
+    let (name, nick) = CHANNELS[order.channel];
+    let (status, payment, shipping) = STAGES[order.stage as usize];
+    let money = |minor: i64| json!({"amount": minor, "currencyCode": "SGD"});
+    let items: Vec<Value> = order
+        .items
+        .iter()
+        .map(|item| {
+            json!({
+                "orderItemID": item.item_id,
+                "SKU": item.sku,
+                "customSKU": item.sku,
+                "shopSKU": format!("{}-{nick}", item.sku),
+                "quantity": item.quantity,
+                "itemAmount": money(item.unit_minor),
+                "itemSoldAmount": money(item.unit_minor),
+                "itemTitle": format!("Item {}", item.sku),
+                "deliveryType": "Own Warehouse",
+            })
+        })
+        .collect();
+    let total: i64 = order.items.iter().map(|i| i.quantity * i.unit_minor).sum();
+    // The docs show both shapes of these fields; serve both.
+    let number_shapes = salt % 2 == 0;
+    let body = json!({
+        "site": {"name": name, "nickNameID": nick},
+        "orderID": order.order_id,
+        "orderNumber": order.order_id,
+        "buyerDetails": {"name": format!("Buyer {}", salt % 1000)},
+        "orderItems": items,
+        "orderStatus": status,
+        "paymentStatus": payment,
+        "shippingStatus": shipping,
+        "orderAmount": money(total),
+        "orderSoldAmount": money(total),
+        "shippingAmount": money(300),
+        "paymentMethods": if number_shapes { json!("VISA/MasterCard") } else { json!(["MIXEDCARD"]) },
+        "shippingDetails": {"address": {
+            "name": "Sandbox Buyer", "street1": "1 Example Road", "city": "Singapore", "country": "SG",
+            "phone": if number_shapes { json!(213123) } else { json!("+65*******1872") },
+            "postalCode": if number_shapes { json!(18956) } else { json!("018956") },
+        }},
+        "timeCreated": order.created,
+        "timeOrderCreated": order.created,
+        "timeLastUpdated": if order.malformed { json!("not-a-time") } else { json!(order.updated) },
+    });
+    body.to_string()
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({"errorMessage": message}))).into_response()
+}
+
+/// Checks the auth headers and applies rate-limit, 5xx and slowness faults.
+/// Returns the account's index, or the response to send instead.
+async fn admit(sim: &GraasSim, headers: &HeaderMap) -> Result<(usize, bool), Response> {
+    let header_value = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    };
+    let (number, key) = (header_value("accountNumber"), header_value("appKey"));
+    let (index, slow_for, truncate) = {
+        let mut guard = sim.lock();
+        let state = &mut *guard;
+        let Some(index) = state.accounts.iter().position(|a| a.number == number) else {
+            return Err(error(StatusCode::UNAUTHORIZED, "Unauthorized"));
+        };
+        let faults = state.faults.clone();
+        let account = &mut state.accounts[index];
+        if account.key != key {
+            account.stats.unauthorized += 1;
+            return Err(error(StatusCode::UNAUTHORIZED, "Unauthorized"));
+        }
+        if account.count_request(faults.rate_limit_per_sec) {
+            account.stats.over_limit += 1;
+            let mut response = error(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests");
+            if let Ok(value) = faults.retry_after_secs.to_string().parse() {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+            return Err(response);
+        }
+        if state
+            .rng
+            .random_bool(faults.server_error_ratio.clamp(0.0, 1.0))
+        {
+            state.accounts[index].stats.server_errors += 1;
+            return Err(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Service Unavailable",
+            ));
+        }
+        let slow = state.rng.random_bool(faults.slow_ratio.clamp(0.0, 1.0));
+        if slow {
+            state.accounts[index].stats.slow += 1;
+        }
+        let truncate = state.rng.random_bool(faults.truncate_ratio.clamp(0.0, 1.0));
+        if truncate {
+            state.accounts[index].stats.truncated += 1;
+        }
+        (
+            index,
+            slow.then(|| Duration::from_millis(faults.slow_ms)),
+            truncate,
+        )
+    };
+    if let Some(delay) = slow_for {
+        tokio::time::sleep(delay).await;
+    }
+    Ok((index, truncate))
+}
+
+fn json_body(mut body: String, truncate: bool) -> Response {
+    if truncate {
+        let mut cut = body.len() / 2;
+        while !body.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        body.truncate(cut);
+    }
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+async fn list_orders(
+    State(sim): State<Arc<GraasSim>>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let (index, truncate) = match admit(&sim, &headers).await {
+        Ok(admitted) => admitted,
+        Err(response) => return response,
+    };
+    let number = |name: &str| query.get(name).map(|v| v.parse::<i64>());
+    let (Some(Ok(after)), Some(Ok(before))) = (number("updatedAfter"), number("updatedBefore"))
+    else {
+        return error(StatusCode::BAD_REQUEST, "Time Range is mandatory");
+    };
+    let page_number = match number("pageNumber") {
+        None => 1,
+        Some(Ok(n)) if n >= 1 => n,
+        Some(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "pageNumber must be a positive number",
+            );
+        }
+    };
+    let page_size = match number("pageSize") {
+        None => 100,
+        Some(Ok(n)) if (1..=10_000).contains(&n) => n,
+        Some(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "pageSize must be between 1 and 10000",
+            );
+        }
+    };
+    let (records, page) = {
+        let state = sim.lock();
+        let account = &state.accounts[index];
+        if after + 1 >= before {
+            (0, Vec::new())
+        } else {
+            let in_window = account.by_updated.range((after + 1, 0)..(before, 0));
+            let records = in_window.clone().count() as i64;
+            let skip = usize::try_from((page_number - 1) * page_size).unwrap_or(usize::MAX);
+            let page: Vec<SimOrder> = in_window
+                .skip(skip)
+                .take(page_size as usize)
+                .map(|(_, i)| account.orders[*i].clone())
+                .collect();
+            (records, page)
+        }
+    };
+    let history: Vec<String> = page
+        .iter()
+        .map(|o| render(o, o.order_id.bytes().map(u64::from).sum()))
+        .collect();
+    let pages = (records + page_size - 1) / page_size;
+    let body = format!(
+        r#"{{"numberOfPages":{pages},"numberOfRecords":{records},"history":[{}],"status":"success"}}"#,
+        history.join(",")
+    );
+    json_body(body, truncate)
+}
+
+async fn one_order(
+    State(sim): State<Arc<GraasSim>>,
+    headers: HeaderMap,
+    Path((nick, order_id)): Path<(String, String)>,
+) -> Response {
+    let (index, truncate) = match admit(&sim, &headers).await {
+        Ok(admitted) => admitted,
+        Err(response) => return response,
+    };
+    let order = {
+        let state = sim.lock();
+        let account = &state.accounts[index];
+        account
+            .by_key
+            .get(&(nick, order_id))
+            .map(|i| account.orders[*i].clone())
+    };
+    let Some(order) = order else {
+        return error(StatusCode::NOT_FOUND, "Record Not Found");
+    };
+    let mut body = render(&order, order.order_id.bytes().map(u64::from).sum());
+    // The single-order answer is the order plus `"status": "success"`.
+    body.pop();
+    body.push_str(r#","status":"success"}"#);
+    json_body(body, truncate)
+}
+
+async fn stats(State(sim): State<Arc<GraasSim>>) -> Json<Value> {
+    let state = sim.lock();
+    let stats: HashMap<&str, &AccountStats> = state
+        .accounts
+        .iter()
+        .map(|a| (a.number.as_str(), &a.stats))
+        .collect();
+    Json(json!(stats))
+}
+
+async fn put_faults(State(sim): State<Arc<GraasSim>>, Json(faults): Json<Faults>) -> StatusCode {
+    sim.set_faults(faults);
+    StatusCode::NO_CONTENT
+}
+
+pub fn router(sim: Arc<GraasSim>) -> Router {
+    Router::new()
+        .route("/v1/orders", get(list_orders))
+        .route("/v1/order/{nick}/{order_id}", get(one_order))
+        .route("/_sandbox/graas/stats", get(stats))
+        .route("/_sandbox/graas/faults", axum::routing::put(put_faults))
+        .with_state(sim)
+}

@@ -1,0 +1,160 @@
+//! Simulated provider APIs on loopback, for `ordersync demo`, `ordersync sandbox` and the tests.
+//! Data is deterministic for a seed; faults and mutations are switched on per run.
+
+pub mod graas;
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Failures the sandbox injects, each independently.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Faults {
+    /// Answer 429 when an account sends more than this many requests in one second.
+    pub rate_limit_per_sec: Option<u32>,
+    /// The `Retry-After` seconds sent with a 429.
+    pub retry_after_secs: u64,
+    /// Share of requests answered with a 5xx (0.0 to 1.0).
+    pub server_error_ratio: f64,
+    /// Share of requests answered only after `slow_ms`.
+    pub slow_ratio: f64,
+    pub slow_ms: u64,
+    /// Share of 200 answers whose body is cut in half.
+    pub truncate_ratio: f64,
+}
+
+/// Status changes the sandbox makes while it runs, like a live marketplace.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Mutations {
+    pub every_ms: u64,
+    /// Orders moved one status forward per tick, per account.
+    pub per_tick: usize,
+    /// New orders per tick, per account.
+    pub new_per_tick: usize,
+    /// Share of changes whose `timeLastUpdated` is backdated (seen late, as after a sync lag).
+    pub backdate_ratio: f64,
+    pub max_backdate_secs: i64,
+}
+
+impl Default for Mutations {
+    fn default() -> Self {
+        Mutations {
+            every_ms: 500,
+            per_tick: 5,
+            new_per_tick: 1,
+            backdate_ratio: 0.2,
+            max_backdate_secs: 20,
+        }
+    }
+}
+
+/// One simulated Graas account.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GraasAccountSpec {
+    pub account_number: String,
+    pub app_key: String,
+    pub orders: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SandboxConfig {
+    pub seed: u64,
+    pub graas: Vec<GraasAccountSpec>,
+    /// Initial orders were last updated within this many seconds before start.
+    pub history_secs: i64,
+    /// Every n-th initial order is served malformed (its `timeLastUpdated` is not a number).
+    pub malformed_every: Option<usize>,
+    pub faults: Faults,
+    pub mutations: Option<Mutations>,
+}
+
+impl SandboxConfig {
+    /// `accounts` Graas accounts of `orders` each, named `acct-1…` with keys `key-1…`.
+    pub fn graas(accounts: usize, orders: usize) -> Self {
+        SandboxConfig {
+            seed: 42,
+            graas: (1..=accounts)
+                .map(|i| GraasAccountSpec {
+                    account_number: format!("5a4e44b3a67a6d00048{i:05}"),
+                    app_key: format!("sandbox-key-{i}"),
+                    orders,
+                })
+                .collect(),
+            history_secs: 3 * 24 * 3600,
+            malformed_every: None,
+            faults: Faults::default(),
+            mutations: None,
+        }
+    }
+}
+
+/// A running sandbox. Dropping it does not stop it; call [`Sandbox::stop`].
+pub struct Sandbox {
+    addr: SocketAddr,
+    graas: Arc<graas::GraasSim>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Sandbox {
+    pub async fn start(listen: SocketAddr, config: SandboxConfig) -> std::io::Result<Sandbox> {
+        let listener = TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        let graas = Arc::new(graas::GraasSim::new(&config));
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let app = graas::router(graas.clone());
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+            if let Err(error) = served {
+                tracing::error!(%error, "sandbox server stopped");
+            }
+        });
+        if let Some(mutations) = config.mutations.clone() {
+            let (sim, stop) = (graas.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                let mut tick =
+                    tokio::time::interval(Duration::from_millis(mutations.every_ms.max(10)));
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tick.tick() => sim.mutate(&mutations),
+                    }
+                }
+            });
+        }
+        tasks.close();
+        Ok(Sandbox {
+            addr,
+            graas,
+            shutdown,
+            tasks,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn graas(&self) -> &Arc<graas::GraasSim> {
+        &self.graas
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.tasks.wait().await;
+    }
+}

@@ -1,0 +1,317 @@
+//! Reading a time-windowed source without losing an order.
+//!
+//! Graas filters on `timeLastUpdated`, a field that changes while we page, so a multi-page read
+//! can skip an order at a page boundary. A window is therefore split until each piece fits in one
+//! page and is read with a single request; only a single second holding more than a page is read
+//! page by page, repeated until two reads agree on the set of orders. The cursor (Unix seconds:
+//! everything updated before it has been read) is committed with each piece's orders and never
+//! moves backwards.
+
+use super::progress::StreamProgress;
+use crate::model::{Order, Quarantined, StreamKey};
+use crate::providers::{ProviderError, TimeWindow, WindowPage, WindowSource};
+use crate::store::{Batch, Store, StoreError};
+use chrono::{DateTime, Utc};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How many pieces one oversized window may be split into at once.
+const MAX_SPLIT: i64 = 64;
+/// Reads of an overfull second before giving up on it for this run.
+const CONSISTENT_READ_ATTEMPTS: usize = 5;
+
+/// How a windowed stream chooses its windows.
+#[derive(Debug, Clone)]
+pub struct WindowPlan {
+    /// Re-read this far behind the cursor, for updates that become visible late.
+    pub lookback: Duration,
+    /// Never read closer to now than this, so the upstream has finished writing.
+    pub settle: Duration,
+    pub page_size: u32,
+    pub start_from: DateTime<Utc>,
+    /// The widest window asked for in one go during a backfill.
+    pub max_window: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("stored cursor `{0}` is not Unix seconds; fix or delete its row in sync_cursors")]
+    BadCursor(String),
+}
+
+/// What one run did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RunSummary {
+    pub written: u64,
+    pub unchanged: u64,
+    pub quarantined: u64,
+    pub requests: u64,
+    /// The cursor when the run ended (Unix seconds).
+    pub cursor: i64,
+    /// True when shutdown stopped the run before it caught up.
+    pub interrupted: bool,
+}
+
+pub struct WindowSync {
+    source: Arc<dyn WindowSource>,
+    store: Arc<dyn Store>,
+    plan: WindowPlan,
+    progress: Arc<StreamProgress>,
+}
+
+impl WindowSync {
+    pub fn new(
+        source: Arc<dyn WindowSource>,
+        store: Arc<dyn Store>,
+        plan: WindowPlan,
+        progress: Arc<StreamProgress>,
+    ) -> Self {
+        WindowSync {
+            source,
+            store,
+            plan,
+            progress,
+        }
+    }
+
+    pub fn stream(&self) -> &StreamKey {
+        self.source.stream()
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Reads windows until the cursor is `settle` behind now, or until `shutdown`.
+    pub async fn run(&self, shutdown: &CancellationToken) -> Result<RunSummary, SyncError> {
+        let floor = self.plan.start_from.timestamp();
+        let mut cursor = match self.store.cursor(self.stream()).await? {
+            Some(text) => text
+                .trim()
+                .parse::<i64>()
+                .map_err(|_| SyncError::BadCursor(text))?,
+            None => floor,
+        };
+        let mut run = RunSummary {
+            cursor,
+            ..RunSummary::default()
+        };
+        self.progress.set_cursor(cursor);
+        let lookback = secs(self.plan.lookback);
+        let max_window = secs(self.plan.max_window).max(2);
+        loop {
+            if shutdown.is_cancelled() {
+                run.interrupted = true;
+                break;
+            }
+            let end = Utc::now().timestamp() - secs(self.plan.settle);
+            if cursor >= end {
+                break;
+            }
+            // `after` is exclusive, so `cursor - 1` re-covers the cursor's own second.
+            let window = TimeWindow {
+                after: (cursor - 1 - lookback).max(floor - 1),
+                before: (cursor + max_window).min(end),
+            };
+            let finished = self.read_window(window, &mut run, shutdown).await?;
+            if !finished {
+                run.interrupted = true;
+                break;
+            }
+            cursor = cursor.max(window.before);
+        }
+        Ok(run)
+    }
+
+    /// Reads `window` piece by piece in time order, committing each piece with its cursor.
+    /// Returns false when shutdown interrupted it.
+    async fn read_window(
+        &self,
+        window: TimeWindow,
+        run: &mut RunSummary,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, SyncError> {
+        let page_size = self.plan.page_size;
+        // A stack with the earliest piece on top keeps commits in time order.
+        let mut pending = vec![window];
+        while let Some(piece) = pending.pop() {
+            if shutdown.is_cancelled() {
+                return Ok(false);
+            }
+            let first = self.fetch(piece, 1, run).await?;
+            let fits =
+                first.number_of_pages <= 1 && first.number_of_records <= u64::from(page_size);
+            if fits {
+                self.commit(piece, first.orders, first.quarantined, run)
+                    .await?;
+            } else if piece.covered_seconds() <= 1 {
+                let (orders, quarantined) = self.read_consistently(piece, run).await?;
+                self.commit(piece, orders, quarantined, run).await?;
+            } else {
+                pending.extend(
+                    split(piece, first.number_of_records, page_size)
+                        .into_iter()
+                        .rev(),
+                );
+            }
+        }
+        Ok(true)
+    }
+
+    async fn fetch(
+        &self,
+        window: TimeWindow,
+        page_number: u32,
+        run: &mut RunSummary,
+    ) -> Result<WindowPage, SyncError> {
+        run.requests += 1;
+        self.progress.add_request();
+        Ok(self
+            .source
+            .page(window, page_number, self.plan.page_size)
+            .await?)
+    }
+
+    /// Pages through a window (one second wide) until two complete reads see the same orders.
+    async fn read_consistently(
+        &self,
+        window: TimeWindow,
+        run: &mut RunSummary,
+    ) -> Result<(Vec<Order>, Vec<Quarantined>), SyncError> {
+        let mut previous: Option<BTreeSet<(String, String)>> = None;
+        for _ in 0..CONSISTENT_READ_ATTEMPTS {
+            let mut orders = Vec::new();
+            let mut quarantined = Vec::new();
+            let mut page_number = 1;
+            let mut pages = 1;
+            while page_number <= pages {
+                let page = self.fetch(window, page_number, run).await?;
+                // Re-read from every page: it can change while we page.
+                pages = page.number_of_pages;
+                orders.extend(page.orders);
+                quarantined.extend(page.quarantined);
+                page_number += 1;
+            }
+            let keys: BTreeSet<(String, String)> = orders
+                .iter()
+                .map(|o| (o.key.channel.clone(), o.key.external_id.clone()))
+                .collect();
+            if previous.as_ref() == Some(&keys) {
+                return Ok((orders, quarantined));
+            }
+            previous = Some(keys);
+        }
+        Err(ProviderError::Inconsistent(format!(
+            "the orders updated in second {} changed on every one of {CONSISTENT_READ_ATTEMPTS} reads; will try again next run",
+            window.after + 1
+        ))
+        .into())
+    }
+
+    async fn commit(
+        &self,
+        piece: TimeWindow,
+        orders: Vec<Order>,
+        quarantined: Vec<Quarantined>,
+        run: &mut RunSummary,
+    ) -> Result<(), SyncError> {
+        // A piece inside the lookback ends behind the cursor: its orders count, the cursor stays.
+        let advance = piece.before > run.cursor;
+        let cursor_text = piece.before.to_string();
+        let outcome = self
+            .store
+            .commit_batch(&Batch {
+                stream: self.stream(),
+                orders: &orders,
+                quarantined: &quarantined,
+                cursor: advance.then_some(cursor_text.as_str()),
+                seen_at: Utc::now(),
+            })
+            .await?;
+        if advance {
+            run.cursor = piece.before;
+            self.progress.set_cursor(piece.before);
+        }
+        run.written += outcome.written;
+        run.unchanged += outcome.unchanged;
+        run.quarantined += outcome.quarantined;
+        self.progress.add_outcome(&outcome);
+        for record in &quarantined {
+            tracing::warn!(
+                stream = %self.stream(),
+                source = %record.source,
+                error = %record.error,
+                "upstream record quarantined"
+            );
+        }
+        Ok(())
+    }
+}
+
+fn secs(duration: Duration) -> i64 {
+    i64::try_from(duration.as_secs()).unwrap_or(i64::MAX / 4)
+}
+
+/// Splits a window into contiguous pieces that each should fit in a page, assuming the
+/// `records` are spread evenly (a piece that still does not fit is split again).
+fn split(window: TimeWindow, records: u64, page_size: u32) -> Vec<TimeWindow> {
+    let first = window.after + 1;
+    let seconds = window.covered_seconds();
+    // Aim for pages four-fifths full so uneven spreads rarely need a second split.
+    let wanted = (records.saturating_mul(5) / (u64::from(page_size) * 4)).saturating_add(1);
+    let parts = i64::try_from(wanted)
+        .unwrap_or(MAX_SPLIT)
+        .clamp(2, MAX_SPLIT)
+        .min(seconds);
+    (0..parts)
+        .map(|i| {
+            let lo = first + i * seconds / parts;
+            let hi = first + (i + 1) * seconds / parts - 1;
+            TimeWindow {
+                after: lo - 1,
+                before: hi + 1,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_pieces_cover_the_window_exactly_once() {
+        let window = TimeWindow {
+            after: 99,
+            before: 1_000,
+        };
+        for records in [0, 150, 1_000, 1_000_000] {
+            let pieces = split(window, records, 100);
+            assert!(pieces.len() >= 2);
+            let mut next = window.after + 1;
+            for piece in &pieces {
+                assert_eq!(piece.after + 1, next, "gap or overlap in {pieces:?}");
+                assert!(piece.covered_seconds() >= 1);
+                next = piece.before;
+            }
+            assert_eq!(next, window.before);
+        }
+    }
+
+    #[test]
+    fn split_never_makes_empty_pieces() {
+        let narrow = TimeWindow {
+            after: 9,
+            before: 12,
+        };
+        let pieces = split(narrow, 10_000, 10);
+        assert_eq!(pieces.len(), 2);
+        assert!(pieces.iter().all(|p| p.covered_seconds() == 1));
+    }
+}
