@@ -174,7 +174,7 @@ impl GraasSim {
     pub fn new(config: &SandboxConfig) -> Self {
         let mut rng = SmallRng::seed_from_u64(config.seed);
         let now = now_unix();
-        let oldest = now - config.history_secs.max(60);
+        let oldest = now - config.history_secs.max(10);
         let mut accounts = Vec::new();
         for (account_index, spec) in config.graas.iter().enumerate() {
             let mut account = SimAccount {
@@ -188,8 +188,8 @@ impl GraasSim {
                 next_id: 0,
             };
             for n in 0..spec.orders {
-                // Initial orders end a minute before start, so none is still settling.
-                let updated = rng.random_range(oldest..now - 60);
+                // Initial orders end a few seconds before start, so none is still settling.
+                let updated = rng.random_range(oldest..now - 5);
                 let mut order = account.new_order(&mut rng, account_index, updated);
                 order.created = updated - rng.random_range(0..3600);
                 order.stage = rng.random_range(0..STAGES.len() as u8);

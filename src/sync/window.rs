@@ -3,7 +3,7 @@
 //! Graas filters on `timeLastUpdated`, a field that changes while we page, so a multi-page read
 //! can skip an order at a page boundary. A window is therefore split until each piece fits in one
 //! page and is read with a single request; only a single second holding more than a page is read
-//! page by page, repeated until two reads agree on the set of orders. The cursor (Unix seconds:
+//! page by page, repeated until a read finds no order the earlier reads missed. The cursor (Unix seconds:
 //! everything updated before it has been read) is committed with each piece's orders and never
 //! moves backwards.
 
@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 /// How many pieces one oversized window may be split into at once.
 const MAX_SPLIT: i64 = 64;
 /// Reads of an overfull second before giving up on it for this run.
-const CONSISTENT_READ_ATTEMPTS: usize = 5;
+const CONSISTENT_READ_ATTEMPTS: usize = 8;
 
 /// How a windowed stream chooses its windows.
 #[derive(Debug, Clone)]
@@ -103,20 +103,20 @@ impl WindowSync {
             ..RunSummary::default()
         };
         self.progress.set_cursor(cursor);
-        let lookback = secs(self.plan.lookback);
         let max_window = secs(self.plan.max_window).max(2);
-        loop {
+        // The end is fixed when the run starts, so a busy upstream cannot keep one run going.
+        let end = Utc::now().timestamp() - secs(self.plan.settle);
+        // The lookback re-reads what may have become visible late since the previous run; the
+        // windows after it in this run follow each other with the one-second overlap that
+        // exclusive bounds need.
+        let mut after = (cursor - 1 - secs(self.plan.lookback)).max(floor - 1);
+        while cursor < end {
             if shutdown.is_cancelled() {
                 run.interrupted = true;
                 break;
             }
-            let end = Utc::now().timestamp() - secs(self.plan.settle);
-            if cursor >= end {
-                break;
-            }
-            // `after` is exclusive, so `cursor - 1` re-covers the cursor's own second.
             let window = TimeWindow {
-                after: (cursor - 1 - lookback).max(floor - 1),
+                after,
                 before: (cursor + max_window).min(end),
             };
             let finished = self.read_window(window, &mut run, shutdown).await?;
@@ -125,6 +125,7 @@ impl WindowSync {
                 break;
             }
             cursor = cursor.max(window.before);
+            after = cursor - 1;
         }
         Ok(run)
     }
@@ -178,37 +179,40 @@ impl WindowSync {
             .await?)
     }
 
-    /// Pages through a window (one second wide) until two complete reads see the same orders.
+    /// Pages through a window (one second wide) until a complete read finds no order the earlier
+    /// reads missed; returns everything seen. Orders that left the window meanwhile were updated,
+    /// so a later window reads their new version; only an order skipped at a page boundary could
+    /// be lost, and a skip does not repeat on every read.
     async fn read_consistently(
         &self,
         window: TimeWindow,
         run: &mut RunSummary,
     ) -> Result<(Vec<Order>, Vec<Quarantined>), SyncError> {
-        let mut previous: Option<BTreeSet<(String, String)>> = None;
-        for _ in 0..CONSISTENT_READ_ATTEMPTS {
-            let mut orders = Vec::new();
-            let mut quarantined = Vec::new();
+        let mut seen: BTreeSet<(String, String)> = BTreeSet::new();
+        let mut orders = Vec::new();
+        let mut quarantined = Vec::new();
+        for attempt in 0..CONSISTENT_READ_ATTEMPTS {
+            let mut found_new = false;
             let mut page_number = 1;
             let mut pages = 1;
             while page_number <= pages {
                 let page = self.fetch(window, page_number, run).await?;
                 // Re-read from every page: it can change while we page.
                 pages = page.number_of_pages;
-                orders.extend(page.orders);
+                for order in page.orders {
+                    found_new |=
+                        seen.insert((order.key.channel.clone(), order.key.external_id.clone()));
+                    orders.push(order);
+                }
                 quarantined.extend(page.quarantined);
                 page_number += 1;
             }
-            let keys: BTreeSet<(String, String)> = orders
-                .iter()
-                .map(|o| (o.key.channel.clone(), o.key.external_id.clone()))
-                .collect();
-            if previous.as_ref() == Some(&keys) {
+            if attempt > 0 && !found_new {
                 return Ok((orders, quarantined));
             }
-            previous = Some(keys);
         }
         Err(ProviderError::Inconsistent(format!(
-            "the orders updated in second {} changed on every one of {CONSISTENT_READ_ATTEMPTS} reads; will try again next run",
+            "the orders updated in second {} kept changing over {CONSISTENT_READ_ATTEMPTS} reads; will try again next run",
             window.after + 1
         ))
         .into())

@@ -1,0 +1,300 @@
+//! Graas orders flow into the database: backfill, live mutations, faults, quarantine, auth.
+
+mod common;
+
+use common::{
+    AccountToml, TestDb, account_name, assert_matches_truth, config_toml, open_store, wait_until,
+};
+use ordersync::config::Config;
+use ordersync::model::{OrderKey, ProviderKind};
+use ordersync::sandbox::{Faults, Mutations, Sandbox, SandboxConfig};
+use ordersync::sync::{self, Daemon};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+async fn sandbox(spec: &SandboxConfig) -> Sandbox {
+    Sandbox::start(([127, 0, 0, 1], 0).into(), spec.clone())
+        .await
+        .expect("sandbox")
+}
+
+fn config(db: &TestDb, sandbox: &Sandbox, spec: &SandboxConfig, account: &AccountToml) -> Config {
+    Config::from_toml(&config_toml(db, sandbox, spec, account)).expect("valid test config")
+}
+
+async fn backfill_matches_truth(db: TestDb) {
+    let spec = SandboxConfig::graas(2, 2_500);
+    let sandbox = sandbox(&spec).await;
+    let config = config(&db, &sandbox, &spec, &AccountToml::default());
+    let store = open_store(&config).await;
+    let runners = sync::build_runners(&config, &store).unwrap();
+
+    for (_, result) in sync::run_until_caught_up(&runners, &CancellationToken::new()).await {
+        let run = result.expect("run succeeds");
+        assert!(!run.interrupted);
+    }
+    assert_matches_truth(&store, &sandbox, &spec).await;
+
+    // A second pass over the same data writes nothing new.
+    for (_, result) in sync::run_until_caught_up(&runners, &CancellationToken::new()).await {
+        assert_eq!(result.expect("second run").written, 0);
+    }
+    store.close().await;
+    sandbox.stop().await;
+}
+on_both_backends!(backfill_matches_truth);
+
+async fn late_and_backdated_updates_are_caught(db: TestDb) {
+    let mut spec = SandboxConfig::graas(2, 1_000);
+    spec.mutations = Some(Mutations {
+        every_ms: 100,
+        per_tick: 15,
+        new_per_tick: 2,
+        backdate_ratio: 0.3,
+        max_backdate_secs: 10,
+    });
+    let sandbox = sandbox(&spec).await;
+    let config = config(&db, &sandbox, &spec, &AccountToml::default());
+    let store = open_store(&config).await;
+    let runners = sync::build_runners(&config, &store).unwrap();
+    let daemon = Daemon::start(runners).await.unwrap();
+
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let last_change = sandbox.graas().set_mutating(false);
+    // Caught up means: the cursor has passed the last change (plus the lookback margin of a run).
+    for i in 0..spec.graas.len() {
+        let store = store.clone();
+        wait_until(
+            Duration::from_secs(30),
+            "the cursor to pass the last change",
+            || {
+                let store = store.clone();
+                async move {
+                    common::cursor_of(&store, &account_name(i))
+                        .await
+                        .is_some_and(|c| c > last_change + 1)
+                }
+            },
+        )
+        .await;
+    }
+    daemon.shutdown().await;
+    let changes: u64 = spec
+        .graas
+        .iter()
+        .map(|a| sandbox.graas().stats(&a.account_number).unwrap().changes)
+        .sum();
+    assert!(changes > 200, "the sandbox made only {changes} changes");
+    assert_matches_truth(&store, &sandbox, &spec).await;
+
+    // Every order's history is an unbroken chain ending at its current status.
+    let truth = sandbox.graas().truth(&spec.graas[0].account_number);
+    let mut with_changes = 0;
+    for order in truth.iter().filter(|o| !o.malformed) {
+        let key = OrderKey {
+            provider: ProviderKind::Graas,
+            account: account_name(0),
+            channel: order.channel.clone(),
+            external_id: order.order_id.clone(),
+        };
+        let history = store.order_history(&key).await.unwrap();
+        assert!(!history.is_empty(), "{key:?} has no history");
+        assert_eq!(history[0].old_status, None);
+        for pair in history.windows(2) {
+            assert_eq!(
+                pair[1].old_status, pair[0].new_status,
+                "broken chain for {key:?}"
+            );
+            assert!(pair[1].upstream_updated_at >= pair[0].upstream_updated_at);
+        }
+        assert_eq!(
+            history.last().unwrap().new_status.as_deref(),
+            Some(order.status.as_str())
+        );
+        with_changes += usize::from(history.len() > 1);
+    }
+    assert!(
+        with_changes > 20,
+        "only {with_changes} orders had a recorded change"
+    );
+    store.close().await;
+    sandbox.stop().await;
+}
+on_both_backends!(late_and_backdated_updates_are_caught);
+
+async fn faults_lose_nothing_and_the_limiter_holds(db: TestDb) {
+    let mut spec = SandboxConfig::graas(1, 1_500);
+    spec.faults = Faults {
+        rate_limit_per_sec: Some(30),
+        retry_after_secs: 1,
+        server_error_ratio: 0.1,
+        slow_ratio: 0.05,
+        slow_ms: 1_500,
+        truncate_ratio: 0.1,
+    };
+    let sandbox = sandbox(&spec).await;
+    let account = AccountToml {
+        page_size: 25,
+        rate_limit: "20/s",
+        ..AccountToml::default()
+    };
+    let config = config(&db, &sandbox, &spec, &account);
+    let store = open_store(&config).await;
+    let runners = sync::build_runners(&config, &store).unwrap();
+    for (_, result) in sync::run_until_caught_up(&runners, &CancellationToken::new()).await {
+        result.expect("run succeeds despite faults");
+    }
+    assert_matches_truth(&store, &sandbox, &spec).await;
+
+    let stats = sandbox
+        .graas()
+        .stats(&spec.graas[0].account_number)
+        .unwrap();
+    assert!(stats.requests > 60, "too few requests to judge: {stats:?}");
+    assert!(
+        stats.server_errors > 0 && stats.truncated > 0 && stats.slow > 0,
+        "faults did not fire: {stats:?}"
+    );
+    // 20/s, evenly spaced: a sliding second can hold one more at its edges, never more.
+    assert!(
+        stats.max_per_second <= 21,
+        "limiter let {} requests into one second",
+        stats.max_per_second
+    );
+    assert_eq!(
+        stats.over_limit, 0,
+        "requests went over the upstream's limit: {stats:?}"
+    );
+    store.close().await;
+    sandbox.stop().await;
+}
+on_both_backends!(faults_lose_nothing_and_the_limiter_holds);
+
+async fn rate_limited_answers_are_honoured(db: TestDb) {
+    let mut spec = SandboxConfig::graas(1, 1_000);
+    spec.faults = Faults {
+        rate_limit_per_sec: Some(5),
+        retry_after_secs: 1,
+        ..Faults::default()
+    };
+    let sandbox = sandbox(&spec).await;
+    let account = AccountToml {
+        page_size: 50,
+        rate_limit: "100/s",
+        ..AccountToml::default()
+    };
+    let config = config(&db, &sandbox, &spec, &account);
+    let store = open_store(&config).await;
+    let runners = sync::build_runners(&config, &store).unwrap();
+    let started = Instant::now();
+    for (_, result) in sync::run_until_caught_up(&runners, &CancellationToken::new()).await {
+        result.expect("run succeeds despite 429s");
+    }
+    let elapsed = started.elapsed().as_secs();
+    assert_matches_truth(&store, &sandbox, &spec).await;
+    let stats = sandbox
+        .graas()
+        .stats(&spec.graas[0].account_number)
+        .unwrap();
+    assert!(
+        stats.over_limit > 0,
+        "the sandbox never answered 429: {stats:?}"
+    );
+    // Each 429 pauses the account for its Retry-After (1s): at most about one refusal a second.
+    assert!(
+        stats.over_limit <= elapsed + 2,
+        "{} refusals in {elapsed}s: Retry-After was not honoured",
+        stats.over_limit
+    );
+    store.close().await;
+    sandbox.stop().await;
+}
+on_both_backends!(rate_limited_answers_are_honoured);
+
+async fn malformed_orders_are_quarantined_and_neighbours_stored(db: TestDb) {
+    let mut spec = SandboxConfig::graas(1, 1_000);
+    spec.malformed_every = Some(100);
+    let sandbox = sandbox(&spec).await;
+    let config = config(&db, &sandbox, &spec, &AccountToml::default());
+    let store = open_store(&config).await;
+    let runners = sync::build_runners(&config, &store).unwrap();
+    for _ in 0..2 {
+        for (_, result) in sync::run_until_caught_up(&runners, &CancellationToken::new()).await {
+            result.expect("run succeeds");
+        }
+    }
+    assert_matches_truth(&store, &sandbox, &spec).await;
+    let stored = store.orders_of("graas", "shop-1").await.unwrap();
+    assert_eq!(stored.len(), 990);
+    // Seen on two runs, kept once each.
+    assert_eq!(store.quarantine_count("graas", "shop-1").await.unwrap(), 10);
+    store.close().await;
+    sandbox.stop().await;
+}
+on_both_backends!(malformed_orders_are_quarantined_and_neighbours_stored);
+
+async fn overfull_seconds_survive_page_drift(db: TestDb) {
+    // 2,000 orders in 40 seconds: every second holds more than a page, so it is paged while
+    // the mutation loop keeps moving orders out of it.
+    let mut spec = SandboxConfig::graas(1, 2_000);
+    spec.history_secs = 40;
+    spec.mutations = Some(Mutations {
+        every_ms: 50,
+        per_tick: 3,
+        new_per_tick: 0,
+        backdate_ratio: 0.0,
+        max_backdate_secs: 0,
+    });
+    let sandbox = sandbox(&spec).await;
+    let account = AccountToml {
+        page_size: 10,
+        ..AccountToml::default()
+    };
+    let config = config(&db, &sandbox, &spec, &account);
+    let store = open_store(&config).await;
+    let runners = sync::build_runners(&config, &store).unwrap();
+    let first = sync::run_until_caught_up(&runners, &CancellationToken::new()).await;
+    let last_change = sandbox.graas().set_mutating(false);
+    for (_, result) in first {
+        result.expect("first run");
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (_, result) in sync::run_until_caught_up(&runners, &CancellationToken::new()).await {
+        let run = result.expect("catch-up run");
+        assert!(run.cursor > last_change);
+    }
+    assert_matches_truth(&store, &sandbox, &spec).await;
+    store.close().await;
+    sandbox.stop().await;
+}
+on_both_backends!(overfull_seconds_survive_page_drift);
+
+async fn rejected_credentials_stop_the_account(db: TestDb) {
+    let spec = SandboxConfig::graas(1, 100);
+    let sandbox = sandbox(&spec).await;
+    let text = config_toml(&db, &sandbox, &spec, &AccountToml::default())
+        .replace("sandbox-key-1", "wrong-key");
+    let config = Config::from_toml(&text).unwrap();
+    let store = open_store(&config).await;
+    let runners = sync::build_runners(&config, &store).unwrap();
+    let daemon = Daemon::start(runners.clone()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    daemon.shutdown().await;
+
+    let stats = sandbox
+        .graas()
+        .stats(&spec.graas[0].account_number)
+        .unwrap();
+    assert_eq!(
+        stats.unauthorized, 1,
+        "the account kept calling after a 401"
+    );
+    assert!(runners[0].is_stopped());
+    let streams = store.streams().await.unwrap();
+    let error = streams[0].last_error.as_deref().unwrap_or_default();
+    assert!(error.contains("credentials"), "last_error: {error}");
+    assert!(store.orders_of("graas", "shop-1").await.unwrap().is_empty());
+    store.close().await;
+    sandbox.stop().await;
+}
+on_both_backends!(rejected_credentials_stop_the_account);
