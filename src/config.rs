@@ -383,7 +383,7 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        Self::from_figment(figment.merge(Env::prefixed(ENV_PREFIX).split("__")))
+        Self::from_figment(figment.merge(overrides()))
     }
 
     /// Parses a TOML text (with no environment overrides): for the demo and tests.
@@ -395,6 +395,18 @@ impl Config {
         let raw: RawConfig = figment.extract().map_err(ConfigError::from_figment)?;
         raw.validate()
     }
+}
+
+/// `ORDERSYNC_…` variables as config keys. `ORDERSYNC_CONFIG` (the file's path) and
+/// `ORDERSYNC_TEST_…` (the test suite's) are not keys; any other unknown one is an error, so a
+/// misspelt override is reported instead of ignored.
+fn overrides() -> Env {
+    Env::prefixed(ENV_PREFIX)
+        .filter(|key| {
+            let key = key.as_str().to_ascii_lowercase();
+            key != "config" && !key.starts_with("test_")
+        })
+        .split("__")
 }
 
 /// Collects problems while values are parsed, so one run reports all of them.

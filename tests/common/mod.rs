@@ -246,3 +246,34 @@ macro_rules! on_both_backends {
         }
     };
 }
+
+/// Asserts every order the sandbox last updated before `cursor` is stored: the cursor never ran
+/// ahead of the data it covers.
+pub async fn assert_no_gap_below_cursor(
+    store: &Arc<dyn Store>,
+    sandbox: &Sandbox,
+    account_number: &str,
+    account: &str,
+    cursor: i64,
+) {
+    let stored: std::collections::HashSet<(String, String)> = store
+        .orders_of("graas", account)
+        .await
+        .expect("orders")
+        .into_iter()
+        .map(|o| (o.channel, o.external_id))
+        .collect();
+    let covered: Vec<_> = expected_orders(sandbox, account_number)
+        .into_iter()
+        .filter(|o| o.upstream_updated_at.timestamp() < cursor)
+        .collect();
+    let missing: Vec<_> = covered
+        .iter()
+        .filter(|o| !stored.contains(&(o.channel.clone(), o.external_id.clone())))
+        .take(5)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "orders behind the cursor {cursor} are missing: {missing:#?}"
+    );
+}

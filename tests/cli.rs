@@ -1,0 +1,318 @@
+//! The real binary: crash and restart, SIGTERM, configuration errors, the demo, `graas get`.
+
+mod common;
+
+use common::{
+    AccountToml, TestDb, assert_matches_truth, assert_no_gap_below_cursor, config_toml, cursor_of,
+    open_store, wait_until,
+};
+use ordersync::config::Config;
+use ordersync::sandbox::{Sandbox, SandboxConfig};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ordersync");
+
+fn ordersync(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("ORDERSYNC_CONFIG")
+        .output()
+        .expect("run ordersync")
+}
+
+fn spawn_run(config: &Path) -> Child {
+    Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(config)
+        .env_remove("ORDERSYNC_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn ordersync run")
+}
+
+/// Waits for the child to exit, killing it after `timeout`.
+fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("ordersync did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    config_path: std::path::PathBuf,
+    config: Config,
+    sandbox: Sandbox,
+    spec: SandboxConfig,
+}
+
+async fn setup(db: &TestDb, orders: usize, account: &AccountToml) -> Setup {
+    let spec = SandboxConfig::graas(1, orders);
+    let sandbox = Sandbox::start(([127, 0, 0, 1], 0).into(), spec.clone())
+        .await
+        .expect("sandbox");
+    let text = config_toml(db, &sandbox, &spec, account);
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("ordersync.toml");
+    std::fs::write(&config_path, &text).unwrap();
+    let config = Config::from_toml(&text).unwrap();
+    Setup {
+        _dir: dir,
+        config_path,
+        config,
+        sandbox,
+        spec,
+    }
+}
+
+async fn killed_mid_backfill_resumes_without_gaps(db: TestDb) {
+    let slow = AccountToml {
+        page_size: 100,
+        rate_limit: "10/s",
+        ..AccountToml::default()
+    };
+    let s = setup(&db, 20_000, &slow).await;
+    let store = open_store(&s.config).await;
+
+    let mut child = spawn_run(&s.config_path);
+    let progress = store.clone();
+    wait_until(Duration::from_secs(30), "some committed progress", || {
+        let store = progress.clone();
+        async move {
+            store
+                .orders_of("graas", "shop-1")
+                .await
+                .is_ok_and(|o| o.len() >= 1_000)
+        }
+    })
+    .await;
+    child.kill().expect("SIGKILL");
+    child.wait().unwrap();
+
+    let stored = store.orders_of("graas", "shop-1").await.unwrap().len();
+    assert!(
+        stored < 20_000,
+        "the backfill finished before the kill; nothing was tested"
+    );
+    let cursor = cursor_of(&store, "shop-1")
+        .await
+        .expect("a committed cursor");
+    assert_no_gap_below_cursor(
+        &store,
+        &s.sandbox,
+        &s.spec.graas[0].account_number,
+        "shop-1",
+        cursor,
+    )
+    .await;
+
+    // Restart (faster, to finish) and run until caught up.
+    let text = std::fs::read_to_string(&s.config_path)
+        .unwrap()
+        .replace("\"10/s\"", "\"500/s\"");
+    std::fs::write(&s.config_path, text).unwrap();
+    let out = ordersync(&["run", "--once", "--config", s.config_path.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_matches_truth(&store, &s.sandbox, &s.spec).await;
+    store.close().await;
+    s.sandbox.stop().await;
+}
+on_both_backends!(killed_mid_backfill_resumes_without_gaps);
+
+async fn sigterm_finishes_the_transaction_and_exits_zero(db: TestDb) {
+    let slow = AccountToml {
+        page_size: 100,
+        rate_limit: "10/s",
+        ..AccountToml::default()
+    };
+    let s = setup(&db, 20_000, &slow).await;
+    let store = open_store(&s.config).await;
+    let mut child = spawn_run(&s.config_path);
+    let progress = store.clone();
+    wait_until(Duration::from_secs(30), "some committed progress", || {
+        let store = progress.clone();
+        async move { cursor_of(&store, "shop-1").await.is_some() }
+    })
+    .await;
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(term.success());
+    let status = wait_exit(&mut child, Duration::from_secs(20));
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+    let cursor = cursor_of(&store, "shop-1").await.expect("cursor");
+    assert_no_gap_below_cursor(
+        &store,
+        &s.sandbox,
+        &s.spec.graas[0].account_number,
+        "shop-1",
+        cursor,
+    )
+    .await;
+    store.close().await;
+    s.sandbox.stop().await;
+}
+on_both_backends!(sigterm_finishes_the_transaction_and_exits_zero);
+
+async fn graas_get_fetches_and_stores_one_order(db: TestDb) {
+    let s = setup(&db, 50, &AccountToml::default()).await;
+    let order = s
+        .sandbox
+        .graas()
+        .truth(&s.spec.graas[0].account_number)
+        .remove(7);
+    let config = s.config_path.to_str().unwrap();
+    let out = ordersync(&[
+        "graas",
+        "get",
+        "--config",
+        config,
+        "--account",
+        "shop-1",
+        "--channel",
+        &order.channel,
+        "--order",
+        &order.order_id,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("prints the order JSON");
+    assert_eq!(printed["orderID"], order.order_id.as_str());
+    let store = open_store(&s.config).await;
+    let stored = store.orders_of("graas", "shop-1").await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].status.as_deref(), Some(order.status.as_str()));
+
+    let missing = ordersync(&[
+        "graas",
+        "get",
+        "--config",
+        config,
+        "--account",
+        "shop-1",
+        "--channel",
+        "lazada-1",
+        "--order",
+        "1",
+    ]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no order 1"));
+    let unknown = ordersync(&[
+        "graas",
+        "get",
+        "--config",
+        config,
+        "--account",
+        "nope",
+        "--channel",
+        "lazada-1",
+        "--order",
+        "1",
+    ]);
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("--account `nope`"));
+    store.close().await;
+    s.sandbox.stop().await;
+}
+on_both_backends!(graas_get_fetches_and_stores_one_order);
+
+const VALID: &str = r#"
+[[graas]]
+name = "sg-shop"
+base_url = "https://api.graas.example"
+account_number = "5a4e44b3a67a6d000489e5a8"
+app_key = "literal"
+start_from = "2024-01-01T00:00:00Z"
+"#;
+
+fn check_config(text: &str) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, text).unwrap();
+    ordersync(&["check-config", "--config", path.to_str().unwrap()])
+}
+
+#[test]
+fn bad_config_names_the_key_and_exits_non_zero() {
+    assert!(check_config(VALID).status.success());
+    let cases = [
+        (
+            VALID.replace("start_from = \"2024-01-01T00:00:00Z\"\n", ""),
+            "start_from",
+        ),
+        (format!("{VALID}page_size = \"ten\"\n"), "page_size"),
+        (format!("{VALID}colour = \"blue\"\n"), "colour"),
+        (
+            VALID.replace("https://api.graas.example", "api dot example"),
+            "graas[0].base_url",
+        ),
+        (
+            format!("{VALID}schedule = \"every minute\"\n"),
+            "graas[0].schedule",
+        ),
+        (
+            format!("[database]\nurl = \"mysql://x\"\n{VALID}"),
+            "database.url",
+        ),
+    ];
+    for (text, key) in cases {
+        let out = check_config(&text);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "accepted a config with a bad {key}");
+        assert!(
+            stderr.contains(key),
+            "error for {key} does not name it: {stderr}"
+        );
+    }
+    let missing = ordersync(&["run", "--config", "/nonexistent/ordersync.toml"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/ordersync.toml"));
+}
+
+#[test]
+fn environment_overrides_file_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, VALID).unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "--config", path.to_str().unwrap()])
+        .env("ORDERSYNC_DATABASE__URL", "oracle://nope")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("database.url"));
+}
+
+#[test]
+fn demo_syncs_the_sandbox_and_summarises() {
+    let out = ordersync(&["demo", "--for", "6s", "--orders", "500"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("summary after"), "{stdout}");
+    assert!(
+        stdout.contains("shop-1") && stdout.contains("shop-2"),
+        "{stdout}"
+    );
+}
