@@ -1,1 +1,155 @@
-fn main() {}
+//! Sync benchmark: 100,000 Graas orders from a sandbox running in its own process into SQLite,
+//! and into Postgres when `ORDERSYNC_TEST_PG` (or `ORDERSYNC_BENCH_PG`) is set. Prints orders per
+//! second, wall time and the daemon's peak RSS.
+//!
+//!     cargo bench --bench sync
+//!
+//! `BENCH_ORDERS` and `BENCH_PAGE_SIZE` change the size.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::Instant;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ordersync");
+
+fn env_number(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+struct SandboxProcess(Child);
+
+impl Drop for SandboxProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `ordersync sandbox` and returns it with its base URL once it listens.
+fn start_sandbox(orders: usize) -> Result<(SandboxProcess, String), String> {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| format!("no free port: {e}"))?
+        .port();
+    let mut child = Command::new(BIN)
+        .args([
+            "sandbox",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--accounts",
+            "1",
+        ])
+        .args(["--orders", &orders.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start the sandbox: {e}"))?;
+    let stdout = child.stdout.take().ok_or("no sandbox stdout")?;
+    let process = SandboxProcess(child);
+    for line in BufReader::new(stdout).lines() {
+        let line = line.map_err(|e| e.to_string())?;
+        if let Some(url) = line.strip_prefix("sandbox listening on ") {
+            return Ok((process, url.trim().to_owned()));
+        }
+    }
+    Err("the sandbox exited before listening".into())
+}
+
+fn run_once(
+    label: &str,
+    database: &str,
+    base_url: &str,
+    orders: usize,
+    page_size: usize,
+) -> Result<(), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let start = chrono::Utc::now() - chrono::Duration::days(4);
+    let config = format!(
+        "{database}\n[log]\nlevel = \"warn\"\n\n[[graas]]\nname = \"bench\"\nbase_url = \"{base_url}\"\naccount_number = \"5a4e44b3a67a6d0004800001\"\napp_key = \"sandbox-key-1\"\nstart_from = \"{}\"\npage_size = {page_size}\nsettle = \"1s\"\nrate_limit = \"100000/s\"\n",
+        start.to_rfc3339()
+    )
+    .replace("{dir}", &dir.path().display().to_string());
+    let path = dir.path().join("bench.toml");
+    std::fs::write(&path, config).map_err(|e| e.to_string())?;
+
+    let started = Instant::now();
+    let out = Command::new(BIN)
+        .args(["run", "--once", "--config"])
+        .arg(&path)
+        .output()
+        .map_err(|e| e.to_string())?;
+    let wall = started.elapsed();
+    if !out.status.success() {
+        return Err(format!(
+            "run failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let mut written = 0u64;
+    let mut peak_kb = 0u64;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let value: serde_json::Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
+        written += value["written"].as_u64().unwrap_or(0);
+        peak_kb = peak_kb.max(value["peak_rss_kb"].as_u64().unwrap_or(0));
+    }
+    if written != orders as u64 {
+        return Err(format!("wrote {written} orders, expected {orders}"));
+    }
+    println!(
+        "{label:<9} {orders:>7} orders  {:>8.2} s  {:>9.0} orders/s  peak RSS {:>6.1} MB  (page size {page_size})",
+        wall.as_secs_f64(),
+        orders as f64 / wall.as_secs_f64(),
+        peak_kb as f64 / 1024.0
+    );
+    Ok(())
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` would pass nothing useful either.
+    let orders = env_number("BENCH_ORDERS", 100_000);
+    let page_size = env_number("BENCH_PAGE_SIZE", 500);
+    let (_sandbox, base_url) = match start_sandbox(orders) {
+        Ok(started) => started,
+        Err(error) => {
+            eprintln!("benchmark not run: {error}");
+            std::process::exit(1);
+        }
+    };
+    let mut failed = false;
+    let sqlite = "[database]\nurl = \"sqlite://{dir}/bench.db\"\n";
+    if let Err(error) = run_once("sqlite", sqlite, &base_url, orders, page_size) {
+        eprintln!("sqlite: {error}");
+        failed = true;
+    }
+    let pg = std::env::var("ORDERSYNC_BENCH_PG")
+        .or_else(|_| std::env::var("ORDERSYNC_TEST_PG"))
+        .ok()
+        .filter(|u| !u.is_empty());
+    match pg {
+        Some(url) => {
+            let database = format!(
+                "[database]\nurl = \"{url}\"\nschema = \"bench_{}\"\n",
+                std::process::id()
+            );
+            if let Err(error) = run_once("postgres", &database, &base_url, orders, page_size) {
+                eprintln!("postgres: {error}");
+                failed = true;
+            }
+            let _ = Command::new("psql")
+                .args([
+                    url.as_str(),
+                    "-qc",
+                    &format!("DROP SCHEMA IF EXISTS bench_{} CASCADE", std::process::id()),
+                ])
+                .status();
+        }
+        None => println!("postgres  skipped: set ORDERSYNC_TEST_PG or ORDERSYNC_BENCH_PG"),
+    }
+    if failed {
+        std::process::exit(1);
+    }
+}

@@ -316,3 +316,31 @@ fn demo_syncs_the_sandbox_and_summarises() {
         "{stdout}"
     );
 }
+
+#[test]
+fn the_example_config_is_valid() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml");
+    let out = Command::new(BIN)
+        .args(["check-config", "--config", example])
+        .env("GRAAS_SG_KEY", "example-key")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Without its secret it names the key and the variable.
+    let out = Command::new(BIN)
+        .args(["check-config", "--config", example])
+        .env_remove("GRAAS_SG_KEY")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("graas[0].app_key") && stderr.contains("GRAAS_SG_KEY"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("example-key"));
+}

@@ -42,7 +42,10 @@ impl SqliteStore {
             // the last transactions, and those are re-read from upstream via the cursor.
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
+            .foreign_keys(true)
+            .pragma("cache_size", "-32768")
+            .pragma("wal_autocheckpoint", "16384")
+            .pragma("temp_store", "memory");
         let pool = SqlitePoolOptions::new()
             .max_connections(config.max_connections)
             .connect_with(options)

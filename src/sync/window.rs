@@ -15,10 +15,20 @@ use chrono::{DateTime, Utc};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// How many pieces one oversized window may be split into at once.
-const MAX_SPLIT: i64 = 64;
+const MAX_SPLIT: i64 = 4096;
+/// Pieces fetched ahead of the one being committed.
+const PIPELINE_DEPTH: usize = 2;
+
+/// One window's orders, read consistently, waiting to be committed.
+struct Piece {
+    window: TimeWindow,
+    orders: Vec<Order>,
+    quarantined: Vec<Quarantined>,
+}
 /// Reads of an overfull second before giving up on it for this run.
 const CONSISTENT_READ_ATTEMPTS: usize = 8;
 
@@ -131,6 +141,8 @@ impl WindowSync {
     }
 
     /// Reads `window` piece by piece in time order, committing each piece with its cursor.
+    /// Fetching runs ahead of committing by at most [`PIPELINE_DEPTH`] pieces, so the upstream
+    /// and the database work at the same time while memory stays bounded.
     /// Returns false when shutdown interrupted it.
     async fn read_window(
         &self,
@@ -138,40 +150,85 @@ impl WindowSync {
         run: &mut RunSummary,
         shutdown: &CancellationToken,
     ) -> Result<bool, SyncError> {
-        let page_size = self.plan.page_size;
-        // A stack with the earliest piece on top keeps commits in time order.
-        let mut pending = vec![window];
-        while let Some(piece) = pending.pop() {
-            if shutdown.is_cancelled() {
-                return Ok(false);
+        let (sender, mut receiver) = mpsc::channel::<Piece>(PIPELINE_DEPTH);
+        let fetching = self.fetch_pieces(window, sender, shutdown);
+        let committing = async {
+            let mut committed = RunSummary {
+                cursor: run.cursor,
+                ..RunSummary::default()
+            };
+            while let Some(piece) = receiver.recv().await {
+                // What was fetched is committed even during shutdown: it is at most a few pieces.
+                self.commit(piece, &mut committed).await?;
             }
-            let first = self.fetch(piece, 1, run).await?;
+            Ok::<_, SyncError>(committed)
+        };
+        let (fetched, committed) = tokio::join!(fetching, committing);
+        let committed = committed?;
+        run.cursor = committed.cursor;
+        run.written += committed.written;
+        run.unchanged += committed.unchanged;
+        run.quarantined += committed.quarantined;
+        let (requests, finished) = fetched?;
+        run.requests += requests;
+        Ok(finished)
+    }
+
+    /// Splits `window` until each piece fits one page and sends the pieces in time order.
+    /// Returns the number of requests made and whether it got through the whole window.
+    async fn fetch_pieces(
+        &self,
+        window: TimeWindow,
+        sender: mpsc::Sender<Piece>,
+        shutdown: &CancellationToken,
+    ) -> Result<(u64, bool), SyncError> {
+        let page_size = self.plan.page_size;
+        let mut requests = 0;
+        // A stack with the earliest piece on top keeps pieces in time order.
+        let mut pending = vec![window];
+        while let Some(window) = pending.pop() {
+            if shutdown.is_cancelled() {
+                return Ok((requests, false));
+            }
+            let first = self.fetch(window, 1, &mut requests).await?;
             let fits =
                 first.number_of_pages <= 1 && first.number_of_records <= u64::from(page_size);
-            if fits {
-                self.commit(piece, first.orders, first.quarantined, run)
-                    .await?;
-            } else if piece.covered_seconds() <= 1 {
-                let (orders, quarantined) = self.read_consistently(piece, run).await?;
-                self.commit(piece, orders, quarantined, run).await?;
+            let piece = if fits {
+                Piece {
+                    window,
+                    orders: first.orders,
+                    quarantined: first.quarantined,
+                }
+            } else if window.covered_seconds() <= 1 {
+                let (orders, quarantined) = self.read_consistently(window, &mut requests).await?;
+                Piece {
+                    window,
+                    orders,
+                    quarantined,
+                }
             } else {
                 pending.extend(
-                    split(piece, first.number_of_records, page_size)
+                    split(window, first.number_of_records, page_size)
                         .into_iter()
                         .rev(),
                 );
+                continue;
+            };
+            if sender.send(piece).await.is_err() {
+                // The committer stopped on an error; it reports it.
+                return Ok((requests, false));
             }
         }
-        Ok(true)
+        Ok((requests, true))
     }
 
     async fn fetch(
         &self,
         window: TimeWindow,
         page_number: u32,
-        run: &mut RunSummary,
+        requests: &mut u64,
     ) -> Result<WindowPage, SyncError> {
-        run.requests += 1;
+        *requests += 1;
         self.progress.add_request();
         Ok(self
             .source
@@ -186,7 +243,7 @@ impl WindowSync {
     async fn read_consistently(
         &self,
         window: TimeWindow,
-        run: &mut RunSummary,
+        requests: &mut u64,
     ) -> Result<(Vec<Order>, Vec<Quarantined>), SyncError> {
         let mut seen: BTreeSet<(String, String)> = BTreeSet::new();
         let mut orders = Vec::new();
@@ -196,7 +253,7 @@ impl WindowSync {
             let mut page_number = 1;
             let mut pages = 1;
             while page_number <= pages {
-                let page = self.fetch(window, page_number, run).await?;
+                let page = self.fetch(window, page_number, requests).await?;
                 // Re-read from every page: it can change while we page.
                 pages = page.number_of_pages;
                 for order in page.orders {
@@ -218,16 +275,16 @@ impl WindowSync {
         .into())
     }
 
-    async fn commit(
-        &self,
-        piece: TimeWindow,
-        orders: Vec<Order>,
-        quarantined: Vec<Quarantined>,
-        run: &mut RunSummary,
-    ) -> Result<(), SyncError> {
+    async fn commit(&self, piece: Piece, run: &mut RunSummary) -> Result<(), SyncError> {
+        let Piece {
+            window: piece,
+            orders,
+            quarantined,
+        } = piece;
         // A piece inside the lookback ends behind the cursor: its orders count, the cursor stays.
         let advance = piece.before > run.cursor;
         let cursor_text = piece.before.to_string();
+        let started = std::time::Instant::now();
         let outcome = self
             .store
             .commit_batch(&Batch {
@@ -238,6 +295,15 @@ impl WindowSync {
                 seen_at: Utc::now(),
             })
             .await?;
+        tracing::debug!(
+            stream = %self.stream(),
+            after = piece.after,
+            before = piece.before,
+            orders = orders.len(),
+            written = outcome.written,
+            commit_ms = started.elapsed().as_secs_f64() * 1e3,
+            "piece committed"
+        );
         if advance {
             run.cursor = piece.before;
             self.progress.set_cursor(piece.before);
@@ -267,8 +333,9 @@ fn secs(duration: Duration) -> i64 {
 fn split(window: TimeWindow, records: u64, page_size: u32) -> Vec<TimeWindow> {
     let first = window.after + 1;
     let seconds = window.covered_seconds();
-    // Aim for pages four-fifths full so uneven spreads rarely need a second split.
-    let wanted = (records.saturating_mul(5) / (u64::from(page_size) * 4)).saturating_add(1);
+    // Aim for pages three-quarters full so uneven spreads rarely need a second split (a piece
+    // that does not fit costs a page fetched for nothing).
+    let wanted = (records.saturating_mul(4) / (u64::from(page_size) * 3)).saturating_add(1);
     let parts = i64::try_from(wanted)
         .unwrap_or(MAX_SPLIT)
         .clamp(2, MAX_SPLIT)
