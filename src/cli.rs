@@ -9,6 +9,7 @@ use ordersync::providers::graas::GraasClient;
 use ordersync::providers::http::{HttpClient, RateGate};
 use ordersync::sandbox::{Faults, Mutations, Sandbox, SandboxConfig};
 use ordersync::store::{self, Batch, Store};
+use ordersync::sync::health::{self, Health};
 use ordersync::sync::{self, Daemon, StreamRunner};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -291,26 +292,40 @@ async fn status(config: ConfigArg) -> anyhow::Result<ExitCode> {
             .unwrap_or_else(|| "never".into())
     };
     println!(
-        "{:<36} {:>12} {:>14} {:>14}  last error",
-        "stream", "lag", "last run", "last success"
+        "{:<32} {:<9} {:>10} {:>14} {:>14}  last error",
+        "stream", "health", "lag", "last run", "last success"
     );
-    for s in streams {
-        let lag = s
-            .cursor
-            .as_deref()
+    let mut healthy = true;
+    for account in config.graas.iter().filter(|a| a.enabled) {
+        let key = StreamKey {
+            provider: ProviderKind::Graas,
+            account: account.name.clone(),
+            resource: ordersync::providers::graas::ORDERS_RESOURCE.to_owned(),
+        };
+        let found = streams.iter().find(|s| s.stream == key);
+        let health = health::assess(&account.schedule, found, now);
+        healthy &= matches!(health, Health::Ok);
+        let lag = found
+            .and_then(|s| s.cursor.as_deref())
             .and_then(|c| c.parse::<i64>().ok())
             .map(|c| format!("{}s", now.timestamp() - c))
             .unwrap_or_else(|| "-".into());
         println!(
-            "{:<36} {:>12} {:>14} {:>14}  {}",
-            s.stream.to_string(),
+            "{:<32} {:<9} {:>10} {:>14} {:>14}  {}",
+            key.to_string(),
+            health.as_str(),
             lag,
-            ago(s.last_run_started_at),
-            ago(s.last_success_at),
-            s.last_error.unwrap_or_default()
+            ago(found.and_then(|s| s.last_run_started_at)),
+            ago(found.and_then(|s| s.last_success_at)),
+            found.and_then(|s| s.last_error.clone()).unwrap_or_default()
         );
     }
-    Ok(ExitCode::SUCCESS)
+    // Non-zero when any stream needs a look, so monitoring can run this command as it is.
+    Ok(if healthy {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 async fn sandbox(args: SandboxArgs) -> anyhow::Result<ExitCode> {

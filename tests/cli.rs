@@ -344,3 +344,36 @@ fn the_example_config_is_valid() {
     );
     assert!(!stderr.contains("example-key"));
 }
+
+async fn status_reports_each_stream(db: TestDb) {
+    let s = setup(&db, 50, &AccountToml::default()).await;
+    let config = s.config_path.to_str().unwrap().to_owned();
+    let run = ordersync(&["run", "--once", "--config", &config]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let healthy = ordersync(&["status", "--config", &config]);
+    let stdout = String::from_utf8_lossy(&healthy.stdout);
+    assert!(healthy.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("graas/shop-1/orders") && stdout.contains(" ok "),
+        "{stdout}"
+    );
+
+    // An account that was never polled needs a look: non-zero, and said so.
+    let text = std::fs::read_to_string(&s.config_path).unwrap();
+    let second =
+        text[text.find("[[graas]]").unwrap()..].replace("name = \"shop-1\"", "name = \"shop-2\"");
+    std::fs::write(&s.config_path, format!("{text}\n{second}")).unwrap();
+    let unhealthy = ordersync(&["status", "--config", &config]);
+    let stdout = String::from_utf8_lossy(&unhealthy.stdout);
+    assert!(!unhealthy.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("graas/shop-2/orders") && stdout.contains("never run"),
+        "{stdout}"
+    );
+    s.sandbox.stop().await;
+}
+on_both_backends!(status_reports_each_stream);

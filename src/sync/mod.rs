@@ -1,6 +1,7 @@
 //! Schedules, windows and cursors: drives providers on their cron schedules and writes what they
 //! return through the store.
 
+pub mod health;
 pub mod progress;
 pub mod window;
 
