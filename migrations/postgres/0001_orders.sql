@@ -43,31 +43,47 @@ CREATE INDEX order_events_by_order ON order_events (order_id, id);
 
 -- The history is written by the database itself, in the same statement as the order, so no
 -- writer (ordersync or a person with SQL) can change a status without leaving a trace.
-CREATE FUNCTION ordersync_record_status_change() RETURNS trigger LANGUAGE plpgsql AS $$
+-- Statement-level triggers with transition tables write a whole batch's history in one
+-- INSERT ... SELECT; an INSERT ... ON CONFLICT DO UPDATE fires both of them.
+CREATE FUNCTION ordersync_orders_first_seen() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF TG_OP = 'INSERT' THEN
-        INSERT INTO order_events (order_id, provider, account, channel, external_id,
-            old_status, new_status, old_payment_status, new_payment_status,
-            old_shipping_status, new_shipping_status, upstream_updated_at, observed_at)
-        VALUES (NEW.id, NEW.provider, NEW.account, NEW.channel, NEW.external_id,
-            NULL, NEW.status, NULL, NEW.payment_status, NULL, NEW.shipping_status,
-            NEW.upstream_updated_at, NEW.synced_at);
-    ELSIF OLD.status IS DISTINCT FROM NEW.status
-       OR OLD.payment_status IS DISTINCT FROM NEW.payment_status
-       OR OLD.shipping_status IS DISTINCT FROM NEW.shipping_status THEN
-        INSERT INTO order_events (order_id, provider, account, channel, external_id,
-            old_status, new_status, old_payment_status, new_payment_status,
-            old_shipping_status, new_shipping_status, upstream_updated_at, observed_at)
-        VALUES (NEW.id, NEW.provider, NEW.account, NEW.channel, NEW.external_id,
-            OLD.status, NEW.status, OLD.payment_status, NEW.payment_status,
-            OLD.shipping_status, NEW.shipping_status, NEW.upstream_updated_at, NEW.synced_at);
-    END IF;
+    INSERT INTO order_events (order_id, provider, account, channel, external_id,
+        old_status, new_status, old_payment_status, new_payment_status,
+        old_shipping_status, new_shipping_status, upstream_updated_at, observed_at)
+    SELECT n.id, n.provider, n.account, n.channel, n.external_id,
+        NULL, n.status, NULL, n.payment_status, NULL, n.shipping_status,
+        n.upstream_updated_at, n.synced_at
+    FROM inserted_orders n
+    ORDER BY n.id;
     RETURN NULL;
 END
 $$;
 
-CREATE TRIGGER orders_status_change AFTER INSERT OR UPDATE ON orders
-    FOR EACH ROW EXECUTE FUNCTION ordersync_record_status_change();
+CREATE FUNCTION ordersync_orders_status_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO order_events (order_id, provider, account, channel, external_id,
+        old_status, new_status, old_payment_status, new_payment_status,
+        old_shipping_status, new_shipping_status, upstream_updated_at, observed_at)
+    SELECT n.id, n.provider, n.account, n.channel, n.external_id,
+        o.status, n.status, o.payment_status, n.payment_status,
+        o.shipping_status, n.shipping_status, n.upstream_updated_at, n.synced_at
+    FROM updated_orders_new n
+    JOIN updated_orders_old o ON o.id = n.id
+    WHERE o.status IS DISTINCT FROM n.status
+       OR o.payment_status IS DISTINCT FROM n.payment_status
+       OR o.shipping_status IS DISTINCT FROM n.shipping_status
+    ORDER BY n.id;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER orders_first_seen AFTER INSERT ON orders
+    REFERENCING NEW TABLE AS inserted_orders
+    FOR EACH STATEMENT EXECUTE FUNCTION ordersync_orders_first_seen();
+
+CREATE TRIGGER orders_status_changed AFTER UPDATE ON orders
+    REFERENCING OLD TABLE AS updated_orders_old NEW TABLE AS updated_orders_new
+    FOR EACH STATEMENT EXECUTE FUNCTION ordersync_orders_status_changed();
 
 CREATE TABLE sync_cursors (
     provider             TEXT        NOT NULL,

@@ -313,53 +313,173 @@ impl GraasSim {
     }
 }
 
-fn render(order: &SimOrder, salt: u64) -> String {
+#[derive(Serialize)]
+struct WireMoney {
+    amount: i64,
+    #[serde(rename = "currencyCode")]
+    currency_code: &'static str,
+}
+
+fn sgd(amount: i64) -> WireMoney {
+    WireMoney {
+        amount,
+        currency_code: "SGD",
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct WireItem<'a> {
+    #[serde(rename = "orderItemID")]
+    order_item_id: &'a str,
+    #[serde(rename = "SKU")]
+    sku: &'a str,
+    #[serde(rename = "customSKU")]
+    custom_sku: &'a str,
+    #[serde(rename = "shopSKU")]
+    shop_sku: String,
+    quantity: i64,
+    item_amount: WireMoney,
+    item_sold_amount: WireMoney,
+    item_title: String,
+    delivery_type: &'static str,
+}
+
+/// A value the docs show in two shapes: `Text` in one example, `Number`/`List` in another.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Shape<'a> {
+    Text(&'a str),
+    Number(i64),
+    List([&'a str; 1]),
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct WireAddress<'a> {
+    name: &'static str,
+    street1: &'static str,
+    city: &'static str,
+    country: &'static str,
+    phone: Shape<'a>,
+    postal_code: Shape<'a>,
+}
+
+#[derive(Serialize)]
+struct WireBuyer {
+    name: String,
+}
+
+#[derive(Serialize)]
+struct WireShipping<'a> {
+    address: WireAddress<'a>,
+}
+
+#[derive(Serialize)]
+struct WireSite {
+    name: &'static str,
+    #[serde(rename = "nickNameID")]
+    nick_name_id: &'static str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct WireOrder<'a> {
+    site: WireSite,
+    #[serde(rename = "orderID")]
+    order_id: &'a str,
+    order_number: &'a str,
+    buyer_details: WireBuyer,
+    order_items: Vec<WireItem<'a>>,
+    order_status: &'static str,
+    payment_status: &'static str,
+    shipping_status: &'static str,
+    order_amount: WireMoney,
+    order_sold_amount: WireMoney,
+    shipping_amount: WireMoney,
+    payment_methods: Shape<'a>,
+    shipping_details: WireShipping<'a>,
+    time_created: i64,
+    time_order_created: i64,
+    time_last_updated: Shape<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<&'static str>,
+}
+
+/// Appends the order's JSON as Graas documents it to `out`.
+fn render_into(out: &mut Vec<u8>, order: &SimOrder, single: bool) {
     let (name, nick) = CHANNELS[order.channel];
     let (status, payment, shipping) = STAGES[order.stage as usize];
-    let money = |minor: i64| json!({"amount": minor, "currencyCode": "SGD"});
-    let items: Vec<Value> = order
-        .items
-        .iter()
-        .map(|item| {
-            json!({
-                "orderItemID": item.item_id,
-                "SKU": item.sku,
-                "customSKU": item.sku,
-                "shopSKU": format!("{}-{nick}", item.sku),
-                "quantity": item.quantity,
-                "itemAmount": money(item.unit_minor),
-                "itemSoldAmount": money(item.unit_minor),
-                "itemTitle": format!("Item {}", item.sku),
-                "deliveryType": "Own Warehouse",
-            })
-        })
-        .collect();
-    let total: i64 = order.items.iter().map(|i| i.quantity * i.unit_minor).sum();
+    let salt: u64 = order.order_id.bytes().map(u64::from).sum();
     // The docs show both shapes of these fields; serve both.
     let number_shapes = salt % 2 == 0;
-    let body = json!({
-        "site": {"name": name, "nickNameID": nick},
-        "orderID": order.order_id,
-        "orderNumber": order.order_id,
-        "buyerDetails": {"name": format!("Buyer {}", salt % 1000)},
-        "orderItems": items,
-        "orderStatus": status,
-        "paymentStatus": payment,
-        "shippingStatus": shipping,
-        "orderAmount": money(total),
-        "orderSoldAmount": money(total),
-        "shippingAmount": money(300),
-        "paymentMethods": if number_shapes { json!("VISA/MasterCard") } else { json!(["MIXEDCARD"]) },
-        "shippingDetails": {"address": {
-            "name": "Sandbox Buyer", "street1": "1 Example Road", "city": "Singapore", "country": "SG",
-            "phone": if number_shapes { json!(213123) } else { json!("+65*******1872") },
-            "postalCode": if number_shapes { json!(18956) } else { json!("018956") },
-        }},
-        "timeCreated": order.created,
-        "timeOrderCreated": order.created,
-        "timeLastUpdated": if order.malformed { json!("not-a-time") } else { json!(order.updated) },
-    });
-    body.to_string()
+    let address = WireAddress {
+        name: "Sandbox Buyer",
+        street1: "1 Example Road",
+        city: "Singapore",
+        country: "SG",
+        phone: if number_shapes {
+            Shape::Number(213_123)
+        } else {
+            Shape::Text("+65*******1872")
+        },
+        postal_code: if number_shapes {
+            Shape::Number(18_956)
+        } else {
+            Shape::Text("018956")
+        },
+    };
+    let total: i64 = order.items.iter().map(|i| i.quantity * i.unit_minor).sum();
+    let wire = WireOrder {
+        site: WireSite {
+            name,
+            nick_name_id: nick,
+        },
+        order_id: &order.order_id,
+        order_number: &order.order_id,
+        buyer_details: WireBuyer {
+            name: format!("Buyer {}", salt % 1000),
+        },
+        order_items: order
+            .items
+            .iter()
+            .map(|item| WireItem {
+                order_item_id: &item.item_id,
+                sku: &item.sku,
+                custom_sku: &item.sku,
+                shop_sku: format!("{}-{nick}", item.sku),
+                quantity: item.quantity,
+                item_amount: sgd(item.unit_minor),
+                item_sold_amount: sgd(item.unit_minor),
+                item_title: format!("Item {}", item.sku),
+                delivery_type: "Own Warehouse",
+            })
+            .collect(),
+        order_status: status,
+        payment_status: payment,
+        shipping_status: shipping,
+        order_amount: sgd(total),
+        order_sold_amount: sgd(total),
+        shipping_amount: sgd(300),
+        payment_methods: if number_shapes {
+            Shape::Text("VISA/MasterCard")
+        } else {
+            Shape::List(["MIXEDCARD"])
+        },
+        shipping_details: WireShipping { address },
+        time_created: order.created,
+        time_order_created: order.created,
+        time_last_updated: if order.malformed {
+            Shape::Text("not-a-time")
+        } else {
+            Shape::Number(order.updated)
+        },
+        // The single-order answer is the order plus `"status": "success"`.
+        status: single.then_some("success"),
+    };
+    if let Err(error) = serde_json::to_writer(&mut *out, &wire) {
+        tracing::error!(%error, "sandbox could not render an order");
+    }
 }
 
 fn error(status: StatusCode, message: &str) -> Response {
@@ -426,13 +546,9 @@ async fn admit(sim: &GraasSim, headers: &HeaderMap) -> Result<(usize, bool), Res
     Ok((index, truncate))
 }
 
-fn json_body(mut body: String, truncate: bool) -> Response {
+fn json_body(mut body: Vec<u8>, truncate: bool) -> Response {
     if truncate {
-        let mut cut = body.len() / 2;
-        while !body.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        body.truncate(cut);
+        body.truncate(body.len() / 2);
     }
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
@@ -488,15 +604,18 @@ async fn list_orders(
             (records, page)
         }
     };
-    let history: Vec<String> = page
-        .iter()
-        .map(|o| render(o, o.order_id.bytes().map(u64::from).sum()))
-        .collect();
     let pages = (records + page_size - 1) / page_size;
-    let body = format!(
-        r#"{{"numberOfPages":{pages},"numberOfRecords":{records},"history":[{}],"status":"success"}}"#,
-        history.join(",")
+    let mut body = Vec::with_capacity(64 + page.len() * 1_500);
+    body.extend_from_slice(
+        format!(r#"{{"numberOfPages":{pages},"numberOfRecords":{records},"history":["#).as_bytes(),
     );
+    for (i, order) in page.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        render_into(&mut body, order, false);
+    }
+    body.extend_from_slice(br#"],"status":"success"}"#);
     json_body(body, truncate)
 }
 
@@ -520,10 +639,8 @@ async fn one_order(
     let Some(order) = order else {
         return error(StatusCode::NOT_FOUND, "Record Not Found");
     };
-    let mut body = render(&order, order.order_id.bytes().map(u64::from).sum());
-    // The single-order answer is the order plus `"status": "success"`.
-    body.pop();
-    body.push_str(r#","status":"success"}"#);
+    let mut body = Vec::with_capacity(1_500);
+    render_into(&mut body, &order, true);
     json_body(body, truncate)
 }
 

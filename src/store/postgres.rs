@@ -2,15 +2,15 @@
 
 use super::sqlite::provider_from_db;
 use super::{
-    Batch, BatchOutcome, ROWS_PER_STATEMENT, StatusChange, Store, StoreError, StoredOrder,
-    StreamStatus, body_sha256, newest_per_key,
+    Batch, BatchOutcome, StatusChange, Store, StoreError, StoredOrder, StreamStatus, body_sha256,
+    newest_per_key,
 };
 use crate::config::DatabaseConfig;
-use crate::model::{OrderKey, StreamKey};
+use crate::model::{Order, OrderKey, StreamKey};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Connection, PgPool, Postgres, QueryBuilder, Row};
+use sqlx::{Connection, PgPool, Postgres, Row};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -45,6 +45,54 @@ impl PostgresStore {
     }
 }
 
+/// One statement for a whole batch: the columns travel as arrays, so the statement text never
+/// changes and is prepared once per connection, however many orders a batch holds.
+/// Newer wins; an equal time wins only when the body differs (the later read), so the lookback's
+/// re-reads of unchanged orders write nothing. JSON has no equality, so bodies compare as text.
+const UPSERT_ORDERS: &str = "INSERT INTO orders (provider, account, channel, external_id, status, \
+     payment_status, shipping_status, total_minor, currency, upstream_created_at, \
+     upstream_updated_at, payload, first_seen_at, synced_at) \
+     SELECT provider, account, channel, external_id, status, payment_status, shipping_status, \
+     total_minor, currency, upstream_created_at, upstream_updated_at, payload::json, $13, $13 \
+     FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+     $7::text[], $8::int8[], $9::text[], $10::timestamptz[], $11::timestamptz[], $12::text[]) \
+     AS batch (provider, account, channel, external_id, status, payment_status, shipping_status, \
+     total_minor, currency, upstream_created_at, upstream_updated_at, payload) \
+     ON CONFLICT (provider, account, channel, external_id) DO UPDATE SET \
+     status = excluded.status, payment_status = excluded.payment_status, \
+     shipping_status = excluded.shipping_status, total_minor = excluded.total_minor, \
+     currency = excluded.currency, upstream_created_at = excluded.upstream_created_at, \
+     upstream_updated_at = excluded.upstream_updated_at, payload = excluded.payload, \
+     synced_at = excluded.synced_at \
+     WHERE excluded.upstream_updated_at > orders.upstream_updated_at \
+     OR (excluded.upstream_updated_at = orders.upstream_updated_at \
+         AND excluded.payload::text <> orders.payload::text)";
+
+fn upsert_orders<'a>(
+    orders: &[&'a Order],
+    seen: DateTime<Utc>,
+) -> sqlx::query::Query<'a, Postgres, sqlx::postgres::PgArguments> {
+    fn column<'o, T>(orders: &[&'o Order], f: impl Fn(&'o Order) -> T) -> Vec<T> {
+        orders.iter().map(|o| f(o)).collect()
+    }
+    sqlx::query(UPSERT_ORDERS)
+        .bind(column(orders, |o| o.key.provider.as_str()))
+        .bind(column(orders, |o| o.key.account.as_str()))
+        .bind(column(orders, |o| o.key.channel.as_str()))
+        .bind(column(orders, |o| o.key.external_id.as_str()))
+        .bind(column(orders, |o| o.status.as_deref()))
+        .bind(column(orders, |o| o.payment_status.as_deref()))
+        .bind(column(orders, |o| o.shipping_status.as_deref()))
+        .bind(column(orders, |o| o.total.as_ref().map(|m| m.minor)))
+        .bind(column(orders, |o| {
+            o.total.as_ref().map(|m| m.currency.as_str())
+        }))
+        .bind(column(orders, |o| o.upstream_created_at))
+        .bind(column(orders, |o| o.upstream_updated_at))
+        .bind(column(orders, |o| o.payload.as_str()))
+        .bind(seen)
+}
+
 #[async_trait]
 impl Store for PostgresStore {
     async fn migrate(&self) -> Result<(), StoreError> {
@@ -72,45 +120,9 @@ impl Store for PostgresStore {
         let mut outcome = BatchOutcome::default();
         let mut tx = self.pool.begin().await?;
 
-        for chunk in orders.chunks(ROWS_PER_STATEMENT) {
-            let mut query = QueryBuilder::<Postgres>::new(
-                "INSERT INTO orders (provider, account, channel, external_id, status, \
-                 payment_status, shipping_status, total_minor, currency, upstream_created_at, \
-                 upstream_updated_at, payload, first_seen_at, synced_at) ",
-            );
-            query.push_values(chunk, |mut row, order| {
-                row.push_bind(order.key.provider.as_str())
-                    .push_bind(&order.key.account)
-                    .push_bind(&order.key.channel)
-                    .push_bind(&order.key.external_id)
-                    .push_bind(&order.status)
-                    .push_bind(&order.payment_status)
-                    .push_bind(&order.shipping_status)
-                    .push_bind(order.total.as_ref().map(|m| m.minor))
-                    .push_bind(order.total.as_ref().map(|m| m.currency.as_str()))
-                    .push_bind(order.upstream_created_at)
-                    .push_bind(order.upstream_updated_at)
-                    .push_bind(&order.payload)
-                    .push_unseparated("::json")
-                    .push_bind(seen)
-                    .push_bind(seen);
-            });
-            // Newer wins; an equal time wins only when the body differs (the later read), so the
-            // lookback's re-reads of unchanged orders write nothing. JSON has no equality, so the
-            // bodies are compared as text.
-            query.push(
-                " ON CONFLICT (provider, account, channel, external_id) DO UPDATE SET \
-                 status = excluded.status, payment_status = excluded.payment_status, \
-                 shipping_status = excluded.shipping_status, total_minor = excluded.total_minor, \
-                 currency = excluded.currency, upstream_created_at = excluded.upstream_created_at, \
-                 upstream_updated_at = excluded.upstream_updated_at, payload = excluded.payload, \
-                 synced_at = excluded.synced_at \
-                 WHERE excluded.upstream_updated_at > orders.upstream_updated_at \
-                 OR (excluded.upstream_updated_at = orders.upstream_updated_at \
-                     AND excluded.payload::text <> orders.payload::text)",
-            );
-            let done = query.build().execute(&mut *tx).await?;
-            outcome.written += done.rows_affected();
+        if !orders.is_empty() {
+            let done = upsert_orders(&orders, seen).execute(&mut *tx).await?;
+            outcome.written = done.rows_affected();
         }
         outcome.unchanged = batch.orders.len() as u64 - outcome.written;
 

@@ -43,9 +43,13 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true)
+            // Orders are about 1.5 KB with their payload: larger pages split less and need fewer
+            // WAL frames; fewer, larger checkpoints cost fewer fsyncs. The statement journal of
+            // multi-row upserts stays in memory. (page_size takes effect on a new database.)
             .pragma("cache_size", "-32768")
-            .pragma("wal_autocheckpoint", "16384")
-            .pragma("temp_store", "memory");
+            .pragma("wal_autocheckpoint", "4096")
+            .pragma("temp_store", "memory")
+            .pragma("page_size", "16384");
         let pool = SqlitePoolOptions::new()
             .max_connections(config.max_connections)
             .connect_with(options)

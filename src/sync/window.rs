@@ -21,13 +21,28 @@ use tokio_util::sync::CancellationToken;
 /// How many pieces one oversized window may be split into at once.
 const MAX_SPLIT: i64 = 4096;
 /// Pieces fetched ahead of the one being committed.
-const PIPELINE_DEPTH: usize = 2;
+const PIPELINE_DEPTH: usize = 4;
+/// At most this many orders from waiting pieces share one transaction.
+const COALESCE_ORDERS: usize = 2_000;
 
 /// One window's orders, read consistently, waiting to be committed.
 struct Piece {
     window: TimeWindow,
     orders: Vec<Order>,
     quarantined: Vec<Quarantined>,
+}
+
+impl Piece {
+    /// Joins consecutive pieces (in time order) into one spanning all of them.
+    fn merge(mut pieces: Vec<Piece>) -> Piece {
+        let mut merged = pieces.remove(0);
+        for piece in pieces {
+            merged.window.before = piece.window.before;
+            merged.orders.extend(piece.orders);
+            merged.quarantined.extend(piece.quarantined);
+        }
+        merged
+    }
 }
 /// Reads of an overfull second before giving up on it for this run.
 const CONSISTENT_READ_ATTEMPTS: usize = 8;
@@ -158,8 +173,17 @@ impl WindowSync {
                 ..RunSummary::default()
             };
             while let Some(piece) = receiver.recv().await {
+                // Pieces that are already waiting go into the same transaction: one commit
+                // instead of several, and the cursor moves to the end of the last of them.
+                let mut pieces = vec![piece];
+                let mut orders = pieces[0].orders.len();
+                while orders < COALESCE_ORDERS {
+                    let Ok(next) = receiver.try_recv() else { break };
+                    orders += next.orders.len();
+                    pieces.push(next);
+                }
                 // What was fetched is committed even during shutdown: it is at most a few pieces.
-                self.commit(piece, &mut committed).await?;
+                self.commit(Piece::merge(pieces), &mut committed).await?;
             }
             Ok::<_, SyncError>(committed)
         };
