@@ -8,7 +8,7 @@ use ordersync::model::{ProviderKind, StreamKey};
 use ordersync::providers::graas::GraasClient;
 use ordersync::providers::http::{HttpClient, RateGate};
 use ordersync::sandbox::{Faults, Mutations, Sandbox, SandboxConfig};
-use ordersync::store::{self, Batch, Store};
+use ordersync::store::{self, Batch, Store, StoredOrder};
 use ordersync::sync::health::{self, Health};
 use ordersync::sync::{self, Daemon, StreamRunner};
 use std::net::SocketAddr;
@@ -361,7 +361,7 @@ async fn sandbox(args: SandboxArgs) -> anyhow::Result<ExitCode> {
 fn demo_config(sandbox: &Sandbox, spec: &SandboxConfig, database_url: &str) -> String {
     let start = Utc::now() - chrono::Duration::seconds(spec.history_secs + 3600);
     let mut text = format!(
-        "[database]\nurl = \"{database_url}\"\n\n[log]\nlevel = \"warn\"\n\n[http]\nrequest_timeout = \"2s\"\nmin_backoff = \"100ms\"\nmax_backoff = \"2s\"\n"
+        "[database]\nurl = \"{database_url}\"\n\n[log]\nlevel = \"error\"\n\n[http]\nrequest_timeout = \"2s\"\nmin_backoff = \"100ms\"\nmax_backoff = \"2s\"\n"
     );
     for (i, account) in spec.graas.iter().enumerate() {
         text.push_str(&format!(
@@ -433,35 +433,75 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         }
     }
     daemon.shutdown().await;
+
+    // Stop the sandbox's changes, let the last ones settle, and catch up once more: then the
+    // database must hold exactly what the sandbox holds.
     sandbox.graas().set_mutating(false);
+    println!("\nstopping the sandbox's changes and catching up once more…");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for (stream, result) in sync::run_until_caught_up(&runners, &CancellationToken::new()).await {
+        if let Err(error) = result {
+            println!("  {stream}: final run failed: {error}");
+        }
+    }
     println!("\nsummary after {:.0}s:", started.elapsed().as_secs_f64());
     let mut all_match = true;
     for (runner, account) in runners.iter().zip(&spec.graas) {
-        let stored = store
-            .orders_of(ProviderKind::Graas.as_str(), &runner.stream().account)
-            .await?;
-        let truth = sandbox.graas().truth(&account.account_number);
+        let name = &runner.stream().account;
+        let stored = store.orders_of(ProviderKind::Graas.as_str(), name).await?;
         let quarantined = store
-            .quarantine_count(ProviderKind::Graas.as_str(), &runner.stream().account)
+            .quarantine_count(ProviderKind::Graas.as_str(), name)
             .await?;
+        let truth: Vec<_> = sandbox
+            .graas()
+            .truth(&account.account_number)
+            .into_iter()
+            .filter(|o| !o.malformed)
+            .collect();
+        let stored_by_key: std::collections::HashMap<(&str, &str), &StoredOrder> = stored
+            .iter()
+            .map(|o| ((o.channel.as_str(), o.external_id.as_str()), o))
+            .collect();
+        let differing = truth
+            .iter()
+            .filter(|t| {
+                stored_by_key
+                    .get(&(t.channel.as_str(), t.order_id.as_str()))
+                    .is_none_or(|s| {
+                        s.status.as_deref() != Some(t.status.as_str())
+                            || s.upstream_updated_at.timestamp() != t.updated
+                    })
+            })
+            .count();
+        let matches = differing == 0 && stored.len() == truth.len();
+        all_match &= matches;
         let stats = sandbox
             .graas()
             .stats(&account.account_number)
             .unwrap_or_default();
         let p = runner.progress().snapshot();
         println!(
-            "  {}: {} orders stored, {} quarantined, sandbox holds {} ({} created or changed while running); {} requests, {} answered 429, {} 5xx, {} truncated",
-            runner.stream().account,
+            "  {name}: {} orders stored, {} malformed ones quarantined; the sandbox holds {} valid orders after {} changes while running: {}",
             stored.len(),
             quarantined,
             truth.len(),
             stats.changes,
+            if matches {
+                "database matches".to_owned()
+            } else {
+                format!("{differing} missing or different")
+            },
+        );
+        println!(
+            "  {name}: {} requests, {} runs ({} failed); the sandbox answered {} with 429, {} with 5xx, truncated {}, slowed {}",
             p.requests,
+            p.runs,
+            p.failed_runs,
             stats.over_limit,
             stats.server_errors,
             stats.truncated,
+            stats.slow,
         );
-        all_match &= stored.len() as i64 + quarantined >= truth.len() as i64 - stats.changes as i64;
     }
     store.close().await;
     sandbox.stop().await;
