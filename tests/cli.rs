@@ -8,8 +8,10 @@ use common::{
 };
 use ordersync::config::Config;
 use ordersync::sandbox::{Sandbox, SandboxConfig};
+use ordersync::store::Store;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ordersync");
@@ -75,16 +77,17 @@ async fn setup(db: &TestDb, orders: usize, account: &AccountToml) -> Setup {
     }
 }
 
-async fn killed_mid_backfill_resumes_without_gaps(db: TestDb) {
+/// Starts `ordersync run` on a 20,000-order backfill paced to take minutes, and returns once it
+/// has committed some of it.
+async fn start_slow_backfill(db: &TestDb) -> (Setup, Arc<dyn Store>, Child) {
     let slow = AccountToml {
         page_size: 100,
         rate_limit: "10/s",
         ..AccountToml::default()
     };
-    let s = setup(&db, 20_000, &slow).await;
+    let s = setup(db, 20_000, &slow).await;
     let store = open_store(&s.config).await;
-
-    let mut child = spawn_run(&s.config_path);
+    let child = spawn_run(&s.config_path);
     let progress = store.clone();
     wait_until(Duration::from_secs(30), "some committed progress", || {
         let store = progress.clone();
@@ -96,6 +99,11 @@ async fn killed_mid_backfill_resumes_without_gaps(db: TestDb) {
         }
     })
     .await;
+    (s, store, child)
+}
+
+async fn killed_mid_backfill_resumes_without_gaps(db: TestDb) {
+    let (s, store, mut child) = start_slow_backfill(&db).await;
     child.kill().expect("SIGKILL");
     child.wait().unwrap();
 
@@ -134,20 +142,7 @@ async fn killed_mid_backfill_resumes_without_gaps(db: TestDb) {
 on_both_backends!(killed_mid_backfill_resumes_without_gaps);
 
 async fn sigterm_finishes_the_transaction_and_exits_zero(db: TestDb) {
-    let slow = AccountToml {
-        page_size: 100,
-        rate_limit: "10/s",
-        ..AccountToml::default()
-    };
-    let s = setup(&db, 20_000, &slow).await;
-    let store = open_store(&s.config).await;
-    let mut child = spawn_run(&s.config_path);
-    let progress = store.clone();
-    wait_until(Duration::from_secs(30), "some committed progress", || {
-        let store = progress.clone();
-        async move { cursor_of(&store, "shop-1").await.is_some() }
-    })
-    .await;
+    let (s, store, mut child) = start_slow_backfill(&db).await;
     let term = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

@@ -8,7 +8,9 @@ use common::{
 use ordersync::config::Config;
 use ordersync::model::{OrderKey, ProviderKind};
 use ordersync::sandbox::{Faults, Mutations, Sandbox, SandboxConfig};
-use ordersync::sync::{self, Daemon};
+use ordersync::sync::window::RunSummary;
+use ordersync::sync::{self, Daemon, StreamRunner};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -22,6 +24,15 @@ fn config(db: &TestDb, sandbox: &Sandbox, spec: &SandboxConfig, account: &Accoun
     Config::from_toml(&config_toml(db, sandbox, spec, account)).expect("valid test config")
 }
 
+/// Runs every stream until it has caught up; a failed run fails the test, naming its stream.
+async fn catch_up(runners: &[Arc<StreamRunner>]) -> Vec<RunSummary> {
+    sync::run_until_caught_up(runners, &CancellationToken::new())
+        .await
+        .into_iter()
+        .map(|(stream, result)| result.unwrap_or_else(|e| panic!("{stream}: run failed: {e}")))
+        .collect()
+}
+
 async fn backfill_matches_truth(db: TestDb) {
     let spec = SandboxConfig::graas(2, 2_500);
     let sandbox = sandbox(&spec).await;
@@ -29,15 +40,14 @@ async fn backfill_matches_truth(db: TestDb) {
     let store = open_store(&config).await;
     let runners = sync::build_runners(&config, &store).unwrap();
 
-    for (_, result) in sync::run_until_caught_up(&runners, &CancellationToken::new()).await {
-        let run = result.expect("run succeeds");
+    for run in catch_up(&runners).await {
         assert!(!run.interrupted);
     }
     assert_matches_truth(&store, &sandbox, &spec).await;
 
     // A second pass over the same data writes nothing new.
-    for (_, result) in sync::run_until_caught_up(&runners, &CancellationToken::new()).await {
-        assert_eq!(result.expect("second run").written, 0);
+    for run in catch_up(&runners).await {
+        assert_eq!(run.written, 0);
     }
     store.close().await;
     sandbox.stop().await;
@@ -141,9 +151,7 @@ async fn faults_lose_nothing_and_the_limiter_holds(db: TestDb) {
     let config = config(&db, &sandbox, &spec, &account);
     let store = open_store(&config).await;
     let runners = sync::build_runners(&config, &store).unwrap();
-    for (_, result) in sync::run_until_caught_up(&runners, &CancellationToken::new()).await {
-        result.expect("run succeeds despite faults");
-    }
+    catch_up(&runners).await;
     assert_matches_truth(&store, &sandbox, &spec).await;
 
     let stats = sandbox
@@ -187,9 +195,7 @@ async fn rate_limited_answers_are_honoured(db: TestDb) {
     let store = open_store(&config).await;
     let runners = sync::build_runners(&config, &store).unwrap();
     let started = Instant::now();
-    for (_, result) in sync::run_until_caught_up(&runners, &CancellationToken::new()).await {
-        result.expect("run succeeds despite 429s");
-    }
+    catch_up(&runners).await;
     let elapsed = started.elapsed().as_secs();
     assert_matches_truth(&store, &sandbox, &spec).await;
     let stats = sandbox
@@ -219,9 +225,7 @@ async fn malformed_orders_are_quarantined_and_neighbours_stored(db: TestDb) {
     let store = open_store(&config).await;
     let runners = sync::build_runners(&config, &store).unwrap();
     for _ in 0..2 {
-        for (_, result) in sync::run_until_caught_up(&runners, &CancellationToken::new()).await {
-            result.expect("run succeeds");
-        }
+        catch_up(&runners).await;
     }
     assert_matches_truth(&store, &sandbox, &spec).await;
     let stored = store.orders_of("graas", "shop-1").await.unwrap();
@@ -253,14 +257,10 @@ async fn overfull_seconds_survive_page_drift(db: TestDb) {
     let config = config(&db, &sandbox, &spec, &account);
     let store = open_store(&config).await;
     let runners = sync::build_runners(&config, &store).unwrap();
-    let first = sync::run_until_caught_up(&runners, &CancellationToken::new()).await;
+    catch_up(&runners).await;
     let last_change = sandbox.graas().set_mutating(false);
-    for (_, result) in first {
-        result.expect("first run");
-    }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    for (_, result) in sync::run_until_caught_up(&runners, &CancellationToken::new()).await {
-        let run = result.expect("catch-up run");
+    for run in catch_up(&runners).await {
         assert!(run.cursor > last_change);
     }
     assert_matches_truth(&store, &sandbox, &spec).await;
