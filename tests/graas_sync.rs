@@ -298,3 +298,48 @@ async fn rejected_credentials_stop_the_account(db: TestDb) {
     sandbox.stop().await;
 }
 on_both_backends!(rejected_credentials_stop_the_account);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_single_order_fails_at_once_naming_the_field() {
+    let mut spec = SandboxConfig::graas(1, 3);
+    spec.malformed_every = Some(1);
+    let sandbox = sandbox(&spec).await;
+    let db = TestDb::new(common::Backend::Sqlite, "single").unwrap();
+    let config = config(&db, &sandbox, &spec, &AccountToml::default());
+    let http = ordersync::providers::http::HttpClient::new(&config.http).unwrap();
+    let account = &config.graas[0];
+    let gate = Arc::new(ordersync::providers::http::RateGate::new(
+        account.rate_limit,
+    ));
+    let client = ordersync::providers::graas::GraasClient::new(http, gate, account);
+    let order = sandbox
+        .graas()
+        .truth(&spec.graas[0].account_number)
+        .remove(0);
+
+    let error = client
+        .order(&order.channel, &order.order_id)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, ordersync::providers::ProviderError::InvalidRecord(_)),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("timeLastUpdated"), "{error}");
+    let stats = sandbox
+        .graas()
+        .stats(&spec.graas[0].account_number)
+        .unwrap();
+    assert_eq!(
+        stats.requests, 1,
+        "a record that cannot be stored was asked for again"
+    );
+    assert!(
+        client
+            .order("lazada-1", "no-such-order")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    sandbox.stop().await;
+}

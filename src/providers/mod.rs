@@ -39,6 +39,9 @@ pub enum ProviderError {
     Malformed(String),
     #[error("upstream kept changing while being read: {0}")]
     Inconsistent(String),
+    /// Well-formed JSON that is not a record ordersync can store; asking again returns the same.
+    #[error("upstream sent a record ordersync cannot store: {0}")]
+    InvalidRecord(String),
 }
 
 impl ProviderError {

@@ -85,7 +85,7 @@ impl GraasClient {
                     let raw: Box<RawValue> = serde_json::from_slice(&response.body)
                         .map_err(|e| ProviderError::Malformed(format!("{what}: {e}")))?;
                     wire::map_order(&self.stream.account, &raw)
-                        .map_err(|e| ProviderError::Malformed(format!("{what}: {e}")))
+                        .map_err(|e| ProviderError::InvalidRecord(format!("{what}: {e}")))
                 },
             )
             .await;

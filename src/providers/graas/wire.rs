@@ -114,8 +114,17 @@ pub enum MapError {
 
 /// Parses one raw order of account `account` into the canonical model.
 pub fn map_order(account: &str, raw: &RawValue) -> Result<Order, MapError> {
-    let wire: WireOrder =
-        serde_json::from_str(raw.get()).map_err(|e| MapError::Shape(e.to_string()))?;
+    // The path names the field that failed, e.g. `timeLastUpdated` or `orderItems[2].quantity`.
+    let mut json = serde_json::Deserializer::from_str(raw.get());
+    let wire: WireOrder = serde_path_to_error::deserialize(&mut json).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." {
+            MapError::Shape(inner.to_string())
+        } else {
+            MapError::Shape(format!("{path}: {inner}"))
+        }
+    })?;
     if wire.site.nick_name_id.trim().is_empty() {
         return Err(MapError::Empty {
             field: "site.nickNameID",
@@ -320,6 +329,12 @@ mod tests {
             map_order("a", &empty_id).unwrap_err(),
             MapError::Empty { field: "orderID" }
         );
+        let bad_quantity = raw(
+            r#"{"site": {"nickNameID": "q-1"}, "orderID": "1", "timeLastUpdated": 1700000000,
+                "orderItems": [{"quantity": 1}, {"quantity": "lots"}]}"#,
+        );
+        let message = map_order("a", &bad_quantity).unwrap_err().to_string();
+        assert!(message.contains("orderItems[1].quantity"), "{message}");
         let millis = raw(
             r#"{"site": {"nickNameID": "q-1"}, "orderID": "1", "timeLastUpdated": 1700000000000}"#,
         );
