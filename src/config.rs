@@ -286,6 +286,9 @@ pub struct RawGraasAccount {
     pub rate_limit: String,
     #[serde(default = "default_true")]
     pub enabled: bool,
+    /// Position in the file, for messages (set after reading).
+    #[serde(skip)]
+    pub index: usize,
 }
 
 fn default_graas_schedule() -> String {
@@ -391,9 +394,111 @@ impl Config {
         Self::from_figment(Figment::from(Toml::string(text)))
     }
 
+    /// Reads each section (and each account) on its own, so a wrong type in one does not hide
+    /// the problems of the others, then validates the values.
     fn from_figment(figment: Figment) -> Result<Config, ConfigError> {
-        let raw: RawConfig = figment.extract().map_err(ConfigError::from_figment)?;
-        raw.validate()
+        /// The top level alone: unknown sections are found here.
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Sections {
+            database: Option<figment::value::Value>,
+            log: Option<figment::value::Value>,
+            http: Option<figment::value::Value>,
+            graas: Option<figment::value::Value>,
+        }
+        let mut problems = ConfigError::from_figment_at(&[], figment.extract::<Sections>().err());
+        let raw = RawConfig {
+            database: extract_section(&figment, "database", &mut problems),
+            log: extract_section(&figment, "log", &mut problems),
+            http: extract_section(&figment, "http", &mut problems),
+            graas: extract_accounts(&figment, "graas", &mut problems),
+        };
+        match raw.validate() {
+            Ok(config) if problems.is_empty() => Ok(config),
+            Ok(_) => Err(ConfigError { problems }),
+            Err(invalid) => {
+                problems.extend(invalid.problems);
+                Err(ConfigError { problems })
+            }
+        }
+    }
+}
+
+/// One section with its defaults when absent; a problem (and the defaults) when it does not read.
+fn extract_section<T: serde::de::DeserializeOwned + Default>(
+    figment: &Figment,
+    name: &str,
+    problems: &mut Vec<ConfigProblem>,
+) -> T {
+    let Ok(value) = figment.find_value(name) else {
+        return T::default();
+    };
+    T::deserialize(&value).unwrap_or_else(|error| {
+        problems.extend(ConfigError::from_figment_at(
+            &[name.to_owned()],
+            Some(error),
+        ));
+        T::default()
+    })
+}
+
+/// Each `[[name]]` entry read on its own; entries that do not read are reported and left out,
+/// the others keep their position for later messages.
+fn extract_accounts(
+    figment: &Figment,
+    name: &str,
+    problems: &mut Vec<ConfigProblem>,
+) -> Vec<RawGraasAccount> {
+    let Ok(value) = figment.find_value(name) else {
+        return Vec::new();
+    };
+    let entries = match Vec::<figment::value::Value>::deserialize(&value) {
+        Ok(entries) => entries,
+        Err(error) => {
+            problems.extend(ConfigError::from_figment_at(
+                &[name.to_owned()],
+                Some(error),
+            ));
+            return Vec::new();
+        }
+    };
+    entries
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, entry)| match RawGraasAccount::deserialize(&entry) {
+            Ok(account) => Some(RawGraasAccount {
+                index: i,
+                ..account
+            }),
+            Err(error) => {
+                problems.extend(ConfigError::from_figment_at(
+                    &[format!("{name}[{i}]")],
+                    Some(error),
+                ));
+                None
+            }
+        })
+        .collect()
+}
+
+impl ConfigError {
+    /// Turns figment's errors into problems, their paths below `prefix`.
+    fn from_figment_at(prefix: &[String], error: Option<figment::Error>) -> Vec<ConfigProblem> {
+        let Some(error) = error else {
+            return Vec::new();
+        };
+        let mut problems = ConfigError::from_figment(error).problems;
+        if !prefix.is_empty() {
+            for problem in &mut problems {
+                problem.path = if problem.path == "(top level)" {
+                    prefix.join(".")
+                } else {
+                    format!("{}.{}", prefix.join("."), problem.path)
+                };
+            }
+        }
+        problems
     }
 }
 
@@ -570,7 +675,8 @@ impl RawConfig {
 
         let mut names = HashSet::new();
         let mut graas = Vec::with_capacity(self.graas.len());
-        for (i, raw) in self.graas.into_iter().enumerate() {
+        for raw in self.graas {
+            let i = raw.index;
             let at = |key: &str| format!("graas[{i}].{key}");
             if !is_valid_name(&raw.name) {
                 p.push(
@@ -726,6 +832,40 @@ mod tests {
         ] {
             assert!(paths.contains(&expected), "{expected} missing in {paths:?}");
         }
+    }
+
+    #[test]
+    fn wrong_types_in_several_places_are_all_reported() {
+        let text = r#"
+            [database]
+            max_connections = "many"
+            [http]
+            max_retries = "lots"
+            [[graas]]
+            name = "a"
+            base_url = "http://127.0.0.1:9"
+            account_number = "1"
+            app_key = "k"
+            start_from = "2024-01-01T00:00:00Z"
+            page_size = "ten"
+            [[graas]]
+            name = "b"
+            base_url = "y"
+            account_number = "1"
+            app_key = "k"
+            start_from = "2024-01-01T00:00:00Z"
+        "#;
+        let err = Config::from_toml(text).unwrap_err();
+        let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "database.max_connections",
+                "http.max_retries",
+                "graas[0].page_size",
+                "graas[1].base_url"
+            ]
+        );
     }
 
     #[test]
