@@ -386,17 +386,20 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        Self::from_figment(figment.merge(overrides()))
+        Self::from_figment(figment.merge(overrides()), &account_overrides())
     }
 
     /// Parses a TOML text (with no environment overrides): for the demo and tests.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        Self::from_figment(Figment::from(Toml::string(text)))
+        Self::from_figment(Figment::from(Toml::string(text)), &[])
     }
 
     /// Reads each section (and each account) on its own, so a wrong type in one does not hide
     /// the problems of the others, then validates the values.
-    fn from_figment(figment: Figment) -> Result<Config, ConfigError> {
+    fn from_figment(
+        figment: Figment,
+        account_env: &[AccountOverride],
+    ) -> Result<Config, ConfigError> {
         /// The top level alone: unknown sections are found here.
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
@@ -412,7 +415,7 @@ impl Config {
             database: extract_section(&figment, "database", &mut problems),
             log: extract_section(&figment, "log", &mut problems),
             http: extract_section(&figment, "http", &mut problems),
-            graas: extract_accounts(&figment, "graas", &mut problems),
+            graas: extract_accounts(&figment, "graas", account_env, &mut problems),
         };
         match raw.validate() {
             Ok(config) if problems.is_empty() => Ok(config),
@@ -448,12 +451,13 @@ fn extract_section<T: serde::de::DeserializeOwned + Default>(
 fn extract_accounts(
     figment: &Figment,
     name: &str,
+    account_env: &[AccountOverride],
     problems: &mut Vec<ConfigProblem>,
 ) -> Vec<RawGraasAccount> {
-    let Ok(value) = figment.find_value(name) else {
-        return Vec::new();
-    };
-    let entries = match Vec::<figment::value::Value>::deserialize(&value) {
+    let value = figment
+        .find_value(name)
+        .unwrap_or_else(|_| figment::value::Value::from(Vec::<figment::value::Value>::new()));
+    let mut entries = match Vec::<figment::value::Value>::deserialize(&value) {
         Ok(entries) => entries,
         Err(error) => {
             problems.extend(ConfigError::from_figment_at(
@@ -463,6 +467,20 @@ fn extract_accounts(
             return Vec::new();
         }
     };
+    for env in account_env.iter().filter(|e| e.section == name) {
+        match entries.get_mut(env.index) {
+            Some(figment::value::Value::Dict(_, dict)) => {
+                dict.insert(env.key.clone(), env.value.clone());
+            }
+            _ => problems.push(ConfigProblem {
+                path: format!("{name}[{}]", env.index),
+                message: format!(
+                    "{} names an account the file does not have; environment variables change accounts, they do not add them",
+                    env.variable
+                ),
+            }),
+        }
+    }
     entries
         .into_iter()
         .enumerate()
@@ -502,16 +520,56 @@ impl ConfigError {
     }
 }
 
+/// Sections whose entries are a list (`[[graas]]`): their keys are overridden per position.
+const LIST_SECTIONS: [&str; 1] = ["graas"];
+
 /// `ORDERSYNC_…` variables as config keys. `ORDERSYNC_CONFIG` (the file's path) and
 /// `ORDERSYNC_TEST_…` (the test suite's) are not keys; any other unknown one is an error, so a
-/// misspelt override is reported instead of ignored.
+/// misspelt override is reported instead of ignored. Keys of list entries are handled by
+/// [`account_overrides`].
 fn overrides() -> Env {
     Env::prefixed(ENV_PREFIX)
         .filter(|key| {
             let key = key.as_str().to_ascii_lowercase();
-            key != "config" && !key.starts_with("test_")
+            let list_entry = LIST_SECTIONS
+                .iter()
+                .any(|section| key.starts_with(&format!("{section}__")));
+            key != "config" && !key.starts_with("test_") && !list_entry
         })
         .split("__")
+}
+
+/// `ORDERSYNC_GRAAS__1__APP_KEY=…`: one key of the account at that position in the file.
+#[derive(Debug, Clone)]
+struct AccountOverride {
+    variable: String,
+    section: String,
+    index: usize,
+    key: String,
+    value: figment::value::Value,
+}
+
+fn account_overrides() -> Vec<AccountOverride> {
+    std::env::vars()
+        .filter_map(|(variable, value)| {
+            let rest = variable.strip_prefix(ENV_PREFIX)?.to_ascii_lowercase();
+            let mut parts = rest.splitn(3, "__");
+            let section = parts.next()?;
+            if !LIST_SECTIONS.contains(&section) {
+                return None;
+            }
+            let index = parts.next()?.parse().ok();
+            let key = parts.next().map(str::to_owned);
+            Some(AccountOverride {
+                // An unreadable index is reported like a missing account.
+                index: index.unwrap_or(usize::MAX),
+                key: key.unwrap_or_default(),
+                section: section.to_owned(),
+                value: value.parse().unwrap_or(figment::value::Value::from(value)),
+                variable,
+            })
+        })
+        .collect()
 }
 
 /// Collects problems while values are parsed, so one run reports all of them.

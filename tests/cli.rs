@@ -287,13 +287,33 @@ fn environment_overrides_file_keys() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.toml");
     std::fs::write(&path, VALID).unwrap();
-    let out = Command::new(BIN)
-        .args(["check-config", "--config", path.to_str().unwrap()])
-        .env("ORDERSYNC_DATABASE__URL", "oracle://nope")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("database.url"));
+    let check = |vars: &[(&str, &str)]| {
+        let mut command = Command::new(BIN);
+        command.args(["check-config", "--config", path.to_str().unwrap()]);
+        for (name, value) in vars {
+            command.env(name, value);
+        }
+        let out = command.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    let (ok, stderr) = check(&[("ORDERSYNC_DATABASE__URL", "oracle://nope")]);
+    assert!(!ok && stderr.contains("database.url"), "{stderr}");
+    // Keys of an account are overridden by its position in the file.
+    let (ok, stderr) = check(&[("ORDERSYNC_GRAAS__0__PAGE_SIZE", "0")]);
+    assert!(!ok && stderr.contains("graas[0].page_size"), "{stderr}");
+    let (ok, stderr) = check(&[("ORDERSYNC_GRAAS__0__APP_KEY", "from-env")]);
+    assert!(ok, "{stderr}");
+    let (ok, stderr) = check(&[("ORDERSYNC_GRAAS__3__APP_KEY", "x")]);
+    assert!(
+        !ok && stderr.contains("graas[3]") && stderr.contains("ORDERSYNC_GRAAS__3__APP_KEY"),
+        "{stderr}"
+    );
+    let (ok, stderr) = check(&[("ORDERSYNC_GRAAS__0__APP_KEI", "x")]);
+    assert!(!ok && stderr.contains("app_kei"), "{stderr}");
 }
 
 #[test]
