@@ -161,7 +161,78 @@ pub struct RawConfig {
     #[serde(default)]
     pub http: RawHttp,
     #[serde(default)]
+    pub outbox: RawOutbox,
+    #[serde(default)]
+    pub admin: RawAdmin,
+    #[serde(default)]
     pub graas: Vec<RawGraasAccount>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutbox {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    #[serde(default = "default_outbox_poll")]
+    pub poll_interval: String,
+    #[serde(default = "default_visibility_timeout")]
+    pub visibility_timeout: String,
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: i32,
+    #[serde(default = "default_action_min_backoff")]
+    pub min_backoff: String,
+    #[serde(default = "default_action_max_backoff")]
+    pub max_backoff: String,
+}
+
+impl Default for RawOutbox {
+    fn default() -> Self {
+        RawOutbox {
+            enabled: true,
+            poll_interval: default_outbox_poll(),
+            visibility_timeout: default_visibility_timeout(),
+            max_attempts: default_max_attempts(),
+            min_backoff: default_action_min_backoff(),
+            max_backoff: default_action_max_backoff(),
+        }
+    }
+}
+
+fn default_outbox_poll() -> String {
+    "1s".to_owned()
+}
+fn default_visibility_timeout() -> String {
+    "5m".to_owned()
+}
+fn default_max_attempts() -> i32 {
+    8
+}
+fn default_action_min_backoff() -> String {
+    "5s".to_owned()
+}
+fn default_action_max_backoff() -> String {
+    "10m".to_owned()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+    pub token: Option<String>,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        RawAdmin {
+            listen: default_admin_listen(),
+            token: None,
+        }
+    }
+}
+
+fn default_admin_listen() -> String {
+    "127.0.0.1:8321".to_owned()
 }
 
 #[derive(Debug, Deserialize)]
@@ -286,6 +357,14 @@ pub struct RawGraasAccount {
     pub rate_limit: String,
     #[serde(default = "default_true")]
     pub enabled: bool,
+    #[serde(default = "default_action_batch_size")]
+    pub action_batch_size: u32,
+    #[serde(default = "default_cancel_reasons")]
+    pub cancel_reasons: Vec<String>,
+    #[serde(default = "default_asn_schedule")]
+    pub asn_schedule: String,
+    #[serde(default = "default_asn_final_statuses")]
+    pub asn_final_statuses: Vec<String>,
     /// Position in the file, for messages (set after reading).
     #[serde(skip)]
     pub index: usize,
@@ -312,6 +391,20 @@ fn default_graas_rate() -> String {
 fn default_true() -> bool {
     true
 }
+fn default_action_batch_size() -> u32 {
+    50
+}
+fn default_cancel_reasons() -> Vec<String> {
+    vec!["OUT_OF_STOCK".to_owned()]
+}
+fn default_asn_schedule() -> String {
+    "0 */5 * * * *".to_owned()
+}
+fn default_asn_final_statuses() -> Vec<String> {
+    ["received", "closed", "completed", "cancelled"]
+        .map(str::to_owned)
+        .to_vec()
+}
 
 // ---------------------------------------------------------------------------------------------
 // The validated, typed configuration.
@@ -321,7 +414,36 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub log: LogConfig,
     pub http: HttpConfig,
+    pub outbox: OutboxConfig,
+    pub admin: AdminConfig,
     pub graas: Vec<GraasAccount>,
+}
+
+impl Config {
+    pub fn graas_account(&self, name: &str) -> Option<&GraasAccount> {
+        self.graas.iter().find(|a| a.name == name)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct OutboxConfig {
+    pub enabled: bool,
+    /// How often an idle dispatcher looks for due actions (rows written by SQL or by another
+    /// process; the daemon's own API wakes it at once).
+    pub poll_interval: Duration,
+    /// How long a claim lasts without renewal. The claimer renews it while it works, so this
+    /// only decides how soon the actions of a process that died are claimed again.
+    pub visibility_timeout: Duration,
+    pub max_attempts: i32,
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: std::net::SocketAddr,
+    /// The bearer token; without one the admin API is not served.
+    pub token: Option<Secret>,
 }
 
 #[derive(Debug, Clone)]
@@ -368,6 +490,10 @@ pub struct GraasAccount {
     pub max_window: Duration,
     pub rate_limit: RateLimit,
     pub enabled: bool,
+    pub action_batch_size: u32,
+    pub cancel_reasons: Vec<String>,
+    pub asn_schedule: String,
+    pub asn_final_statuses: Vec<String>,
 }
 
 impl Config {
@@ -408,6 +534,8 @@ impl Config {
             database: Option<figment::value::Value>,
             log: Option<figment::value::Value>,
             http: Option<figment::value::Value>,
+            outbox: Option<figment::value::Value>,
+            admin: Option<figment::value::Value>,
             graas: Option<figment::value::Value>,
         }
         let mut problems = ConfigError::from_figment_at(&[], figment.extract::<Sections>().err());
@@ -415,6 +543,8 @@ impl Config {
             database: extract_section(&figment, "database", &mut problems),
             log: extract_section(&figment, "log", &mut problems),
             http: extract_section(&figment, "http", &mut problems),
+            outbox: extract_section(&figment, "outbox", &mut problems),
+            admin: extract_section(&figment, "admin", &mut problems),
             graas: extract_accounts(&figment, "graas", account_env, &mut problems),
         };
         match raw.validate() {
@@ -731,6 +861,56 @@ impl RawConfig {
             );
         }
 
+        let outbox = OutboxConfig {
+            enabled: self.outbox.enabled,
+            poll_interval: p.duration("outbox.poll_interval".into(), &self.outbox.poll_interval),
+            visibility_timeout: p.duration(
+                "outbox.visibility_timeout".into(),
+                &self.outbox.visibility_timeout,
+            ),
+            max_attempts: self.outbox.max_attempts,
+            min_backoff: p.duration("outbox.min_backoff".into(), &self.outbox.min_backoff),
+            max_backoff: p.duration("outbox.max_backoff".into(), &self.outbox.max_backoff),
+        };
+        if outbox.poll_interval < Duration::from_millis(10) {
+            p.push("outbox.poll_interval", "must be at least 10ms");
+        }
+        if outbox.visibility_timeout < Duration::from_secs(1) {
+            p.push("outbox.visibility_timeout", "must be at least 1s");
+        }
+        if outbox.max_attempts < 1 {
+            p.push("outbox.max_attempts", "must be at least 1");
+        }
+        if outbox.max_backoff < outbox.min_backoff {
+            p.push(
+                "outbox.max_backoff",
+                "must not be shorter than outbox.min_backoff",
+            );
+        }
+
+        let admin = AdminConfig {
+            listen: self.admin.listen.trim().parse().unwrap_or_else(|_| {
+                p.push(
+                    "admin.listen",
+                    format!(
+                        "`{}` is not an address; write IP:PORT, e.g. `127.0.0.1:8321`",
+                        self.admin.listen
+                    ),
+                );
+                std::net::SocketAddr::from(([127, 0, 0, 1], 8321))
+            }),
+            token: self.admin.token.as_deref().map(|text| {
+                let token = p.secret("admin.token".into(), text);
+                if !token.expose().is_empty() && token.expose().len() < 16 {
+                    p.push(
+                        "admin.token",
+                        "is shorter than 16 characters; use a long random value (e.g. `openssl rand -hex 32`)",
+                    );
+                }
+                token
+            }),
+        };
+
         let mut names = HashSet::new();
         let mut graas = Vec::with_capacity(self.graas.len());
         for raw in self.graas {
@@ -806,6 +986,15 @@ impl RawConfig {
                     per: Duration::from_secs(1),
                 }
             });
+            if raw.action_batch_size == 0 || raw.action_batch_size > 1_000 {
+                p.push(at("action_batch_size"), "must be between 1 and 1000");
+            }
+            if raw.cancel_reasons.iter().any(|r| r.trim().is_empty()) {
+                p.push(at("cancel_reasons"), "must not contain an empty reason");
+            }
+            if let Err(message) = check_schedule(&raw.asn_schedule) {
+                p.push(at("asn_schedule"), message);
+            }
             // With no URL there is already a problem recorded, so the account is not needed.
             let Some(base_url) = base_url else { continue };
             graas.push(GraasAccount {
@@ -821,6 +1010,10 @@ impl RawConfig {
                 max_window,
                 rate_limit,
                 enabled: raw.enabled,
+                action_batch_size: raw.action_batch_size.clamp(1, 1_000),
+                cancel_reasons: raw.cancel_reasons,
+                asn_schedule: raw.asn_schedule,
+                asn_final_statuses: raw.asn_final_statuses,
             });
         }
 
@@ -829,6 +1022,8 @@ impl RawConfig {
                 database,
                 log,
                 http,
+                outbox,
+                admin,
                 graas,
             })
         } else {

@@ -1,9 +1,12 @@
 //! ordersync keeps a company's own database in sync with the order systems it sells through.
 //! See `docs/architecture.md` for the map of this crate.
 
+pub mod app;
 pub mod config;
 pub mod model;
+pub mod outbox;
 pub mod providers;
 pub mod sandbox;
+pub mod server;
 pub mod store;
 pub mod sync;

@@ -127,3 +127,170 @@ impl std::str::FromStr for ProviderKind {
         })
     }
 }
+
+/// What an action asks the upstream to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ActionKind {
+    Accept,
+    Cancel,
+    Asn,
+}
+
+impl ActionKind {
+    pub const ALL: [ActionKind; 3] = [ActionKind::Accept, ActionKind::Cancel, ActionKind::Asn];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ActionKind::Accept => "accept",
+            ActionKind::Cancel => "cancel",
+            ActionKind::Asn => "asn",
+        }
+    }
+}
+
+impl std::str::FromStr for ActionKind {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        ActionKind::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == text)
+            .ok_or_else(|| format!("unknown action kind `{text}`; one of accept, cancel, asn"))
+    }
+}
+
+/// Where an action is in its life. `failed` is final (the upstream refused it); `dead` ran out
+/// of attempts on transient errors and can be retried by a person.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ActionState {
+    Pending,
+    InFlight,
+    Succeeded,
+    Failed,
+    Dead,
+}
+
+impl ActionState {
+    pub const ALL: [ActionState; 5] = [
+        ActionState::Pending,
+        ActionState::InFlight,
+        ActionState::Succeeded,
+        ActionState::Failed,
+        ActionState::Dead,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ActionState::Pending => "pending",
+            ActionState::InFlight => "in_flight",
+            ActionState::Succeeded => "succeeded",
+            ActionState::Failed => "failed",
+            ActionState::Dead => "dead",
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            ActionState::Succeeded | ActionState::Failed | ActionState::Dead
+        )
+    }
+}
+
+impl std::str::FromStr for ActionState {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        ActionState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == text)
+            .ok_or_else(|| {
+                format!(
+                    "unknown state `{text}`; one of pending, in_flight, succeeded, failed, dead"
+                )
+            })
+    }
+}
+
+/// An action to enqueue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewAction {
+    pub provider: ProviderKind,
+    pub account: String,
+    pub kind: ActionKind,
+    /// The order's channel and id, for order actions.
+    pub channel: Option<String>,
+    pub external_id: Option<String>,
+    /// Kind-specific details (items, reason, the ASN body), as JSON.
+    pub request: serde_json::Value,
+    /// The caller's key; `None` derives one from the content, so the same action twice is one.
+    pub idempotency_key: Option<String>,
+    pub max_attempts: i32,
+}
+
+impl NewAction {
+    /// The key under which this action is unique.
+    pub fn key(&self) -> String {
+        if let Some(key) = &self.idempotency_key {
+            return key.clone();
+        }
+        use sha2::{Digest, Sha256};
+        let mut hash = Sha256::new();
+        for part in [
+            self.provider.as_str(),
+            &self.account,
+            self.kind.as_str(),
+            self.channel.as_deref().unwrap_or(""),
+            self.external_id.as_deref().unwrap_or(""),
+            &self.request.to_string(),
+        ] {
+            hash.update(part.as_bytes());
+            hash.update([0]);
+        }
+        let digest = hash.finalize();
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        format!("derived:{hex}")
+    }
+}
+
+/// A stored action as the outbox and the user see it. Kind and state stay text here because
+/// rows can come from plain SQL; the outbox parses them and fails rows it cannot read.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Action {
+    pub id: i64,
+    pub idempotency_key: Option<String>,
+    pub provider: String,
+    pub account: String,
+    pub kind: String,
+    pub channel: Option<String>,
+    pub external_id: Option<String>,
+    pub request: serde_json::Value,
+    pub state: String,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub next_attempt_at: DateTime<Utc>,
+    pub claimed_by: Option<String>,
+    pub claimed_until: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    pub result: Option<serde_json::Value>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// How one attempt at an action ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ActionOutcome {
+    Succeeded {
+        result: serde_json::Value,
+    },
+    /// The upstream refused it for good (e.g. `Record Not Found`).
+    Failed {
+        error: String,
+    },
+    /// A transient failure: try again at `at`, or become `dead` when out of attempts.
+    RetryAt {
+        error: String,
+        at: DateTime<Utc>,
+    },
+}

@@ -5,11 +5,12 @@ mod common;
 use common::{
     AccountToml, TestDb, account_name, assert_matches_truth, config_toml, open_store, wait_until,
 };
+use ordersync::app::Daemon;
 use ordersync::config::Config;
 use ordersync::model::{OrderKey, ProviderKind};
 use ordersync::sandbox::{Faults, Mutations, Sandbox, SandboxConfig};
 use ordersync::sync::window::RunSummary;
-use ordersync::sync::{self, Daemon, StreamRunner};
+use ordersync::sync::{self, StreamRunner};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -141,6 +142,7 @@ async fn faults_lose_nothing_and_the_limiter_holds(db: TestDb) {
         slow_ratio: 0.05,
         slow_ms: 1_500,
         truncate_ratio: 0.1,
+        ..Faults::default()
     };
     let sandbox = sandbox(&spec).await;
     let account = AccountToml {

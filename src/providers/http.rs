@@ -59,6 +59,15 @@ impl RateGate {
         }
     }
 
+    /// Until when a 429 holds this account's requests, if it still does.
+    pub async fn paused_until(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        let until = (*self.paused_until.lock().await)?;
+        let left = until.checked_duration_since(Instant::now())?;
+        chrono::Duration::from_std(left)
+            .ok()
+            .map(|left| chrono::Utc::now() + left)
+    }
+
     /// How many 429 answers this account has had.
     pub fn rate_limited_count(&self) -> u64 {
         self.rate_limited.load(Ordering::Relaxed)
@@ -100,12 +109,40 @@ impl HttpClient {
 
     /// Sends the request `build` makes, retrying transient failures, and hands a 2xx body to
     /// `parse`. A body `parse` rejects as [`ProviderError::Malformed`] is fetched again too
-    /// (a truncated transfer looks exactly like that).
+    /// (a truncated transfer looks exactly like that). Only for requests that are safe to repeat.
     pub async fn send<T>(
         &self,
         provider: &'static str,
         gate: &RateGate,
         what: &str,
+        build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+        parse: impl Fn(Response) -> Result<T, ProviderError>,
+    ) -> Result<T, ProviderError> {
+        self.send_with(provider, gate, what, Repeat::Transient, build, parse)
+            .await
+    }
+
+    /// Like [`HttpClient::send`] for a request that must not be repeated blindly (it creates
+    /// something): only a 429, which the upstream refused before doing anything, is retried.
+    /// Any other failure goes back to the caller, who must find out what happened first.
+    pub async fn send_unrepeatable<T>(
+        &self,
+        provider: &'static str,
+        gate: &RateGate,
+        what: &str,
+        build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+        parse: impl Fn(Response) -> Result<T, ProviderError>,
+    ) -> Result<T, ProviderError> {
+        self.send_with(provider, gate, what, Repeat::RateLimitedOnly, build, parse)
+            .await
+    }
+
+    async fn send_with<T>(
+        &self,
+        provider: &'static str,
+        gate: &RateGate,
+        what: &str,
+        repeat: Repeat,
         build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
         parse: impl Fn(Response) -> Result<T, ProviderError>,
     ) -> Result<T, ProviderError> {
@@ -124,6 +161,12 @@ impl HttpClient {
             let error = match outcome {
                 Ok(value) => return Ok(value),
                 Err(error) if !error.is_retryable() => return Err(error),
+                Err(error)
+                    if repeat == Repeat::RateLimitedOnly
+                        && !matches!(error, ProviderError::RateLimited { .. }) =>
+                {
+                    return Err(error);
+                }
                 Err(error) => error,
             };
             let Some(backoff) = delays.next() else {
@@ -141,6 +184,12 @@ impl HttpClient {
             tokio::time::sleep(delay).await;
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Repeat {
+    Transient,
+    RateLimitedOnly,
 }
 
 fn transport_error(error: &reqwest::Error) -> ProviderError {

@@ -1,6 +1,11 @@
 //! A simulated Graas: `GET /v1/orders` and `GET /v1/order/{nickNameID}/{orderID}` exactly as
 //! documented (headers checked, paging by `pageNumber`/`pageSize`, both window bounds exclusive),
-//! plus `/_sandbox/…` endpoints to read its statistics and switch faults.
+//! plus `/_sandbox/…` endpoints to read its statistics and switch faults. The write endpoints
+//! (`PUT /v1/orders`, `/v1/asn`) are in [`writes`].
+
+mod writes;
+
+pub use writes::Received;
 
 use super::{Faults, Mutations, SandboxConfig};
 use axum::extract::{Path, Query, State};
@@ -33,6 +38,7 @@ const STAGES: [(&str, &str, &str); 7] = [
     ("RETURNED", "REFUNDED", "RETURNED"),
     ("CANCELLED", "REFUNDED", "NOT_SHIPPED"),
 ];
+const ACCEPTED_STAGE: u8 = 1;
 const DELIVERED: u8 = 4;
 const RETURNED: u8 = 5;
 const CANCELLED: u8 = 6;
@@ -85,6 +91,7 @@ pub struct AccountStats {
 }
 
 struct SimAccount {
+    writes: writes::AccountWrites,
     number: String,
     key: String,
     orders: Vec<SimOrder>,
@@ -178,6 +185,7 @@ impl GraasSim {
         let mut accounts = Vec::new();
         for (account_index, spec) in config.graas.iter().enumerate() {
             let mut account = SimAccount {
+                writes: writes::AccountWrites::default(),
                 number: spec.account_number.clone(),
                 key: spec.app_key.clone(),
                 orders: Vec::with_capacity(spec.orders),
@@ -486,9 +494,27 @@ fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({"errorMessage": message}))).into_response()
 }
 
-/// Checks the auth headers and applies rate-limit, 5xx and slowness faults.
-/// Returns the account's index, or the response to send instead.
+/// A request that passed the auth check and the rate limit and 5xx faults.
+struct Admitted {
+    index: usize,
+    truncate: bool,
+    /// How long to hold the answer (the slowness fault).
+    slow: Option<Duration>,
+}
+
+/// Checks the auth headers, holds reads for the slowness fault and applies the rest.
 async fn admit(sim: &GraasSim, headers: &HeaderMap) -> Result<(usize, bool), Response> {
+    let admitted = admit_now(sim, headers).map_err(|response| *response)?;
+    if let Some(delay) = admitted.slow {
+        tokio::time::sleep(delay).await;
+    }
+    Ok((admitted.index, admitted.truncate))
+}
+
+/// Checks the auth headers and applies rate-limit and 5xx faults; slowness is left to the
+/// caller, so a write can be applied first and answered late (a timeout that hides a success).
+/// Returns the account's index, or the response to send instead.
+fn admit_now(sim: &GraasSim, headers: &HeaderMap) -> Result<Admitted, Box<Response>> {
     let header_value = |name: &str| {
         headers
             .get(name)
@@ -500,13 +526,13 @@ async fn admit(sim: &GraasSim, headers: &HeaderMap) -> Result<(usize, bool), Res
         let mut guard = sim.lock();
         let state = &mut *guard;
         let Some(index) = state.accounts.iter().position(|a| a.number == number) else {
-            return Err(error(StatusCode::UNAUTHORIZED, "Unauthorized"));
+            return Err(Box::new(error(StatusCode::UNAUTHORIZED, "Unauthorized")));
         };
         let faults = state.faults.clone();
         let account = &mut state.accounts[index];
         if account.key != key {
             account.stats.unauthorized += 1;
-            return Err(error(StatusCode::UNAUTHORIZED, "Unauthorized"));
+            return Err(Box::new(error(StatusCode::UNAUTHORIZED, "Unauthorized")));
         }
         if account.count_request(faults.rate_limit_per_sec) {
             account.stats.over_limit += 1;
@@ -514,17 +540,17 @@ async fn admit(sim: &GraasSim, headers: &HeaderMap) -> Result<(usize, bool), Res
             if let Ok(value) = faults.retry_after_secs.to_string().parse() {
                 response.headers_mut().insert(header::RETRY_AFTER, value);
             }
-            return Err(response);
+            return Err(Box::new(response));
         }
         if state
             .rng
             .random_bool(faults.server_error_ratio.clamp(0.0, 1.0))
         {
             state.accounts[index].stats.server_errors += 1;
-            return Err(error(
+            return Err(Box::new(error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Service Unavailable",
-            ));
+            )));
         }
         let slow = state.rng.random_bool(faults.slow_ratio.clamp(0.0, 1.0));
         if slow {
@@ -540,10 +566,11 @@ async fn admit(sim: &GraasSim, headers: &HeaderMap) -> Result<(usize, bool), Res
             truncate,
         )
     };
-    if let Some(delay) = slow_for {
-        tokio::time::sleep(delay).await;
-    }
-    Ok((index, truncate))
+    Ok(Admitted {
+        index,
+        truncate,
+        slow: slow_for,
+    })
 }
 
 fn json_body(mut body: Vec<u8>, truncate: bool) -> Response {
@@ -661,8 +688,15 @@ async fn put_faults(State(sim): State<Arc<GraasSim>>, Json(faults): Json<Faults>
 
 pub fn router(sim: Arc<GraasSim>) -> Router {
     Router::new()
-        .route("/v1/orders", get(list_orders))
         .route("/v1/order/{nick}/{order_id}", get(one_order))
+        .route("/v1/orders", get(list_orders).put(writes::put_orders))
+        .route("/v1/asn", get(writes::find_asns).post(writes::create_asn))
+        .route("/v1/asn/{asn_id}", get(writes::one_asn))
+        .route("/_sandbox/graas/received", get(writes::received))
+        .route(
+            "/_sandbox/graas/asn/receive",
+            axum::routing::post(writes::receive_asns),
+        )
         .route("/_sandbox/graas/stats", get(stats))
         .route("/_sandbox/graas/faults", axum::routing::put(put_faults))
         .with_state(sim)

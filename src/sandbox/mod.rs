@@ -26,6 +26,8 @@ pub struct Faults {
     pub slow_ms: u64,
     /// Share of 200 answers whose body is cut in half.
     pub truncate_ratio: f64,
+    /// Share of `PUT /v1/orders` items answered `httpCode` 500 (not applied).
+    pub item_error_ratio: f64,
 }
 
 /// Status changes the sandbox makes while it runs, like a live marketplace.

@@ -4,6 +4,15 @@
 //! failed to parse and the stream's new cursor are committed in one transaction, so a crash can
 //! never leave a cursor ahead of the data it covers.
 
+/// The columns of `actions` in the order `action_from_row` reads them.
+macro_rules! action_columns {
+    () => {
+        "id, idempotency_key, provider, account, kind, channel, external_id, request, state, \
+         attempts, max_attempts, next_attempt_at, claimed_by, claimed_until, last_error, result, \
+         created_at, updated_at, finished_at"
+    };
+}
+
 mod postgres;
 mod sqlite;
 
@@ -11,7 +20,10 @@ pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 use crate::config::{Backend, DatabaseConfig};
-use crate::model::{Order, OrderKey, Quarantined, StreamKey};
+use crate::model::{
+    Action, ActionOutcome, ActionState, NewAction, Order, OrderKey, ProviderKind, Quarantined,
+    StreamKey,
+};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
@@ -118,7 +130,138 @@ pub trait Store: Send + Sync {
 
     async fn quarantine_count(&self, provider: &str, account: &str) -> Result<i64, StoreError>;
 
+    /// The stored payload of one order, if ordersync has it.
+    async fn order_payload(&self, key: &OrderKey) -> Result<Option<String>, StoreError>;
+
+    /// Stores an action unless one with the same idempotency key exists; returns the stored
+    /// action and whether it is new. Committed before it returns.
+    async fn enqueue(&self, action: &NewAction) -> Result<(Action, bool), StoreError>;
+
+    /// Claims up to `limit` due actions of one account for `worker` until `visible_until`:
+    /// pending ones whose time has come, and in-flight ones whose claim has expired (their
+    /// process died). Each claim counts as an attempt.
+    async fn claim(&self, claim: &Claim<'_>) -> Result<Vec<Action>, StoreError>;
+
+    /// Records an attempt's outcome, if `worker` still holds the claim. Returns false when the
+    /// claim had expired and the action was claimed again (the late result is dropped).
+    async fn finish(
+        &self,
+        id: i64,
+        worker: &str,
+        outcome: &ActionOutcome,
+    ) -> Result<bool, StoreError>;
+
+    /// Renews `worker`'s claim on these actions until `until`; returns how many it still held.
+    async fn extend_claims(
+        &self,
+        ids: &[i64],
+        worker: &str,
+        until: DateTime<Utc>,
+    ) -> Result<u64, StoreError>;
+
+    async fn action(&self, id: i64) -> Result<Option<Action>, StoreError>;
+
+    /// Remembers an ASN ordersync created, to follow it (a second record of the same ASN is a
+    /// no-op).
+    async fn record_asn(&self, asn: &NewAsn) -> Result<(), StoreError>;
+
+    /// ASNs of an account whose status is not final yet.
+    async fn open_asns(&self, provider: &str, account: &str) -> Result<Vec<AsnRow>, StoreError>;
+
+    /// Records an account's rate gate (its 429 pause and count) for `status`.
+    async fn record_gate(&self, gate: &GateState) -> Result<(), StoreError>;
+
+    async fn gates(&self) -> Result<Vec<GateState>, StoreError>;
+
+    /// How many actions each (provider, account) has in each state.
+    async fn action_counts(&self) -> Result<Vec<ActionCount>, StoreError>;
+
+    /// Stores what the upstream says about an ASN now.
+    async fn update_asn(&self, update: &AsnUpdate) -> Result<(), StoreError>;
+
+    /// Actions matching the filter, newest first.
+    async fn actions(&self, filter: &ActionFilter) -> Result<Vec<Action>, StoreError>;
+
+    /// Puts `dead` or `failed` actions back to `pending` with fresh attempts; returns how many.
+    async fn retry_actions(&self, filter: &RetryFilter) -> Result<u64, StoreError>;
+
     async fn close(&self);
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewAsn {
+    pub provider: ProviderKind,
+    pub account: String,
+    pub asn_id: i64,
+    pub warehouse_id: String,
+    pub supplier_id: i64,
+    pub supplier_ref: String,
+    pub action_id: i64,
+}
+
+/// A followed ASN as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AsnRow {
+    pub asn_id: i64,
+    pub warehouse_id: String,
+    pub status: Option<String>,
+    pub received_quantity: i64,
+    pub is_final: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AsnUpdate {
+    pub provider: ProviderKind,
+    pub account: String,
+    pub asn_id: i64,
+    pub status: Option<String>,
+    pub received_quantity: i64,
+    pub payload: serde_json::Value,
+    pub is_final: bool,
+    pub checked_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GateState {
+    pub provider: String,
+    pub account: String,
+    pub paused_until: Option<DateTime<Utc>>,
+    /// 429 answers since the daemon started.
+    pub rate_limited: i64,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActionCount {
+    pub provider: String,
+    pub account: String,
+    pub state: String,
+    pub count: i64,
+}
+
+/// What [`Store::claim`] takes.
+#[derive(Debug)]
+pub struct Claim<'a> {
+    pub provider: &'a str,
+    pub account: &'a str,
+    pub limit: i64,
+    pub worker: &'a str,
+    pub now: DateTime<Utc>,
+    pub visible_until: DateTime<Utc>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct ActionFilter {
+    pub state: Option<ActionState>,
+    pub account: Option<String>,
+    pub limit: i64,
+}
+
+/// Which actions `retry` puts back: one by id, or every dead one (of an account).
+#[derive(Debug, Clone)]
+pub enum RetryFilter {
+    One(i64),
+    AllDead { account: Option<String> },
 }
 
 /// Opens the configured database (creating a SQLite file if needed). Does not migrate.

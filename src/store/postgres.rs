@@ -2,14 +2,15 @@
 
 use super::sqlite::provider_from_db;
 use super::{
-    Batch, BatchOutcome, StatusChange, Store, StoreError, StoredOrder, StreamStatus, body_sha256,
+    ActionCount, ActionFilter, AsnRow, AsnUpdate, Batch, BatchOutcome, Claim, GateState, NewAsn,
+    RetryFilter, StatusChange, Store, StoreError, StoredOrder, StreamStatus, body_sha256,
     newest_per_key,
 };
 use crate::config::DatabaseConfig;
-use crate::model::{Order, OrderKey, StreamKey};
+use crate::model::{Action, ActionOutcome, NewAction, Order, OrderKey, StreamKey};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{Connection, PgPool, Postgres, Row};
 use std::str::FromStr;
 use std::time::Duration;
@@ -292,7 +293,320 @@ impl Store for PostgresStore {
         Ok(count)
     }
 
+    async fn order_payload(&self, key: &OrderKey) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT payload::text FROM orders WHERE provider = $1 AND account = $2 \
+             AND channel = $3 AND external_id = $4",
+        )
+        .bind(key.provider.as_str())
+        .bind(&key.account)
+        .bind(&key.channel)
+        .bind(&key.external_id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    async fn enqueue(&self, action: &NewAction) -> Result<(Action, bool), StoreError> {
+        let key = action.key();
+        let inserted = sqlx::query(concat!(
+            "INSERT INTO actions (idempotency_key, provider, account, kind, channel, \
+             external_id, request, max_attempts) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7::json, $8) \
+             ON CONFLICT (idempotency_key) DO NOTHING RETURNING ",
+            action_columns!()
+        ))
+        .bind(&key)
+        .bind(action.provider.as_str())
+        .bind(&action.account)
+        .bind(action.kind.as_str())
+        .bind(&action.channel)
+        .bind(&action.external_id)
+        .bind(action.request.to_string())
+        .bind(action.max_attempts)
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(row) = inserted {
+            return Ok((action_from_row(&row)?, true));
+        }
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            action_columns!(),
+            " FROM actions WHERE idempotency_key = $1"
+        ))
+        .bind(&key)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((action_from_row(&row)?, false))
+    }
+
+    async fn claim(&self, claim: &Claim<'_>) -> Result<Vec<Action>, StoreError> {
+        // SKIP LOCKED: several processes claim from one queue without waiting on each other or
+        // taking the same row.
+        let rows = sqlx::query(concat!(
+            "UPDATE actions SET state = 'in_flight', claimed_by = $1, claimed_until = $2, \
+             attempts = attempts + 1, updated_at = $3 \
+             WHERE id IN (SELECT id FROM actions WHERE provider = $4 AND account = $5 \
+               AND ((state = 'pending' AND next_attempt_at <= $3) \
+                 OR (state = 'in_flight' AND claimed_until < $3)) \
+               ORDER BY next_attempt_at, id LIMIT $6 FOR UPDATE SKIP LOCKED) \
+             RETURNING ",
+            action_columns!()
+        ))
+        .bind(claim.worker)
+        .bind(claim.visible_until)
+        .bind(claim.now)
+        .bind(claim.provider)
+        .bind(claim.account)
+        .bind(claim.limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut actions = rows
+            .iter()
+            .map(action_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        actions.sort_by_key(|a| a.id);
+        Ok(actions)
+    }
+
+    async fn finish(
+        &self,
+        id: i64,
+        worker: &str,
+        outcome: &ActionOutcome,
+    ) -> Result<bool, StoreError> {
+        let now = Utc::now();
+        let query = match outcome {
+            ActionOutcome::Succeeded { result } => sqlx::query(
+                "UPDATE actions SET state = 'succeeded', result = $1::json, last_error = NULL, \
+                 claimed_by = NULL, claimed_until = NULL, finished_at = $2, updated_at = $2 \
+                 WHERE id = $3 AND state = 'in_flight' AND claimed_by = $4",
+            )
+            .bind(result.to_string()),
+            ActionOutcome::Failed { error } => sqlx::query(
+                "UPDATE actions SET state = 'failed', last_error = $1, \
+                 claimed_by = NULL, claimed_until = NULL, finished_at = $2, updated_at = $2 \
+                 WHERE id = $3 AND state = 'in_flight' AND claimed_by = $4",
+            )
+            .bind(error),
+            ActionOutcome::RetryAt { error, .. } => sqlx::query(
+                "UPDATE actions SET last_error = $1, updated_at = $2, \
+                 state = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'pending' END, \
+                 finished_at = CASE WHEN attempts >= max_attempts THEN $2 END, \
+                 next_attempt_at = $5, claimed_by = NULL, claimed_until = NULL \
+                 WHERE id = $3 AND state = 'in_flight' AND claimed_by = $4",
+            )
+            .bind(error),
+        };
+        let mut query = query.bind(now).bind(id).bind(worker);
+        if let ActionOutcome::RetryAt { at, .. } = outcome {
+            query = query.bind(*at);
+        }
+        Ok(query.execute(&self.pool).await?.rows_affected() == 1)
+    }
+
+    async fn extend_claims(
+        &self,
+        ids: &[i64],
+        worker: &str,
+        until: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "UPDATE actions SET claimed_until = $1 WHERE state = 'in_flight' AND claimed_by = $2 \
+             AND id = ANY($3)",
+        )
+        .bind(until)
+        .bind(worker)
+        .bind(ids)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn record_asn(&self, asn: &NewAsn) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO asns (provider, account, asn_id, warehouse_id, supplier_id, supplier_ref, \
+             action_id, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, now()) \
+             ON CONFLICT (provider, account, asn_id) DO NOTHING",
+        )
+        .bind(asn.provider.as_str())
+        .bind(&asn.account)
+        .bind(asn.asn_id)
+        .bind(&asn.warehouse_id)
+        .bind(asn.supplier_id)
+        .bind(&asn.supplier_ref)
+        .bind(asn.action_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn open_asns(&self, provider: &str, account: &str) -> Result<Vec<AsnRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT asn_id, warehouse_id, status, received_quantity, is_final FROM asns \
+             WHERE provider = $1 AND account = $2 AND NOT is_final ORDER BY asn_id",
+        )
+        .bind(provider)
+        .bind(account)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(AsnRow {
+                    asn_id: row.try_get(0)?,
+                    warehouse_id: row.try_get(1)?,
+                    status: row.try_get(2)?,
+                    received_quantity: row.try_get(3)?,
+                    is_final: row.try_get(4)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn record_gate(&self, gate: &GateState) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO account_gates (provider, account, paused_until, rate_limited, updated_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (provider, account) DO UPDATE SET \
+             paused_until = excluded.paused_until, rate_limited = excluded.rate_limited, \
+             updated_at = excluded.updated_at",
+        )
+        .bind(&gate.provider)
+        .bind(&gate.account)
+        .bind(gate.paused_until)
+        .bind(gate.rate_limited)
+        .bind(gate.updated_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn gates(&self) -> Result<Vec<GateState>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT provider, account, paused_until, rate_limited, updated_at FROM account_gates",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(GateState {
+                    provider: row.try_get(0)?,
+                    account: row.try_get(1)?,
+                    paused_until: row.try_get(2)?,
+                    rate_limited: row.try_get(3)?,
+                    updated_at: row.try_get(4)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn action_counts(&self) -> Result<Vec<ActionCount>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT provider, account, state, count(*) FROM actions \
+             GROUP BY provider, account, state ORDER BY provider, account, state",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(ActionCount {
+                    provider: row.try_get(0)?,
+                    account: row.try_get(1)?,
+                    state: row.try_get(2)?,
+                    count: row.try_get(3)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn update_asn(&self, update: &AsnUpdate) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE asns SET status = $1, received_quantity = $2, payload = $3::json, \
+             is_final = $4, checked_at = $5 WHERE provider = $6 AND account = $7 AND asn_id = $8",
+        )
+        .bind(&update.status)
+        .bind(update.received_quantity)
+        .bind(update.payload.to_string())
+        .bind(update.is_final)
+        .bind(update.checked_at)
+        .bind(update.provider.as_str())
+        .bind(&update.account)
+        .bind(update.asn_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn action(&self, id: i64) -> Result<Option<Action>, StoreError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            action_columns!(),
+            " FROM actions WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(action_from_row).transpose()
+    }
+
+    async fn actions(&self, filter: &ActionFilter) -> Result<Vec<Action>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            action_columns!(),
+            " FROM actions WHERE ($1::text IS NULL OR state = $1) \
+             AND ($2::text IS NULL OR account = $2) ORDER BY id DESC LIMIT $3"
+        ))
+        .bind(filter.state.map(|s| s.as_str()))
+        .bind(&filter.account)
+        .bind(filter.limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(action_from_row).collect()
+    }
+
+    async fn retry_actions(&self, filter: &RetryFilter) -> Result<u64, StoreError> {
+        let (id, account, all_dead) = match filter {
+            RetryFilter::One(id) => (Some(*id), None, false),
+            RetryFilter::AllDead { account } => (None, account.clone(), true),
+        };
+        let done = sqlx::query(
+            "UPDATE actions SET state = 'pending', attempts = 0, next_attempt_at = $1, \
+             finished_at = NULL, updated_at = $1 \
+             WHERE (($2::int8 IS NOT NULL AND id = $2 AND state IN ('dead', 'failed')) \
+                OR ($3 AND state = 'dead' AND ($4::text IS NULL OR account = $4)))",
+        )
+        .bind(Utc::now())
+        .bind(id)
+        .bind(all_dead)
+        .bind(account)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+fn action_from_row(row: &PgRow) -> Result<Action, StoreError> {
+    Ok(Action {
+        id: row.try_get(0)?,
+        idempotency_key: row.try_get(1)?,
+        provider: row.try_get(2)?,
+        account: row.try_get(3)?,
+        kind: row.try_get(4)?,
+        channel: row.try_get(5)?,
+        external_id: row.try_get(6)?,
+        request: row.try_get(7)?,
+        state: row.try_get(8)?,
+        attempts: row.try_get(9)?,
+        max_attempts: row.try_get(10)?,
+        next_attempt_at: row.try_get(11)?,
+        claimed_by: row.try_get(12)?,
+        claimed_until: row.try_get(13)?,
+        last_error: row.try_get(14)?,
+        result: row.try_get(15)?,
+        created_at: row.try_get(16)?,
+        updated_at: row.try_get(17)?,
+        finished_at: row.try_get(18)?,
+    })
 }

@@ -1,14 +1,17 @@
 //! The embedded default: one SQLite file in WAL mode.
 
 use super::{
-    Batch, BatchOutcome, ROWS_PER_STATEMENT, StatusChange, Store, StoreError, StoredOrder,
-    StreamStatus, body_sha256, newest_per_key,
+    ActionCount, ActionFilter, AsnRow, AsnUpdate, Batch, BatchOutcome, Claim, GateState, NewAsn,
+    ROWS_PER_STATEMENT, RetryFilter, StatusChange, Store, StoreError, StoredOrder, StreamStatus,
+    body_sha256, newest_per_key,
 };
 use crate::config::DatabaseConfig;
-use crate::model::{OrderKey, StreamKey};
+use crate::model::{Action, ActionOutcome, NewAction, OrderKey, StreamKey};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 use std::str::FromStr;
 use std::time::Duration;
@@ -292,9 +295,327 @@ impl Store for SqliteStore {
         Ok(count)
     }
 
+    async fn order_payload(&self, key: &OrderKey) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT payload FROM orders WHERE provider = ? AND account = ? AND channel = ? \
+             AND external_id = ?",
+        )
+        .bind(key.provider.as_str())
+        .bind(&key.account)
+        .bind(&key.channel)
+        .bind(&key.external_id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    async fn enqueue(&self, action: &NewAction) -> Result<(Action, bool), StoreError> {
+        let now = ts(Utc::now());
+        let key = action.key();
+        let inserted = sqlx::query(
+            "INSERT INTO actions (idempotency_key, provider, account, kind, channel, external_id, \
+             request, max_attempts, next_attempt_at, created_at, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?9) \
+             ON CONFLICT (idempotency_key) DO NOTHING",
+        )
+        .bind(&key)
+        .bind(action.provider.as_str())
+        .bind(&action.account)
+        .bind(action.kind.as_str())
+        .bind(&action.channel)
+        .bind(&action.external_id)
+        .bind(action.request.to_string())
+        .bind(action.max_attempts)
+        .bind(&now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected()
+            == 1;
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            action_columns!(),
+            " FROM actions WHERE idempotency_key = ?"
+        ))
+        .bind(&key)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((action_from_row(&row)?, inserted))
+    }
+
+    async fn claim(&self, claim: &Claim<'_>) -> Result<Vec<Action>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "UPDATE actions SET state = 'in_flight', claimed_by = ?1, claimed_until = ?2, \
+             attempts = attempts + 1, updated_at = ?3 \
+             WHERE id IN (SELECT id FROM actions WHERE provider = ?4 AND account = ?5 \
+               AND ((state = 'pending' AND next_attempt_at <= ?3) \
+                 OR (state = 'in_flight' AND claimed_until < ?3)) \
+               ORDER BY next_attempt_at, id LIMIT ?6) \
+             RETURNING ",
+            action_columns!(),
+            ""
+        ))
+        .bind(claim.worker)
+        .bind(ts(claim.visible_until))
+        .bind(ts(claim.now))
+        .bind(claim.provider)
+        .bind(claim.account)
+        .bind(claim.limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut actions = rows
+            .iter()
+            .map(action_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        actions.sort_by_key(|a| a.id);
+        Ok(actions)
+    }
+
+    async fn finish(
+        &self,
+        id: i64,
+        worker: &str,
+        outcome: &ActionOutcome,
+    ) -> Result<bool, StoreError> {
+        let now = ts(Utc::now());
+        let query = match outcome {
+            ActionOutcome::Succeeded { result } => sqlx::query(
+                "UPDATE actions SET state = 'succeeded', result = ?1, last_error = NULL, \
+                 claimed_by = NULL, claimed_until = NULL, finished_at = ?2, updated_at = ?2 \
+                 WHERE id = ?3 AND state = 'in_flight' AND claimed_by = ?4",
+            )
+            .bind(result.to_string()),
+            ActionOutcome::Failed { error } => sqlx::query(
+                "UPDATE actions SET state = 'failed', last_error = ?1, \
+                 claimed_by = NULL, claimed_until = NULL, finished_at = ?2, updated_at = ?2 \
+                 WHERE id = ?3 AND state = 'in_flight' AND claimed_by = ?4",
+            )
+            .bind(error),
+            ActionOutcome::RetryAt { error, .. } => sqlx::query(
+                "UPDATE actions SET last_error = ?1, updated_at = ?2, \
+                 state = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'pending' END, \
+                 finished_at = CASE WHEN attempts >= max_attempts THEN ?2 END, \
+                 next_attempt_at = ?5, claimed_by = NULL, claimed_until = NULL \
+                 WHERE id = ?3 AND state = 'in_flight' AND claimed_by = ?4",
+            )
+            .bind(error),
+        };
+        let mut query = query.bind(&now).bind(id).bind(worker);
+        if let ActionOutcome::RetryAt { at, .. } = outcome {
+            query = query.bind(ts(*at));
+        }
+        Ok(query.execute(&self.pool).await?.rows_affected() == 1)
+    }
+
+    async fn extend_claims(
+        &self,
+        ids: &[i64],
+        worker: &str,
+        until: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let ids = serde_json::Value::from(ids.to_vec()).to_string();
+        let done = sqlx::query(
+            "UPDATE actions SET claimed_until = ?1 WHERE state = 'in_flight' AND claimed_by = ?2 \
+             AND id IN (SELECT value FROM json_each(?3))",
+        )
+        .bind(ts(until))
+        .bind(worker)
+        .bind(ids)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn record_asn(&self, asn: &NewAsn) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO asns (provider, account, asn_id, warehouse_id, supplier_id, supplier_ref, \
+             action_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (provider, account, asn_id) DO NOTHING",
+        )
+        .bind(asn.provider.as_str())
+        .bind(&asn.account)
+        .bind(asn.asn_id)
+        .bind(&asn.warehouse_id)
+        .bind(asn.supplier_id)
+        .bind(&asn.supplier_ref)
+        .bind(asn.action_id)
+        .bind(ts(Utc::now()))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn open_asns(&self, provider: &str, account: &str) -> Result<Vec<AsnRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT asn_id, warehouse_id, status, received_quantity, is_final FROM asns \
+             WHERE provider = ? AND account = ? AND is_final = 0 ORDER BY asn_id",
+        )
+        .bind(provider)
+        .bind(account)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|row| AsnRow {
+                asn_id: row.get(0),
+                warehouse_id: row.get(1),
+                status: row.get(2),
+                received_quantity: row.get(3),
+                is_final: row.get::<i64, _>(4) != 0,
+            })
+            .collect())
+    }
+
+    async fn record_gate(&self, gate: &GateState) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO account_gates (provider, account, paused_until, rate_limited, updated_at) \
+             VALUES (?, ?, ?, ?, ?) ON CONFLICT (provider, account) DO UPDATE SET \
+             paused_until = excluded.paused_until, rate_limited = excluded.rate_limited, \
+             updated_at = excluded.updated_at",
+        )
+        .bind(&gate.provider)
+        .bind(&gate.account)
+        .bind(gate.paused_until.map(ts))
+        .bind(gate.rate_limited)
+        .bind(ts(gate.updated_at))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn gates(&self) -> Result<Vec<GateState>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT provider, account, paused_until, rate_limited, updated_at FROM account_gates",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(GateState {
+                    provider: row.get(0),
+                    account: row.get(1),
+                    paused_until: parse_opt_ts(row.get(2))?,
+                    rate_limited: row.get(3),
+                    updated_at: parse_ts(row.get::<&str, _>(4))?,
+                })
+            })
+            .collect()
+    }
+
+    async fn action_counts(&self) -> Result<Vec<ActionCount>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT provider, account, state, count(*) FROM actions \
+             GROUP BY provider, account, state ORDER BY provider, account, state",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|row| ActionCount {
+                provider: row.get(0),
+                account: row.get(1),
+                state: row.get(2),
+                count: row.get(3),
+            })
+            .collect())
+    }
+
+    async fn update_asn(&self, update: &AsnUpdate) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE asns SET status = ?, received_quantity = ?, payload = ?, is_final = ?, \
+             checked_at = ? WHERE provider = ? AND account = ? AND asn_id = ?",
+        )
+        .bind(&update.status)
+        .bind(update.received_quantity)
+        .bind(update.payload.to_string())
+        .bind(update.is_final)
+        .bind(ts(update.checked_at))
+        .bind(update.provider.as_str())
+        .bind(&update.account)
+        .bind(update.asn_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn action(&self, id: i64) -> Result<Option<Action>, StoreError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            action_columns!(),
+            " FROM actions WHERE id = ?"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(action_from_row).transpose()
+    }
+
+    async fn actions(&self, filter: &ActionFilter) -> Result<Vec<Action>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            action_columns!(),
+            " FROM actions WHERE (?1 IS NULL OR state = ?1) \
+             AND (?2 IS NULL OR account = ?2) ORDER BY id DESC LIMIT ?3"
+        ))
+        .bind(filter.state.map(|s| s.as_str()))
+        .bind(&filter.account)
+        .bind(filter.limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(action_from_row).collect()
+    }
+
+    async fn retry_actions(&self, filter: &RetryFilter) -> Result<u64, StoreError> {
+        let now = ts(Utc::now());
+        let (id, account, all_dead) = match filter {
+            RetryFilter::One(id) => (Some(*id), None, false),
+            RetryFilter::AllDead { account } => (None, account.clone(), true),
+        };
+        let done = sqlx::query(
+            "UPDATE actions SET state = 'pending', attempts = 0, next_attempt_at = ?1, \
+             finished_at = NULL, updated_at = ?1 \
+             WHERE ((?2 IS NOT NULL AND id = ?2 AND state IN ('dead', 'failed')) \
+                OR (?3 AND state = 'dead' AND (?4 IS NULL OR account = ?4)))",
+        )
+        .bind(&now)
+        .bind(id)
+        .bind(all_dead)
+        .bind(account)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// JSON that does not parse (a row written by hand) is kept as a string for people to read.
+fn json_or_text(text: String) -> serde_json::Value {
+    serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
+}
+
+fn action_from_row(row: &SqliteRow) -> Result<Action, StoreError> {
+    Ok(Action {
+        id: row.get(0),
+        idempotency_key: row.get(1),
+        provider: row.get(2),
+        account: row.get(3),
+        kind: row.get(4),
+        channel: row.get(5),
+        external_id: row.get(6),
+        request: json_or_text(row.get(7)),
+        state: row.get(8),
+        attempts: row.get(9),
+        max_attempts: row.get(10),
+        next_attempt_at: parse_ts(row.get::<&str, _>(11))?,
+        claimed_by: row.get(12),
+        claimed_until: parse_opt_ts(row.get(13))?,
+        last_error: row.get(14),
+        result: row.get::<Option<String>, _>(15).map(json_or_text),
+        created_at: parse_ts(row.get::<&str, _>(16))?,
+        updated_at: parse_ts(row.get::<&str, _>(17))?,
+        finished_at: parse_opt_ts(row.get(18))?,
+    })
 }
 
 pub(super) fn provider_from_db(text: &str) -> Result<crate::model::ProviderKind, StoreError> {

@@ -8,16 +8,14 @@ pub mod window;
 use crate::config::Config;
 use crate::model::StreamKey;
 use crate::providers::ProviderError;
-use crate::providers::graas::GraasClient;
-use crate::providers::http::{ClientBuildError, HttpClient, RateGate};
+use crate::providers::http::ClientBuildError;
 use crate::store::Store;
 use chrono::Utc;
 use progress::StreamProgress;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
+use tokio_cron_scheduler::JobSchedulerError;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use window::{RunSummary, SyncError, WindowPlan, WindowSync};
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +39,10 @@ pub struct StreamRunner {
 impl StreamRunner {
     pub fn stream(&self) -> &StreamKey {
         self.sync.stream()
+    }
+
+    pub fn schedule(&self) -> &str {
+        &self.schedule
     }
 
     pub fn progress(&self) -> &Arc<StreamProgress> {
@@ -100,16 +102,29 @@ impl StreamRunner {
     }
 }
 
-/// Builds a runner for every enabled account in the configuration.
+/// Builds a runner for every enabled account in the configuration, each with its own client.
 pub fn build_runners(
     config: &Config,
     store: &Arc<dyn Store>,
 ) -> Result<Vec<Arc<StreamRunner>>, DaemonError> {
-    let http = HttpClient::new(&config.http)?;
+    Ok(runners_for(
+        config,
+        store,
+        &crate::app::GraasAccounts::build(config)?,
+    ))
+}
+
+/// A runner for every enabled account, on the accounts' shared clients (and so rate gates).
+pub fn runners_for(
+    config: &Config,
+    store: &Arc<dyn Store>,
+    accounts: &crate::app::GraasAccounts,
+) -> Vec<Arc<StreamRunner>> {
     let mut runners = Vec::new();
     for account in config.graas.iter().filter(|a| a.enabled) {
-        let gate = Arc::new(RateGate::new(account.rate_limit));
-        let client = Arc::new(GraasClient::new(http.clone(), gate, account));
+        let Some(client) = accounts.client(&account.name) else {
+            continue;
+        };
         let progress = Arc::new(StreamProgress::default());
         let plan = WindowPlan {
             lookback: account.lookback,
@@ -126,61 +141,7 @@ pub fn build_runners(
             stopped: AtomicBool::new(false),
         }));
     }
-    Ok(runners)
-}
-
-/// The running daemon: every stream on its schedule until [`Daemon::shutdown`].
-pub struct Daemon {
-    scheduler: JobScheduler,
-    runners: Vec<Arc<StreamRunner>>,
-    tracker: TaskTracker,
-    shutdown: CancellationToken,
-}
-
-impl Daemon {
-    /// Starts every stream now and then on each tick of its schedule.
-    pub async fn start(runners: Vec<Arc<StreamRunner>>) -> Result<Daemon, DaemonError> {
-        let scheduler = JobScheduler::new().await?;
-        let tracker = TaskTracker::new();
-        let shutdown = CancellationToken::new();
-        for runner in &runners {
-            let tick = {
-                let (runner, tracker, shutdown) =
-                    (runner.clone(), tracker.clone(), shutdown.clone());
-                move || {
-                    let (runner, shutdown) = (runner.clone(), shutdown.clone());
-                    tracker.spawn(async move { runner.run_if_idle(&shutdown).await });
-                }
-            };
-            tick();
-            let job = Job::new_async(runner.schedule.as_str(), move |_, _| {
-                tick();
-                Box::pin(async {})
-            })?;
-            scheduler.add(job).await?;
-        }
-        scheduler.start().await?;
-        Ok(Daemon {
-            scheduler,
-            runners,
-            tracker,
-            shutdown,
-        })
-    }
-
-    pub fn runners(&self) -> &[Arc<StreamRunner>] {
-        &self.runners
-    }
-
-    /// Stops scheduling, lets every run finish its current transaction, and returns.
-    pub async fn shutdown(mut self) {
-        self.shutdown.cancel();
-        if let Err(error) = self.scheduler.shutdown().await {
-            tracing::warn!(%error, "scheduler did not stop cleanly");
-        }
-        self.tracker.close();
-        self.tracker.wait().await;
-    }
+    runners
 }
 
 /// Runs every stream once until it has caught up (for `ordersync run --once` and benchmarks).

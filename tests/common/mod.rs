@@ -88,6 +88,8 @@ pub struct AccountToml {
     pub page_size: u32,
     pub rate_limit: &'static str,
     pub max_window: &'static str,
+    /// More keys for every account section, verbatim.
+    pub extra: &'static str,
 }
 
 impl Default for AccountToml {
@@ -99,6 +101,7 @@ impl Default for AccountToml {
             page_size: 200,
             rate_limit: "200/s",
             max_window: "1d",
+            extra: "",
         }
     }
 }
@@ -120,7 +123,7 @@ pub fn config_toml(
     text.push_str("\n[log]\nlevel = \"warn\"\n\n[http]\nrequest_timeout = \"1s\"\nmin_backoff = \"50ms\"\nmax_backoff = \"500ms\"\nmax_retries = 30\n");
     for (i, acct) in spec.graas.iter().enumerate() {
         text.push_str(&format!(
-            "\n[[graas]]\nname = \"{name}\"\nbase_url = \"{url}\"\naccount_number = \"{number}\"\napp_key = \"{key}\"\nschedule = \"{schedule}\"\nlookback = \"{lookback}\"\nsettle = \"{settle}\"\npage_size = {page_size}\nstart_from = \"{start}\"\nmax_window = \"{max_window}\"\nrate_limit = \"{rate}\"\n",
+            "\n[[graas]]\nname = \"{name}\"\nbase_url = \"{url}\"\naccount_number = \"{number}\"\napp_key = \"{key}\"\nschedule = \"{schedule}\"\nlookback = \"{lookback}\"\nsettle = \"{settle}\"\npage_size = {page_size}\nstart_from = \"{start}\"\nmax_window = \"{max_window}\"\nrate_limit = \"{rate}\"\n{extra}\n",
             name = account_name(i),
             url = sandbox.base_url(),
             number = acct.account_number,
@@ -132,6 +135,7 @@ pub fn config_toml(
             start = start.to_rfc3339(),
             max_window = account.max_window,
             rate = account.rate_limit,
+            extra = account.extra,
         ));
     }
     text
@@ -276,4 +280,34 @@ pub async fn assert_no_gap_below_cursor(
         missing.is_empty(),
         "orders behind the cursor {cursor} are missing: {missing:#?}"
     );
+}
+
+/// Runs SQL statements on the test's database directly, as another system would.
+pub async fn execute_sql(db: &TestDb, statements: &[&str]) {
+    use sqlx::Connection;
+    match &db.schema {
+        None => {
+            let mut conn = sqlx::SqliteConnection::connect(&db.url)
+                .await
+                .expect("connect to SQLite");
+            for statement in statements {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(statement.to_string()))
+                    .execute(&mut conn)
+                    .await
+                    .expect("SQL statement");
+            }
+        }
+        Some(schema) => {
+            let mut conn = sqlx::PgConnection::connect(&db.url)
+                .await
+                .expect("connect to Postgres");
+            let set_path = format!("SET search_path TO \"{schema}\"");
+            for statement in std::iter::once(set_path.as_str()).chain(statements.iter().copied()) {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(statement.to_string()))
+                    .execute(&mut conn)
+                    .await
+                    .expect("SQL statement");
+            }
+        }
+    }
 }

@@ -1,6 +1,8 @@
 //! Graas: orders read by time window (`GET /v1/orders`) and one at a time
-//! (`GET /v1/order/{nickNameID}/{orderID}`). Contract: `shared/providers/graas.md`.
+//! (`GET /v1/order/{nickNameID}/{orderID}`); accept/cancel (`PUT /v1/orders`) and ASNs
+//! (`/v1/asn`). Contract: `shared/providers/graas.md`.
 
+pub mod outbound;
 pub mod wire;
 
 use super::http::{HttpClient, RateGate, Response};
@@ -8,6 +10,7 @@ use super::{ProviderError, TimeWindow, WindowPage, WindowSource};
 use crate::config::{GraasAccount, Secret};
 use crate::model::{Order, ProviderKind, Quarantined, StreamKey};
 use async_trait::async_trait;
+use outbound::{AsnStatus, ItemResult, OrderUpdate};
 use serde_json::value::RawValue;
 use std::sync::Arc;
 use url::Url;
@@ -54,8 +57,17 @@ impl GraasClient {
     }
 
     fn request(&self, client: &reqwest::Client, url: &Url) -> reqwest::RequestBuilder {
+        self.request_with(client, reqwest::Method::GET, url)
+    }
+
+    fn request_with(
+        &self,
+        client: &reqwest::Client,
+        method: reqwest::Method,
+        url: &Url,
+    ) -> reqwest::RequestBuilder {
         client
-            .get(url.clone())
+            .request(method, url.clone())
             .header("accountNumber", &self.account_number)
             .header("appKey", self.app_key.expose())
             .header(reqwest::header::ACCEPT, "application/json")
@@ -91,6 +103,118 @@ impl GraasClient {
             .await;
         match result {
             Ok(order) => Ok(Some(order)),
+            Err(ProviderError::Rejected { status: 404, .. }) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// `PUT /v1/orders`: one result per item, in the order sent. A batch Graas refuses as a
+    /// whole (4xx) is sent again one item at a time, so one bad item cannot fail its neighbours.
+    pub async fn put_orders(
+        &self,
+        updates: &[OrderUpdate],
+    ) -> Result<Vec<ItemResult>, ProviderError> {
+        match self.put_batch(updates).await {
+            Err(ProviderError::Rejected { .. }) if updates.len() > 1 => {
+                let mut results = Vec::with_capacity(updates.len());
+                for update in updates {
+                    results.push(match self.put_batch(std::slice::from_ref(update)).await {
+                        Ok(mut one) => one.pop().ok_or_else(|| {
+                            ProviderError::Inconsistent("PUT /v1/orders: empty result".into())
+                        })?,
+                        Err(ProviderError::Rejected { status, message }) => ItemResult::Refused {
+                            http_code: status,
+                            message,
+                        },
+                        Err(error) => return Err(error),
+                    });
+                }
+                Ok(results)
+            }
+            other => other,
+        }
+    }
+
+    async fn put_batch(&self, updates: &[OrderUpdate]) -> Result<Vec<ItemResult>, ProviderError> {
+        let url = self.url("/v1/orders")?;
+        let body = serde_json::json!({ "data": updates });
+        self.http
+            .send(
+                PROVIDER,
+                &self.gate,
+                "PUT /v1/orders",
+                |client| {
+                    self.request_with(client, reqwest::Method::PUT, &url)
+                        .json(&body)
+                },
+                |response| outbound::parse_put_response(&response.body, updates),
+            )
+            .await
+    }
+
+    /// `POST /v1/asn`: the new `asnID`. Not repeated on failure: a timeout may hide an ASN
+    /// that was created, so the caller looks it up ([`GraasClient::find_asns`]) first.
+    pub async fn create_asn(&self, body: &serde_json::Value) -> Result<i64, ProviderError> {
+        let url = self.url("/v1/asn")?;
+        self.http
+            .send_unrepeatable(
+                PROVIDER,
+                &self.gate,
+                "POST /v1/asn",
+                |client| {
+                    self.request_with(client, reqwest::Method::POST, &url)
+                        .json(body)
+                },
+                |response| outbound::parse_asn_created(&response.body),
+            )
+            .await
+    }
+
+    /// `GET /v1/asn?warehouseID=&supplierID=&supplierRef=`: the ASNs made under that reference.
+    pub async fn find_asns(
+        &self,
+        warehouse_id: &str,
+        supplier_id: i64,
+        supplier_ref: &str,
+    ) -> Result<Vec<i64>, ProviderError> {
+        let mut url = self.url("/v1/asn")?;
+        url.query_pairs_mut()
+            .append_pair("warehouseID", warehouse_id)
+            .append_pair("supplierID", &supplier_id.to_string())
+            .append_pair("supplierRef", supplier_ref);
+        self.http
+            .send(
+                PROVIDER,
+                &self.gate,
+                "GET /v1/asn",
+                |client| self.request(client, &url),
+                |response| outbound::parse_asn_ids(&response.body),
+            )
+            .await
+    }
+
+    /// `GET /v1/asn/{asnID}?warehouseID=`; `None` when Graas does not know it.
+    pub async fn asn(
+        &self,
+        warehouse_id: &str,
+        asn_id: i64,
+    ) -> Result<Option<AsnStatus>, ProviderError> {
+        let mut url = self.url(&format!("/v1/asn/{asn_id}"))?;
+        url.query_pairs_mut()
+            .append_pair("warehouseID", warehouse_id);
+        let what = format!("GET /v1/asn/{asn_id}");
+        let result = self
+            .http
+            .send(
+                PROVIDER,
+                &self.gate,
+                &what,
+                |client| self.request(client, &url),
+                |response| outbound::parse_asn(&response.body, asn_id),
+            )
+            .await;
+        match result {
+            Ok(asn) => Ok(Some(asn)),
             Err(ProviderError::Rejected { status: 404, .. }) => Ok(None),
             Err(error) => Err(error),
         }

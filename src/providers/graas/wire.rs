@@ -218,7 +218,7 @@ fn number_from(value: NumberOrString) -> Result<i64, String> {
     }
 }
 
-fn lenient_i64<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+pub(super) fn lenient_i64<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
     number_from(NumberOrString::deserialize(d)?).map_err(de::Error::custom)
 }
 

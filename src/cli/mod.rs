@@ -1,16 +1,21 @@
 //! Command-line definitions and one function per subcommand.
 
+mod action;
+
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
+use ordersync::app::{App, Daemon};
 use ordersync::config::{Config, LogConfig, LogFormat};
 use ordersync::model::{ProviderKind, StreamKey};
 use ordersync::providers::graas::GraasClient;
 use ordersync::providers::http::{HttpClient, RateGate};
 use ordersync::sandbox::{Faults, Mutations, Sandbox, SandboxConfig};
+use ordersync::server::Server;
+use ordersync::server::admin::{self, AdminState};
 use ordersync::store::{self, Batch, Store, StoredOrder};
 use ordersync::sync::health::{self, Health};
-use ordersync::sync::{self, Daemon, StreamRunner};
+use ordersync::sync::{self, StreamRunner};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -65,6 +70,11 @@ enum Command {
     Sandbox(SandboxArgs),
     /// Watch ordersync sync a built-in sandbox into a temporary SQLite database.
     Demo(DemoArgs),
+    /// Queue actions (accept, cancel, asn), list and show them, retry dead ones.
+    Action {
+        #[command(subcommand)]
+        command: action::ActionCommand,
+    },
     /// Graas tools.
     Graas {
         #[command(subcommand)]
@@ -134,6 +144,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status { config } => status(config).await,
         Command::Sandbox(args) => sandbox(args).await,
         Command::Demo(args) => demo(args).await,
+        Command::Action { command } => action::run(command).await,
         Command::Graas {
             command:
                 GraasCommand::Get {
@@ -196,45 +207,49 @@ async fn run(config: ConfigArg, once: bool) -> anyhow::Result<ExitCode> {
     let config = load(&config)?;
     init_logging(&config.log);
     let store = open_store(&config).await?;
-    let runners = sync::build_runners(&config, &store)?;
-    if runners.is_empty() {
+    let app = App::build(&config, &store)?;
+    if app.runners.is_empty() {
         tracing::warn!("no enabled accounts in the configuration; nothing to sync");
     }
     let mut failed = false;
     if once {
-        let started = Instant::now();
-        let cancel = CancellationToken::new();
-        let on_signal = cancel.clone();
-        tokio::spawn(async move {
-            shutdown_signal().await;
-            on_signal.cancel();
-        });
-        for (stream, result) in sync::run_until_caught_up(&runners, &cancel).await {
-            let line = match result {
-                Ok(run) => serde_json::json!({
-                    "stream": stream.to_string(), "written": run.written, "unchanged": run.unchanged,
-                    "quarantined": run.quarantined, "requests": run.requests, "cursor": run.cursor,
-                    "interrupted": run.interrupted,
-                }),
-                Err(error) => {
-                    failed = true;
-                    serde_json::json!({"stream": stream.to_string(), "error": error.to_string()})
-                }
-            };
-            println!("{line}");
-        }
-        println!(
-            "{}",
-            serde_json::json!({
-                "elapsed_ms": started.elapsed().as_millis() as u64,
-                "peak_rss_kb": peak_rss_kb(),
-            })
-        );
+        failed = run_once(&app).await;
     } else {
-        let daemon = Daemon::start(runners).await?;
-        tracing::info!(streams = daemon.runners().len(), "ordersync running");
+        let admin = match &config.admin.token {
+            Some(token) => {
+                let state = AdminState {
+                    config: Arc::new(config.clone()),
+                    store: store.clone(),
+                    token: token.clone(),
+                    wake: app.wake.clone(),
+                };
+                let server = Server::start(config.admin.listen, admin::router(state))
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "admin.listen: cannot listen on {}; choose a free address",
+                            config.admin.listen
+                        )
+                    })?;
+                tracing::info!(listen = %server.addr(), "admin API listening");
+                Some(server)
+            }
+            None => {
+                tracing::info!("admin API off: set [admin] token to serve it");
+                None
+            }
+        };
+        let daemon = Daemon::start(app).await?;
+        tracing::info!(
+            streams = daemon.runners().len(),
+            dispatchers = daemon.dispatchers().len(),
+            "ordersync running"
+        );
         shutdown_signal().await;
-        tracing::info!("shutting down: finishing the current transactions");
+        tracing::info!("shutting down: finishing the current transactions and batches");
+        if let Some(admin) = admin {
+            admin.stop().await;
+        }
         daemon.shutdown().await;
     }
     store.close().await;
@@ -244,6 +259,81 @@ async fn run(config: ConfigArg, once: bool) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// `run --once`: every stream until caught up, then every ASN follow-up, then every due action,
+/// a JSON line each; true when one failed.
+async fn run_once(app: &App) -> bool {
+    let runners = &app.runners;
+    let started = Instant::now();
+    let cancel = CancellationToken::new();
+    let on_signal = cancel.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        on_signal.cancel();
+    });
+    let mut failed = false;
+    for (stream, result) in sync::run_until_caught_up(runners, &cancel).await {
+        let line = match result {
+            Ok(run) => serde_json::json!({
+                "stream": stream.to_string(), "written": run.written, "unchanged": run.unchanged,
+                "quarantined": run.quarantined, "requests": run.requests, "cursor": run.cursor,
+                "interrupted": run.interrupted,
+            }),
+            Err(error) => {
+                failed = true;
+                serde_json::json!({"stream": stream.to_string(), "error": error.to_string()})
+            }
+        };
+        println!("{line}");
+    }
+    for follower in &app.asn_followers {
+        let line = match follower.run_if_idle().await {
+            Some(Ok(run)) => serde_json::json!({
+                "stream": follower.stream().to_string(), "checked": run.checked, "finished": run.finished,
+            }),
+            Some(Err(error)) => {
+                failed = true;
+                serde_json::json!({"stream": follower.stream().to_string(), "error": error.to_string()})
+            }
+            None => continue,
+        };
+        println!("{line}");
+    }
+    for dispatcher in &app.dispatchers {
+        let mut handled = 0;
+        let error = loop {
+            if cancel.is_cancelled() {
+                break None;
+            }
+            match dispatcher.dispatch_once().await {
+                Ok(0) => break None,
+                Ok(count) => handled += count,
+                Err(error) => break Some(error.to_string()),
+            }
+        };
+        failed |= error.is_some();
+        let stats = &dispatcher.stats;
+        println!(
+            "{}",
+            serde_json::json!({
+                "outbox": format!("{}/{}", dispatcher.provider, dispatcher.account),
+                "attempts": handled,
+                "succeeded": stats.succeeded.load(std::sync::atomic::Ordering::Relaxed),
+                "failed": stats.failed.load(std::sync::atomic::Ordering::Relaxed),
+                "retried": stats.retried.load(std::sync::atomic::Ordering::Relaxed),
+                "error": error,
+            })
+        );
+    }
+    println!(
+        "{}",
+        serde_json::json!({
+            "elapsed_ms": started.elapsed().as_millis() as u64,
+            "peak_rss_kb": peak_rss_kb(),
+        })
+    );
+    failed
 }
 
 /// The process's peak resident set (VmHWM) in KiB, where /proc tells it.
@@ -285,6 +375,8 @@ async fn status(config: ConfigArg) -> anyhow::Result<ExitCode> {
     let config = load(&config)?;
     let store = open_store(&config).await?;
     let streams = store.streams().await?;
+    let counts = store.action_counts().await?;
+    let gates = store.gates().await?;
     store.close().await;
     let now = Utc::now();
     let ago = |t: Option<DateTime<Utc>>| {
@@ -297,27 +389,72 @@ async fn status(config: ConfigArg) -> anyhow::Result<ExitCode> {
     );
     let mut healthy = true;
     for account in config.graas.iter().filter(|a| a.enabled) {
-        let key = StreamKey {
-            provider: ProviderKind::Graas,
-            account: account.name.clone(),
-            resource: ordersync::providers::graas::ORDERS_RESOURCE.to_owned(),
+        let resources = [
+            (
+                ordersync::providers::graas::ORDERS_RESOURCE,
+                &account.schedule,
+            ),
+            (ordersync::outbox::asn::ASNS_RESOURCE, &account.asn_schedule),
+        ];
+        for (resource, schedule) in resources {
+            let key = StreamKey {
+                provider: ProviderKind::Graas,
+                account: account.name.clone(),
+                resource: resource.to_owned(),
+            };
+            let found = streams.iter().find(|s| s.stream == key);
+            let health = health::assess(schedule, found, now);
+            healthy &= matches!(health, Health::Ok);
+            let lag = found
+                .and_then(|s| s.cursor.as_deref())
+                .and_then(|c| c.parse::<i64>().ok())
+                .map(|c| format!("{}s", now.timestamp() - c))
+                .unwrap_or_else(|| "-".into());
+            println!(
+                "{:<32} {:<9} {:>10} {:>14} {:>14}  {}",
+                key.to_string(),
+                health.as_str(),
+                lag,
+                ago(found.and_then(|s| s.last_run_started_at)),
+                ago(found.and_then(|s| s.last_success_at)),
+                found.and_then(|s| s.last_error.clone()).unwrap_or_default()
+            );
+        }
+    }
+    println!();
+    println!(
+        "{:<24} {:>8} {:>9} {:>10} {:>7} {:>5} {:>12}  rate gate",
+        "actions", "pending", "in_flight", "succeeded", "failed", "dead", "429s"
+    );
+    for account in config.graas.iter().filter(|a| a.enabled) {
+        let count = |state: &str| {
+            counts
+                .iter()
+                .find(|c| c.provider == "graas" && c.account == account.name && c.state == state)
+                .map_or(0, |c| c.count)
         };
-        let found = streams.iter().find(|s| s.stream == key);
-        let health = health::assess(&account.schedule, found, now);
-        healthy &= matches!(health, Health::Ok);
-        let lag = found
-            .and_then(|s| s.cursor.as_deref())
-            .and_then(|c| c.parse::<i64>().ok())
-            .map(|c| format!("{}s", now.timestamp() - c))
-            .unwrap_or_else(|| "-".into());
+        let gate = gates
+            .iter()
+            .find(|g| g.provider == "graas" && g.account == account.name);
+        let pause = match gate.and_then(|g| g.paused_until) {
+            Some(until) if until > now => {
+                format!(
+                    "paused {}s more (429 Retry-After)",
+                    (until - now).num_seconds().max(1)
+                )
+            }
+            _ => "open".into(),
+        };
         println!(
-            "{:<32} {:<9} {:>10} {:>14} {:>14}  {}",
-            key.to_string(),
-            health.as_str(),
-            lag,
-            ago(found.and_then(|s| s.last_run_started_at)),
-            ago(found.and_then(|s| s.last_success_at)),
-            found.and_then(|s| s.last_error.clone()).unwrap_or_default()
+            "{:<24} {:>8} {:>9} {:>10} {:>7} {:>5} {:>12}  {}",
+            format!("graas/{}", account.name),
+            count("pending"),
+            count("in_flight"),
+            count("succeeded"),
+            count("failed"),
+            count("dead"),
+            gate.map_or(0, |g| g.rate_limited),
+            pause
         );
     }
     // Non-zero when any stream needs a look, so monitoring can run this command as it is.
@@ -388,6 +525,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
             slow_ratio: 0.01,
             slow_ms: 3_000,
             truncate_ratio: 0.02,
+            item_error_ratio: 0.0,
         };
     }
     let sandbox = Sandbox::start(([127, 0, 0, 1], 0).into(), spec.clone()).await?;

@@ -1,0 +1,235 @@
+//! The daemon assembled from the configuration: one client and rate gate per account, shared
+//! by that account's poller, outbox dispatcher and ASN follower (providers count every request
+//! of an account together), all run on cron schedules or loops until shutdown.
+
+use crate::config::Config;
+use crate::outbox::asn::AsnFollower;
+use crate::outbox::graas::GraasExecutor;
+use crate::outbox::{Dispatcher, worker_id};
+use crate::providers::graas::GraasClient;
+use crate::providers::http::{ClientBuildError, HttpClient, RateGate};
+use crate::store::{GateState, Store};
+use crate::sync::{DaemonError, StreamRunner, runners_for};
+use chrono::Utc;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_cron_scheduler::{Job, JobScheduler};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How often each account's rate gate is written to the database for `status`.
+const GATE_REPORT_EVERY: Duration = Duration::from_secs(2);
+
+/// The API client of every enabled Graas account, by account name.
+#[derive(Clone)]
+pub struct GraasAccounts {
+    clients: BTreeMap<String, Arc<GraasClient>>,
+}
+
+impl GraasAccounts {
+    pub fn build(config: &Config) -> Result<Self, ClientBuildError> {
+        let http = HttpClient::new(&config.http)?;
+        let clients = config
+            .graas
+            .iter()
+            .filter(|a| a.enabled)
+            .map(|account| {
+                let gate = Arc::new(RateGate::new(account.rate_limit));
+                let client = GraasClient::new(http.clone(), gate, account);
+                (account.name.clone(), Arc::new(client))
+            })
+            .collect();
+        Ok(GraasAccounts { clients })
+    }
+
+    pub fn client(&self, account: &str) -> Option<Arc<GraasClient>> {
+        self.clients.get(account).cloned()
+    }
+}
+
+/// Everything the daemon runs.
+#[derive(Default)]
+pub struct App {
+    pub runners: Vec<Arc<StreamRunner>>,
+    pub dispatchers: Vec<Arc<Dispatcher>>,
+    pub asn_followers: Vec<Arc<AsnFollower>>,
+    /// (provider, account, gate) for the status report.
+    pub gates: Vec<(&'static str, String, Arc<RateGate>)>,
+    /// Wakes idle dispatchers when the admin API queues an action.
+    pub wake: Arc<Notify>,
+    pub store: Option<Arc<dyn Store>>,
+}
+
+impl From<Vec<Arc<StreamRunner>>> for App {
+    fn from(runners: Vec<Arc<StreamRunner>>) -> Self {
+        App {
+            runners,
+            ..App::default()
+        }
+    }
+}
+
+impl App {
+    pub fn build(config: &Config, store: &Arc<dyn Store>) -> Result<App, ClientBuildError> {
+        let accounts = GraasAccounts::build(config)?;
+        let wake = Arc::new(Notify::new());
+        let worker = worker_id();
+        let mut app = App {
+            runners: runners_for(config, store, &accounts),
+            wake: wake.clone(),
+            store: Some(store.clone()),
+            ..App::default()
+        };
+        for account in config.graas.iter().filter(|a| a.enabled) {
+            let Some(client) = accounts.client(&account.name) else {
+                continue;
+            };
+            app.gates
+                .push(("graas", account.name.clone(), client.gate().clone()));
+            app.asn_followers.push(Arc::new(AsnFollower::new(
+                client.clone(),
+                store.clone(),
+                &account.name,
+                &account.asn_schedule,
+                &account.asn_final_statuses,
+            )));
+            if config.outbox.enabled {
+                let executor = GraasExecutor::new(client, store.clone(), &account.name);
+                app.dispatchers.push(Arc::new(Dispatcher::new(
+                    "graas",
+                    &account.name,
+                    account.action_batch_size,
+                    Arc::new(executor),
+                    store.clone(),
+                    config.outbox.clone(),
+                    worker.clone(),
+                    wake.clone(),
+                )));
+            }
+        }
+        Ok(app)
+    }
+}
+
+/// The running daemon: every stream on its schedule and every dispatcher in its loop until
+/// [`Daemon::shutdown`].
+pub struct Daemon {
+    scheduler: JobScheduler,
+    runners: Vec<Arc<StreamRunner>>,
+    dispatchers: Vec<Arc<Dispatcher>>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Daemon {
+    /// Starts every stream now and then on each tick of its schedule, and every dispatcher.
+    pub async fn start(app: impl Into<App>) -> Result<Daemon, DaemonError> {
+        let app = app.into();
+        let scheduler = JobScheduler::new().await?;
+        let tracker = TaskTracker::new();
+        let shutdown = CancellationToken::new();
+        for runner in &app.runners {
+            let tick = {
+                let (runner, tracker, shutdown) =
+                    (runner.clone(), tracker.clone(), shutdown.clone());
+                move || {
+                    let (runner, shutdown) = (runner.clone(), shutdown.clone());
+                    tracker.spawn(async move { runner.run_if_idle(&shutdown).await });
+                }
+            };
+            tick();
+            let job = Job::new_async(runner.schedule(), move |_, _| {
+                tick();
+                Box::pin(async {})
+            })?;
+            scheduler.add(job).await?;
+        }
+        for follower in &app.asn_followers {
+            let tick = {
+                let (follower, tracker, shutdown) =
+                    (follower.clone(), tracker.clone(), shutdown.clone());
+                move || {
+                    if shutdown.is_cancelled() {
+                        return;
+                    }
+                    let follower = follower.clone();
+                    tracker.spawn(async move { follower.run_if_idle().await });
+                }
+            };
+            tick();
+            let job = Job::new_async(follower.schedule.as_str(), move |_, _| {
+                tick();
+                Box::pin(async {})
+            })?;
+            scheduler.add(job).await?;
+        }
+        for dispatcher in &app.dispatchers {
+            let (dispatcher, shutdown) = (dispatcher.clone(), shutdown.clone());
+            tracker.spawn(async move { dispatcher.run(&shutdown).await });
+        }
+        if let Some(store) = app.store.clone().filter(|_| !app.gates.is_empty()) {
+            let (gates, shutdown) = (app.gates, shutdown.clone());
+            tracker.spawn(report_gates(gates, store, shutdown));
+        }
+        scheduler.start().await?;
+        Ok(Daemon {
+            scheduler,
+            runners: app.runners,
+            dispatchers: app.dispatchers,
+            tracker,
+            shutdown,
+        })
+    }
+
+    pub fn runners(&self) -> &[Arc<StreamRunner>] {
+        &self.runners
+    }
+
+    pub fn dispatchers(&self) -> &[Arc<Dispatcher>] {
+        &self.dispatchers
+    }
+
+    /// Stops scheduling and claiming, lets every run and batch finish, and returns.
+    pub async fn shutdown(mut self) {
+        self.shutdown.cancel();
+        if let Err(error) = self.scheduler.shutdown().await {
+            tracing::warn!(%error, "scheduler did not stop cleanly");
+        }
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
+
+/// Writes each gate's pause and 429 count to the database when it changes.
+async fn report_gates(
+    gates: Vec<(&'static str, String, Arc<RateGate>)>,
+    store: Arc<dyn Store>,
+    shutdown: CancellationToken,
+) {
+    let mut last: Vec<Option<(Option<chrono::DateTime<Utc>>, u64)>> = vec![None; gates.len()];
+    loop {
+        for ((provider, account, gate), last) in gates.iter().zip(&mut last) {
+            let now = (gate.paused_until().await, gate.rate_limited_count());
+            if last.as_ref() == Some(&now) {
+                continue;
+            }
+            let state = GateState {
+                provider: (*provider).to_owned(),
+                account: account.clone(),
+                paused_until: now.0,
+                rate_limited: i64::try_from(now.1).unwrap_or(i64::MAX),
+                updated_at: Utc::now(),
+            };
+            match store.record_gate(&state).await {
+                Ok(()) => *last = Some(now),
+                Err(error) => tracing::warn!(%error, "cannot record the rate gate's state"),
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(GATE_REPORT_EVERY) => {}
+        }
+    }
+}

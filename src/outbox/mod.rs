@@ -1,0 +1,256 @@
+//! The outbox: actions queued in the `actions` table, claimed in batches per (provider, account),
+//! sent through that account's rate gate (the one its poller uses) and recorded with their
+//! outcome. Delivery is at-least-once: see `docs/actions.md`.
+
+pub mod asn;
+pub mod graas;
+pub mod request;
+
+use crate::config::OutboxConfig;
+use crate::model::{Action, ActionOutcome};
+use crate::store::{Claim, Store};
+use async_trait::async_trait;
+use backon::{BackoffBuilder, ExponentialBuilder};
+use chrono::Utc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// How one attempt at one action ended, before retry policy is applied.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Done upstream; the result to keep (e.g. the `asnID`).
+    Done(serde_json::Value),
+    /// The upstream (or ordersync, for a row it cannot read) refused it for good.
+    Refused(String),
+    /// Worth another attempt later.
+    Transient(String),
+}
+
+/// Performs claimed actions of one (provider, account): one verdict per action, in order.
+#[async_trait]
+pub trait Executor: Send + Sync {
+    async fn execute(&self, actions: &[Action]) -> Vec<Verdict>;
+}
+
+/// A name for this process in `claimed_by`: host, pid and a random part, so two processes on
+/// one host (or a restarted pid) never share one.
+pub fn worker_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    format!(
+        "{host}-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    )
+}
+
+/// Counters for `status` and the logs.
+#[derive(Debug, Default)]
+pub struct DispatchStats {
+    pub sent: AtomicU64,
+    pub succeeded: AtomicU64,
+    pub failed: AtomicU64,
+    pub retried: AtomicU64,
+    /// Results dropped because the claim had expired and someone else holds the action.
+    pub late: AtomicU64,
+}
+
+/// Drains the queue of one (provider, account).
+pub struct Dispatcher {
+    pub provider: &'static str,
+    pub account: String,
+    pub batch_size: i64,
+    executor: Arc<dyn Executor>,
+    store: Arc<dyn Store>,
+    config: OutboxConfig,
+    worker: String,
+    wake: Arc<Notify>,
+    pub stats: DispatchStats,
+}
+
+impl Dispatcher {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        provider: &'static str,
+        account: &str,
+        batch_size: u32,
+        executor: Arc<dyn Executor>,
+        store: Arc<dyn Store>,
+        config: OutboxConfig,
+        worker: String,
+        wake: Arc<Notify>,
+    ) -> Self {
+        Dispatcher {
+            provider,
+            account: account.to_owned(),
+            batch_size: i64::from(batch_size),
+            executor,
+            store,
+            config,
+            worker,
+            wake,
+            stats: DispatchStats::default(),
+        }
+    }
+
+    /// Claims and sends until `shutdown`; the batch in hand is finished first.
+    pub async fn run(&self, shutdown: &CancellationToken) {
+        while !shutdown.is_cancelled() {
+            let worked = match self.dispatch_once().await {
+                Ok(count) => count > 0,
+                Err(error) => {
+                    tracing::error!(provider = self.provider, account = %self.account, %error, "outbox: cannot claim or record actions");
+                    false
+                }
+            };
+            if !worked {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(self.config.poll_interval) => {}
+                }
+            }
+        }
+    }
+
+    /// Claims one batch of due actions, sends it and records the outcomes; returns how many.
+    pub async fn dispatch_once(&self) -> Result<usize, crate::store::StoreError> {
+        let now = Utc::now();
+        let visible_until = now + self.config.visibility_timeout;
+        let actions = self
+            .store
+            .claim(&Claim {
+                provider: self.provider,
+                account: &self.account,
+                limit: self.batch_size,
+                worker: &self.worker,
+                now,
+                visible_until,
+            })
+            .await?;
+        if actions.is_empty() {
+            return Ok(0);
+        }
+        self.stats
+            .sent
+            .fetch_add(actions.len() as u64, Ordering::Relaxed);
+        let verdicts = self.execute_holding_claims(&actions).await;
+        for (action, verdict) in actions.iter().zip(verdicts) {
+            let outcome = self.outcome(action, verdict);
+            let counter = match &outcome {
+                ActionOutcome::Succeeded { .. } => &self.stats.succeeded,
+                ActionOutcome::Failed { .. } => &self.stats.failed,
+                ActionOutcome::RetryAt { .. } => &self.stats.retried,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            match &outcome {
+                ActionOutcome::Failed { error } => {
+                    tracing::warn!(action = action.id, kind = %action.kind, account = %self.account, %error, "action failed")
+                }
+                ActionOutcome::RetryAt { error, at } => {
+                    tracing::warn!(action = action.id, kind = %action.kind, account = %self.account, attempt = action.attempts, %error, retry_at = %at, "action will be retried")
+                }
+                ActionOutcome::Succeeded { .. } => {
+                    tracing::debug!(action = action.id, kind = %action.kind, account = %self.account, "action succeeded")
+                }
+            }
+            if !self.store.finish(action.id, &self.worker, &outcome).await? {
+                self.stats.late.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    action = action.id,
+                    "claim had expired; another attempt owns this action and its result stands"
+                );
+            }
+        }
+        Ok(actions.len())
+    }
+
+    /// Runs the executor while renewing the claims, so a slow upstream (long Retry-After
+    /// pauses, many retries) does not let another process take the same actions.
+    async fn execute_holding_claims(&self, actions: &[Action]) -> Vec<Verdict> {
+        let ids: Vec<i64> = actions.iter().map(|a| a.id).collect();
+        let renew_every = (self.config.visibility_timeout / 3).max(Duration::from_millis(200));
+        let execute = self.executor.execute(actions);
+        tokio::pin!(execute);
+        loop {
+            tokio::select! {
+                verdicts = &mut execute => return verdicts,
+                _ = tokio::time::sleep(renew_every) => {
+                    let until = Utc::now() + self.config.visibility_timeout;
+                    if let Err(error) = self.store.extend_claims(&ids, &self.worker, until).await {
+                        tracing::warn!(%error, "cannot renew the claim on in-flight actions");
+                    }
+                }
+            }
+        }
+    }
+
+    fn outcome(&self, action: &Action, verdict: Verdict) -> ActionOutcome {
+        match verdict {
+            Verdict::Done(result) => ActionOutcome::Succeeded { result },
+            Verdict::Refused(error) => ActionOutcome::Failed { error },
+            Verdict::Transient(error) => ActionOutcome::RetryAt {
+                error,
+                at: Utc::now() + retry_delay(&self.config, action.attempts),
+            },
+        }
+    }
+}
+
+/// Exponential backoff with jitter between `min_backoff` and `max_backoff`, by attempt number.
+pub fn retry_delay(config: &OutboxConfig, attempts: i32) -> Duration {
+    let mut delays = ExponentialBuilder::default()
+        .with_min_delay(config.min_backoff)
+        .with_max_delay(config.max_backoff)
+        .with_jitter()
+        .without_max_times()
+        .build();
+    let steps = usize::try_from(attempts.max(1)).unwrap_or(1);
+    delays
+        .nth(steps - 1)
+        .unwrap_or(config.max_backoff)
+        .min(config.max_backoff * 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> OutboxConfig {
+        OutboxConfig {
+            enabled: true,
+            poll_interval: Duration::from_secs(1),
+            visibility_timeout: Duration::from_secs(60),
+            max_attempts: 8,
+            min_backoff: Duration::from_secs(5),
+            max_backoff: Duration::from_secs(600),
+        }
+    }
+
+    #[test]
+    fn retry_delays_grow_and_stay_bounded() {
+        let config = config();
+        let first = retry_delay(&config, 1);
+        assert!(first >= Duration::from_secs(5) && first < Duration::from_secs(11));
+        let fourth = retry_delay(&config, 4);
+        assert!(fourth >= Duration::from_secs(40), "{fourth:?}");
+        for attempts in [20, 1_000] {
+            assert!(retry_delay(&config, attempts) <= Duration::from_secs(1_200));
+        }
+    }
+
+    #[test]
+    fn worker_ids_differ_per_call() {
+        assert_ne!(worker_id(), worker_id());
+    }
+}
