@@ -378,13 +378,13 @@ impl Store for PostgresStore {
         let query = match outcome {
             ActionOutcome::Succeeded { result } => sqlx::query(
                 "UPDATE actions SET state = 'succeeded', result = $1::json, last_error = NULL, \
-                 claimed_by = NULL, claimed_until = NULL, finished_at = $2, updated_at = $2 \
+                 claimed_until = NULL, finished_at = $2, updated_at = $2 \
                  WHERE id = $3 AND state = 'in_flight' AND claimed_by = $4",
             )
             .bind(result.to_string()),
             ActionOutcome::Failed { error } => sqlx::query(
                 "UPDATE actions SET state = 'failed', last_error = $1, \
-                 claimed_by = NULL, claimed_until = NULL, finished_at = $2, updated_at = $2 \
+                 claimed_until = NULL, finished_at = $2, updated_at = $2 \
                  WHERE id = $3 AND state = 'in_flight' AND claimed_by = $4",
             )
             .bind(error),
@@ -392,7 +392,7 @@ impl Store for PostgresStore {
                 "UPDATE actions SET last_error = $1, updated_at = $2, \
                  state = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'pending' END, \
                  finished_at = CASE WHEN attempts >= max_attempts THEN $2 END, \
-                 next_attempt_at = $5, claimed_by = NULL, claimed_until = NULL \
+                 next_attempt_at = $5, claimed_until = NULL \
                  WHERE id = $3 AND state = 'in_flight' AND claimed_by = $4",
             )
             .bind(error),
