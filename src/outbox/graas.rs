@@ -11,12 +11,16 @@ use crate::store::{NewAsn, Store};
 use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 pub struct GraasExecutor {
     client: Arc<GraasClient>,
     store: Arc<dyn Store>,
     account: String,
+    /// `site.name` per channel, as stored orders showed it: it names the marketplace, so one
+    /// order per channel tells it for all.
+    site_names: Mutex<HashMap<String, String>>,
 }
 
 impl GraasExecutor {
@@ -25,6 +29,7 @@ impl GraasExecutor {
             client,
             store,
             account: account.to_owned(),
+            site_names: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -53,6 +58,9 @@ impl GraasExecutor {
     /// `site.name` as Graas showed it on the order; for an order not synced yet, the channel
     /// name without its `-<n>` suffix (`lazada-1` → `Lazada`).
     async fn site_name(&self, channel: &str, order_id: &str) -> String {
+        if let Some(name) = self.cached_site_name(channel) {
+            return name;
+        }
         let key = OrderKey {
             provider: ProviderKind::Graas,
             account: self.account.clone(),
@@ -63,6 +71,9 @@ impl GraasExecutor {
             && let Ok(order) = serde_json::from_str::<Value>(&payload)
             && let Some(name) = order.pointer("/site/name").and_then(Value::as_str)
         {
+            if let Ok(mut names) = self.site_names.lock() {
+                names.insert(channel.to_owned(), name.to_owned());
+            }
             return name.to_owned();
         }
         let base = channel
@@ -74,6 +85,10 @@ impl GraasExecutor {
             .next()
             .map(|first| first.to_uppercase().chain(chars).collect())
             .unwrap_or_default()
+    }
+
+    fn cached_site_name(&self, channel: &str) -> Option<String> {
+        self.site_names.lock().ok()?.get(channel).cloned()
     }
 
     async fn order_update(&self, action: &Action, kind: ActionKind) -> Result<OrderUpdate, String> {

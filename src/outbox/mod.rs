@@ -145,6 +145,7 @@ impl Dispatcher {
             .sent
             .fetch_add(actions.len() as u64, Ordering::Relaxed);
         let verdicts = self.execute_holding_claims(&actions).await;
+        let mut outcomes = Vec::with_capacity(actions.len());
         for (action, verdict) in actions.iter().zip(verdicts) {
             let outcome = self.outcome(action, verdict);
             let counter = match &outcome {
@@ -164,13 +165,15 @@ impl Dispatcher {
                     tracing::debug!(action = action.id, kind = %action.kind, account = %self.account, "action succeeded")
                 }
             }
-            if !self.store.finish(action.id, &self.worker, &outcome).await? {
-                self.stats.late.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    action = action.id,
-                    "claim had expired; another attempt owns this action and its result stands"
-                );
-            }
+            outcomes.push((action.id, outcome));
+        }
+        let recorded = self.store.finish_batch(&self.worker, &outcomes).await?;
+        for (id, _) in outcomes.iter().filter(|(id, _)| !recorded.contains(id)) {
+            self.stats.late.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                action = id,
+                "claim had expired; another attempt owns this action and its result stands"
+            );
         }
         Ok(actions.len())
     }

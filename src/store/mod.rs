@@ -142,14 +142,14 @@ pub trait Store: Send + Sync {
     /// process died). Each claim counts as an attempt.
     async fn claim(&self, claim: &Claim<'_>) -> Result<Vec<Action>, StoreError>;
 
-    /// Records an attempt's outcome, if `worker` still holds the claim. Returns false when the
-    /// claim had expired and the action was claimed again (the late result is dropped).
-    async fn finish(
+    /// Records the outcomes of one batch in one statement, for the actions `worker` still
+    /// holds. Returns the ids recorded; an action missing from it had its claim expire and was
+    /// claimed again (its late result is dropped).
+    async fn finish_batch(
         &self,
-        id: i64,
         worker: &str,
-        outcome: &ActionOutcome,
-    ) -> Result<bool, StoreError>;
+        outcomes: &[(i64, ActionOutcome)],
+    ) -> Result<Vec<i64>, StoreError>;
 
     /// Renews `worker`'s claim on these actions until `until`; returns how many it still held.
     async fn extend_claims(
@@ -237,6 +237,22 @@ pub struct ActionCount {
     pub account: String,
     pub state: String,
     pub count: i64,
+}
+
+/// One outcome as the columns `finish_batch` binds: (kind, result, error, next attempt).
+pub(crate) fn outcome_columns(
+    outcome: &ActionOutcome,
+) -> (
+    &'static str,
+    Option<String>,
+    Option<&str>,
+    Option<DateTime<Utc>>,
+) {
+    match outcome {
+        ActionOutcome::Succeeded { result } => ("succeeded", Some(result.to_string()), None, None),
+        ActionOutcome::Failed { error } => ("failed", None, Some(error.as_str()), None),
+        ActionOutcome::RetryAt { error, at } => ("retry", None, Some(error.as_str()), Some(*at)),
+    }
 }
 
 /// What [`Store::claim`] takes.

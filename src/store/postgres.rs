@@ -1,5 +1,6 @@
 //! Postgres: for shared deployments and for running several ordersync processes on one database.
 
+use super::outcome_columns;
 use super::sqlite::provider_from_db;
 use super::{
     ActionCount, ActionFilter, AsnRow, AsnUpdate, Batch, BatchOutcome, Claim, GateState, NewAsn,
@@ -93,6 +94,20 @@ fn upsert_orders<'a>(
         .bind(column(orders, |o| o.payload.as_str()))
         .bind(seen)
 }
+
+/// Every outcome of a batch in one statement; a retry out of attempts becomes `dead`.
+const FINISH_BATCH: &str = "UPDATE actions AS a SET \
+     state = CASE WHEN u.kind <> 'retry' THEN u.kind \
+                  WHEN a.attempts >= a.max_attempts THEN 'dead' ELSE 'pending' END, \
+     result = CASE WHEN u.kind = 'succeeded' THEN u.result::json ELSE a.result END, \
+     last_error = u.error, \
+     next_attempt_at = COALESCE(u.next_at, a.next_attempt_at), \
+     finished_at = CASE WHEN u.kind <> 'retry' OR a.attempts >= a.max_attempts THEN $7 END, \
+     claimed_until = NULL, updated_at = $7 \
+     FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::text[], $5::timestamptz[]) \
+       AS u (id, kind, result, error, next_at) \
+     WHERE a.id = u.id AND a.state = 'in_flight' AND a.claimed_by = $6 \
+     RETURNING a.id";
 
 #[async_trait]
 impl Store for PostgresStore {
@@ -368,40 +383,31 @@ impl Store for PostgresStore {
         Ok(actions)
     }
 
-    async fn finish(
+    async fn finish_batch(
         &self,
-        id: i64,
         worker: &str,
-        outcome: &ActionOutcome,
-    ) -> Result<bool, StoreError> {
-        let now = Utc::now();
-        let query = match outcome {
-            ActionOutcome::Succeeded { result } => sqlx::query(
-                "UPDATE actions SET state = 'succeeded', result = $1::json, last_error = NULL, \
-                 claimed_until = NULL, finished_at = $2, updated_at = $2 \
-                 WHERE id = $3 AND state = 'in_flight' AND claimed_by = $4",
-            )
-            .bind(result.to_string()),
-            ActionOutcome::Failed { error } => sqlx::query(
-                "UPDATE actions SET state = 'failed', last_error = $1, \
-                 claimed_until = NULL, finished_at = $2, updated_at = $2 \
-                 WHERE id = $3 AND state = 'in_flight' AND claimed_by = $4",
-            )
-            .bind(error),
-            ActionOutcome::RetryAt { error, .. } => sqlx::query(
-                "UPDATE actions SET last_error = $1, updated_at = $2, \
-                 state = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'pending' END, \
-                 finished_at = CASE WHEN attempts >= max_attempts THEN $2 END, \
-                 next_attempt_at = $5, claimed_until = NULL \
-                 WHERE id = $3 AND state = 'in_flight' AND claimed_by = $4",
-            )
-            .bind(error),
-        };
-        let mut query = query.bind(now).bind(id).bind(worker);
-        if let ActionOutcome::RetryAt { at, .. } = outcome {
-            query = query.bind(*at);
+        outcomes: &[(i64, ActionOutcome)],
+    ) -> Result<Vec<i64>, StoreError> {
+        let mut ids = Vec::with_capacity(outcomes.len());
+        let (mut kinds, mut results, mut errors, mut next) = (vec![], vec![], vec![], vec![]);
+        for (id, outcome) in outcomes {
+            let (kind, result, error, at) = outcome_columns(outcome);
+            ids.push(*id);
+            kinds.push(kind);
+            results.push(result);
+            errors.push(error);
+            next.push(at);
         }
-        Ok(query.execute(&self.pool).await?.rows_affected() == 1)
+        Ok(sqlx::query_scalar(FINISH_BATCH)
+            .bind(ids)
+            .bind(kinds)
+            .bind(results)
+            .bind(errors)
+            .bind(next)
+            .bind(worker)
+            .bind(Utc::now())
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     async fn extend_claims(

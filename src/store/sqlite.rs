@@ -1,5 +1,6 @@
 //! The embedded default: one SQLite file in WAL mode.
 
+use super::outcome_columns;
 use super::{
     ActionCount, ActionFilter, AsnRow, AsnUpdate, Batch, BatchOutcome, Claim, GateState, NewAsn,
     ROWS_PER_STATEMENT, RetryFilter, StatusChange, Store, StoreError, StoredOrder, StreamStatus,
@@ -369,40 +370,43 @@ impl Store for SqliteStore {
         Ok(actions)
     }
 
-    async fn finish(
+    async fn finish_batch(
         &self,
-        id: i64,
         worker: &str,
-        outcome: &ActionOutcome,
-    ) -> Result<bool, StoreError> {
-        let now = ts(Utc::now());
-        let query = match outcome {
-            ActionOutcome::Succeeded { result } => sqlx::query(
-                "UPDATE actions SET state = 'succeeded', result = ?1, last_error = NULL, \
-                 claimed_until = NULL, finished_at = ?2, updated_at = ?2 \
-                 WHERE id = ?3 AND state = 'in_flight' AND claimed_by = ?4",
-            )
-            .bind(result.to_string()),
-            ActionOutcome::Failed { error } => sqlx::query(
-                "UPDATE actions SET state = 'failed', last_error = ?1, \
-                 claimed_until = NULL, finished_at = ?2, updated_at = ?2 \
-                 WHERE id = ?3 AND state = 'in_flight' AND claimed_by = ?4",
-            )
-            .bind(error),
-            ActionOutcome::RetryAt { error, .. } => sqlx::query(
-                "UPDATE actions SET last_error = ?1, updated_at = ?2, \
-                 state = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'pending' END, \
-                 finished_at = CASE WHEN attempts >= max_attempts THEN ?2 END, \
-                 next_attempt_at = ?5, claimed_until = NULL \
-                 WHERE id = ?3 AND state = 'in_flight' AND claimed_by = ?4",
-            )
-            .bind(error),
-        };
-        let mut query = query.bind(&now).bind(id).bind(worker);
-        if let ActionOutcome::RetryAt { at, .. } = outcome {
-            query = query.bind(ts(*at));
-        }
-        Ok(query.execute(&self.pool).await?.rows_affected() == 1)
+        outcomes: &[(i64, ActionOutcome)],
+    ) -> Result<Vec<i64>, StoreError> {
+        let rows: Vec<serde_json::Value> = outcomes
+            .iter()
+            .map(|(id, outcome)| {
+                let (kind, result, error, at) = outcome_columns(outcome);
+                serde_json::json!({
+                    "id": id, "kind": kind, "result": result, "error": error,
+                    "next_at": at.map(ts),
+                })
+            })
+            .collect();
+        // One statement, so a batch costs one write transaction, not one per action.
+        Ok(sqlx::query_scalar(
+            "UPDATE actions AS a SET \
+             state = CASE WHEN u.kind <> 'retry' THEN u.kind \
+                          WHEN a.attempts >= a.max_attempts THEN 'dead' ELSE 'pending' END, \
+             result = CASE WHEN u.kind = 'succeeded' THEN u.result ELSE a.result END, \
+             last_error = u.error, \
+             next_attempt_at = COALESCE(u.next_at, a.next_attempt_at), \
+             finished_at = CASE WHEN u.kind <> 'retry' OR a.attempts >= a.max_attempts \
+                                THEN ?3 END, \
+             claimed_until = NULL, updated_at = ?3 \
+             FROM (SELECT value ->> '$.id' AS id, value ->> '$.kind' AS kind, \
+                          value ->> '$.result' AS result, value ->> '$.error' AS error, \
+                          value ->> '$.next_at' AS next_at FROM json_each(?1)) AS u \
+             WHERE a.id = u.id AND a.state = 'in_flight' AND a.claimed_by = ?2 \
+             RETURNING id",
+        )
+        .bind(serde_json::Value::Array(rows).to_string())
+        .bind(worker)
+        .bind(ts(Utc::now()))
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     async fn extend_claims(
