@@ -498,7 +498,7 @@ async fn sandbox(args: SandboxArgs) -> anyhow::Result<ExitCode> {
 fn demo_config(sandbox: &Sandbox, spec: &SandboxConfig, database_url: &str) -> String {
     let start = Utc::now() - chrono::Duration::seconds(spec.history_secs + 3600);
     let mut text = format!(
-        "[database]\nurl = \"{database_url}\"\n\n[log]\nlevel = \"error\"\n\n[http]\nrequest_timeout = \"2s\"\nmin_backoff = \"100ms\"\nmax_backoff = \"2s\"\n"
+        "[database]\nurl = \"{database_url}\"\n\n[log]\nlevel = \"error\"\n\n[http]\nrequest_timeout = \"2s\"\nmin_backoff = \"100ms\"\nmax_backoff = \"2s\"\n\n[outbox]\npoll_interval = \"200ms\"\nmin_backoff = \"500ms\"\nmax_backoff = \"5s\"\n"
     );
     for (i, account) in spec.graas.iter().enumerate() {
         text.push_str(&format!(
@@ -525,7 +525,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
             slow_ratio: 0.01,
             slow_ms: 3_000,
             truncate_ratio: 0.02,
-            item_error_ratio: 0.0,
+            item_error_ratio: 0.02,
         };
     }
     let sandbox = Sandbox::start(([127, 0, 0, 1], 0).into(), spec.clone()).await?;
@@ -539,7 +539,9 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     init_logging(&config.log);
     let store = open_store(&config).await?;
-    let runners = sync::build_runners(&config, &store)?;
+    let app = App::build(&config, &store)?;
+    let runners = app.runners.clone();
+    let queued = demo_actions(&config, &store, &sandbox, &spec).await?;
     println!(
         "ordersync demo: {} sandbox Graas account(s) of {} orders at {} (faults {}), database {}",
         args.accounts,
@@ -548,8 +550,11 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         if args.no_faults { "off" } else { "on" },
         path.display()
     );
+    println!(
+        "{queued} actions queued: accepts and cancels of sandbox orders, 2 per account for orders Graas does not have, one ASN per account"
+    );
     println!("Ctrl-C to stop.\n");
-    let daemon = Daemon::start(runners.clone()).await?;
+    let daemon = Daemon::start(app).await?;
     let started = Instant::now();
     let stop = async {
         match args.duration {
@@ -567,7 +572,10 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     loop {
         tokio::select! {
             _ = &mut stop => break,
-            _ = tick.tick() => print_progress(&runners, started),
+            _ = tick.tick() => {
+                print_progress(&runners, started);
+                print_action_counts(&store).await;
+            }
         }
     }
     daemon.shutdown().await;
@@ -641,6 +649,17 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
             stats.slow,
         );
     }
+    let open = store
+        .action_counts()
+        .await?
+        .iter()
+        .filter(|c| c.state == "pending" || c.state == "in_flight")
+        .map(|c| c.count)
+        .sum::<i64>();
+    print_action_counts(&store).await;
+    if open > 0 {
+        println!("  {open} actions were still queued when the demo stopped (run it longer)");
+    }
     store.close().await;
     sandbox.stop().await;
     if args.database.is_none() {
@@ -651,6 +670,80 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Queues actions for the demo; returns how many.
+async fn demo_actions(
+    config: &Config,
+    store: &Arc<dyn Store>,
+    sandbox: &Sandbox,
+    spec: &SandboxConfig,
+) -> anyhow::Result<usize> {
+    use ordersync::outbox::request::ActionRequest;
+    let mut requests = Vec::new();
+    for (i, account) in spec.graas.iter().enumerate() {
+        let name = format!("shop-{}", i + 1);
+        let truth = sandbox.graas().truth(&account.account_number);
+        for (n, order) in truth
+            .iter()
+            .filter(|o| o.status == "INITIATED")
+            .take(60)
+            .enumerate()
+        {
+            let cancel = n % 6 == 5;
+            requests.push(ActionRequest {
+                account: name.clone(),
+                kind: if cancel { "cancel" } else { "accept" }.into(),
+                channel: Some(order.channel.clone()),
+                order_id: Some(order.order_id.clone()),
+                reason: cancel.then(|| "OUT_OF_STOCK".to_owned()),
+                ..ActionRequest::default()
+            });
+        }
+        for missing in ["1", "2"] {
+            requests.push(ActionRequest {
+                account: name.clone(),
+                kind: "accept".into(),
+                channel: Some("lazada-1".into()),
+                order_id: Some(format!("99999999{missing}")),
+                ..ActionRequest::default()
+            });
+        }
+        requests.push(ActionRequest {
+            account: name.clone(),
+            kind: "asn".into(),
+            asn: Some(serde_json::json!({
+                "warehouseID": "odoo-1", "supplierID": 7, "date": Utc::now().timestamp(),
+                "orderItems": [{"sellerSKU": "SKU-0001", "description": "demo", "quantity": 24,
+                                "uom": 1, "itemAmount": {"amount": 1200, "currencyCode": "SGD"}}]
+            })),
+            ..ActionRequest::default()
+        });
+    }
+    let count = requests.len();
+    for request in requests {
+        let action = request
+            .into_action(config)
+            .map_err(|e| anyhow::anyhow!("demo action: {e}"))?;
+        store.enqueue(&action).await?;
+    }
+    Ok(count)
+}
+
+async fn print_action_counts(store: &Arc<dyn Store>) {
+    let Ok(counts) = store.action_counts().await else {
+        return;
+    };
+    let mut by_account: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+    for count in &counts {
+        by_account
+            .entry(count.account.as_str())
+            .or_default()
+            .push(format!("{} {}", count.state, count.count));
+    }
+    for (account, states) in by_account {
+        println!("       {account:<10} actions: {}", states.join(", "));
+    }
 }
 
 fn print_progress(runners: &[Arc<StreamRunner>], started: Instant) {
