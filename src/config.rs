@@ -1150,4 +1150,37 @@ mod tests {
         assert!(RateLimit::parse("0/s").is_err());
         assert!(RateLimit::parse("5/fortnight").is_err());
     }
+
+    #[test]
+    fn outbox_and_admin_are_checked_with_their_key_paths() {
+        let config = Config::from_toml(MINIMAL).unwrap();
+        assert_eq!(config.outbox.max_attempts, 8);
+        assert_eq!(config.outbox.visibility_timeout, Duration::from_secs(300));
+        assert!(config.admin.token.is_none());
+        assert_eq!(config.graas[0].action_batch_size, 50);
+        assert_eq!(config.graas[0].cancel_reasons, ["OUT_OF_STOCK"]);
+
+        let text = format!(
+            "{MINIMAL}\naction_batch_size = 0\nasn_schedule = \"hourly\"\n\n[outbox]\nmax_attempts = 0\nvisibility_timeout = \"soon\"\n\n[admin]\nlisten = \"localhost\"\ntoken = \"short\"\n"
+        );
+        let err = Config::from_toml(&text).unwrap_err();
+        let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
+        for expected in [
+            "graas[0].action_batch_size",
+            "graas[0].asn_schedule",
+            "outbox.max_attempts",
+            "outbox.visibility_timeout",
+            "admin.listen",
+            "admin.token",
+        ] {
+            assert!(paths.contains(&expected), "{expected} not in {paths:?}");
+        }
+        assert!(
+            !err.to_string().contains("short\""),
+            "the token is not echoed"
+        );
+        let unknown =
+            Config::from_toml(&format!("{MINIMAL}\n[outbox]\nretries = 3\n")).unwrap_err();
+        assert!(unknown.to_string().contains("retries"), "{unknown}");
+    }
 }
