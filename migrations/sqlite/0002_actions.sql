@@ -24,7 +24,10 @@ CREATE TABLE actions (
     finished_at     TEXT
 );
 
-CREATE INDEX actions_due ON actions (provider, account, state, next_attempt_at);
+-- Claims read only open actions, in due order: finished ones (most of the table, in time) are
+-- not in this index at all.
+CREATE INDEX actions_due ON actions (provider, account, next_attempt_at, id)
+    WHERE state IN ('pending', 'in_flight');
 
 -- Each account's rate gate as the daemon last saw it, for `ordersync status`: a 429 pauses every
 -- request of the account until paused_until.

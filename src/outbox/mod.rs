@@ -8,7 +8,7 @@ pub mod request;
 
 use crate::config::OutboxConfig;
 use crate::model::{Action, ActionOutcome};
-use crate::store::{Claim, Store};
+use crate::store::{Claim, Store, StoreError};
 use async_trait::async_trait;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::Utc;
@@ -103,13 +103,24 @@ impl Dispatcher {
         }
     }
 
-    /// Claims and sends until `shutdown`; the batch in hand is finished first.
+    /// Claims and sends until `shutdown`; the batch in hand is finished and recorded first.
+    /// A batch's outcomes are recorded while the next batch is claimed and sent, so the
+    /// database round trips do not stretch the gaps between upstream requests.
     pub async fn run(&self, shutdown: &CancellationToken) {
+        let mut unrecorded = Vec::new();
         while !shutdown.is_cancelled() {
-            let worked = match self.dispatch_once().await {
-                Ok(count) => count > 0,
+            let previous = std::mem::take(&mut unrecorded);
+            let (recorded, sent) = tokio::join!(self.record(&previous), self.send_batch());
+            if let Err(error) = recorded {
+                self.log_store_error(&error);
+            }
+            let worked = match sent {
+                Ok(outcomes) => {
+                    unrecorded = outcomes;
+                    !unrecorded.is_empty()
+                }
                 Err(error) => {
-                    tracing::error!(provider = self.provider, account = %self.account, %error, "outbox: cannot claim or record actions");
+                    self.log_store_error(&error);
                     false
                 }
             };
@@ -121,10 +132,25 @@ impl Dispatcher {
                 }
             }
         }
+        if let Err(error) = self.record(&unrecorded).await {
+            self.log_store_error(&error);
+        }
+    }
+
+    fn log_store_error(&self, error: &StoreError) {
+        // Unrecorded actions stay in flight and are claimed again after the visibility timeout.
+        tracing::error!(provider = self.provider, account = %self.account, %error, "outbox: cannot claim or record actions");
     }
 
     /// Claims one batch of due actions, sends it and records the outcomes; returns how many.
-    pub async fn dispatch_once(&self) -> Result<usize, crate::store::StoreError> {
+    pub async fn dispatch_once(&self) -> Result<usize, StoreError> {
+        let outcomes = self.send_batch().await?;
+        self.record(&outcomes).await?;
+        Ok(outcomes.len())
+    }
+
+    /// Claims one batch of due actions and sends it; returns the outcomes to record.
+    async fn send_batch(&self) -> Result<Vec<(i64, ActionOutcome)>, StoreError> {
         let now = Utc::now();
         let visible_until = now + self.config.visibility_timeout;
         let actions = self
@@ -139,7 +165,7 @@ impl Dispatcher {
             })
             .await?;
         if actions.is_empty() {
-            return Ok(0);
+            return Ok(Vec::new());
         }
         self.stats
             .sent
@@ -167,7 +193,15 @@ impl Dispatcher {
             }
             outcomes.push((action.id, outcome));
         }
-        let recorded = self.store.finish_batch(&self.worker, &outcomes).await?;
+        Ok(outcomes)
+    }
+
+    /// Records outcomes for the actions this process still holds.
+    async fn record(&self, outcomes: &[(i64, ActionOutcome)]) -> Result<(), StoreError> {
+        if outcomes.is_empty() {
+            return Ok(());
+        }
+        let recorded = self.store.finish_batch(&self.worker, outcomes).await?;
         for (id, _) in outcomes.iter().filter(|(id, _)| !recorded.contains(id)) {
             self.stats.late.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
@@ -175,7 +209,7 @@ impl Dispatcher {
                 "claim had expired; another attempt owns this action and its result stands"
             );
         }
-        Ok(actions.len())
+        Ok(())
     }
 
     /// Runs the executor while renewing the claims, so a slow upstream (long Retry-After

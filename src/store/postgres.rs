@@ -356,14 +356,16 @@ impl Store for PostgresStore {
 
     async fn claim(&self, claim: &Claim<'_>) -> Result<Vec<Action>, StoreError> {
         // SKIP LOCKED: several processes claim from one queue without waiting on each other or
-        // taking the same row.
+        // taking the same row. `= ANY(ARRAY(…))` makes the outer update use the primary key;
+        // `state IN (…)` lets the inner scan use the partial index of open actions.
         let rows = sqlx::query(concat!(
             "UPDATE actions SET state = 'in_flight', claimed_by = $1, claimed_until = $2, \
              attempts = attempts + 1, updated_at = $3 \
-             WHERE id IN (SELECT id FROM actions WHERE provider = $4 AND account = $5 \
+             WHERE id = ANY(ARRAY(SELECT id FROM actions WHERE provider = $4 AND account = $5 \
+               AND state IN ('pending', 'in_flight') \
                AND ((state = 'pending' AND next_attempt_at <= $3) \
                  OR (state = 'in_flight' AND claimed_until < $3)) \
-               ORDER BY next_attempt_at, id LIMIT $6 FOR UPDATE SKIP LOCKED) \
+               ORDER BY next_attempt_at, id LIMIT $6 FOR UPDATE SKIP LOCKED)) \
              RETURNING ",
             action_columns!()
         ))

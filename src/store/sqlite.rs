@@ -347,6 +347,7 @@ impl Store for SqliteStore {
             "UPDATE actions SET state = 'in_flight', claimed_by = ?1, claimed_until = ?2, \
              attempts = attempts + 1, updated_at = ?3 \
              WHERE id IN (SELECT id FROM actions WHERE provider = ?4 AND account = ?5 \
+               AND state IN ('pending', 'in_flight') \
                AND ((state = 'pending' AND next_attempt_at <= ?3) \
                  OR (state = 'in_flight' AND claimed_until < ?3)) \
                ORDER BY next_attempt_at, id LIMIT ?6) \
