@@ -4,13 +4,12 @@ mod common;
 
 use common::{
     AccountToml, TestDb, assert_matches_truth, assert_no_gap_below_cursor, config_toml, cursor_of,
-    open_store, wait_until,
+    open_store, spawn_run, wait_until,
 };
 use ordersync::config::Config;
 use ordersync::sandbox::{Sandbox, SandboxConfig};
 use ordersync::store::Store;
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,17 +21,6 @@ fn ordersync(args: &[&str]) -> Output {
         .env_remove("ORDERSYNC_CONFIG")
         .output()
         .expect("run ordersync")
-}
-
-fn spawn_run(config: &Path) -> Child {
-    Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(config)
-        .env_remove("ORDERSYNC_CONFIG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn ordersync run")
 }
 
 /// Waits for the child to exit, killing it after `timeout`.

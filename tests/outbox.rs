@@ -47,6 +47,18 @@ fn quiet_account(rate_limit: &'static str, extra: &'static str) -> AccountToml {
     }
 }
 
+/// One sandbox account of `orders` orders, configured to poll rarely at 100/s.
+async fn one_quiet_account(
+    db: &TestDb,
+    orders: usize,
+) -> (SandboxConfig, Sandbox, Config, Arc<dyn Store>) {
+    let spec = SandboxConfig::graas(1, orders);
+    let sandbox = start_sandbox(&spec).await;
+    let config = config(db, &sandbox, &spec, &quiet_account("100/s", ""));
+    let store = open_store(&config).await;
+    (spec, sandbox, config, store)
+}
+
 fn order_request(account: usize, kind: &str, order: &TruthOrder) -> ActionRequest {
     ActionRequest {
         account: account_name(account),
@@ -270,10 +282,7 @@ async fn faults_end_every_action_final(db: TestDb) {
 on_both_backends!(faults_end_every_action_final);
 
 async fn same_key_twice_is_one_upstream_call(db: TestDb) {
-    let spec = SandboxConfig::graas(1, 20);
-    let sandbox = start_sandbox(&spec).await;
-    let config = config(&db, &sandbox, &spec, &quiet_account("100/s", ""));
-    let store = open_store(&config).await;
+    let (spec, sandbox, config, store) = one_quiet_account(&db, 20).await;
     let truth = sandbox.graas().truth(&spec.graas[0].account_number);
     let keyed = ActionRequest {
         idempotency_key: Some("erp-accept-1".into()),
@@ -335,10 +344,7 @@ async fn same_key_twice_is_one_upstream_call(db: TestDb) {
 on_both_backends!(same_key_twice_is_one_upstream_call);
 
 async fn asns_are_created_once_and_followed(db: TestDb) {
-    let spec = SandboxConfig::graas(1, 10);
-    let sandbox = start_sandbox(&spec).await;
-    let config = config(&db, &sandbox, &spec, &quiet_account("100/s", ""));
-    let store = open_store(&config).await;
+    let (spec, sandbox, config, store) = one_quiet_account(&db, 10).await;
     let asn = |amount: i64| {
         json!({"warehouseID": "odoo-1", "supplierID": 7, "date": 1_700_000_000,
                "orderItems": [{"sellerSKU": "SKU-1", "description": "Tea", "quantity": 12, "uom": 1,
@@ -414,10 +420,7 @@ async fn asns_are_created_once_and_followed(db: TestDb) {
 on_both_backends!(asns_are_created_once_and_followed);
 
 async fn rows_inserted_by_sql_are_sent(db: TestDb) {
-    let spec = SandboxConfig::graas(1, 10);
-    let sandbox = start_sandbox(&spec).await;
-    let config = config(&db, &sandbox, &spec, &quiet_account("100/s", ""));
-    let store = open_store(&config).await;
+    let (spec, sandbox, config, store) = one_quiet_account(&db, 10).await;
     let truth = sandbox.graas().truth(&spec.graas[0].account_number);
     // The statement docs/actions.md gives, as another system would run it.
     let insert = format!(

@@ -3,7 +3,9 @@
 
 mod common;
 
-use common::{AccountToml, Backend, TestDb, account_name, config_toml, open_store, wait_until};
+use common::{
+    AccountToml, Backend, TestDb, account_name, config_toml, open_store, spawn_run, wait_until,
+};
 use ordersync::config::Config;
 use ordersync::model::Action;
 use ordersync::outbox::request::ActionRequest;
@@ -11,8 +13,8 @@ use ordersync::sandbox::graas::Received;
 use ordersync::sandbox::{Faults, Sandbox, SandboxConfig};
 use ordersync::store::{ActionFilter, Store};
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -114,17 +116,6 @@ impl Setup {
             .output()
             .unwrap()
     }
-}
-
-fn spawn_run(config: &Path) -> Child {
-    Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(config)
-        .env_remove("ORDERSYNC_CONFIG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn ordersync run")
 }
 
 /// 202-answered items per order.

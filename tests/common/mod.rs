@@ -311,3 +311,15 @@ pub async fn execute_sql(db: &TestDb, statements: &[&str]) {
         }
     }
 }
+
+/// Starts `ordersync run` with this config, its output discarded.
+pub fn spawn_run(config: &std::path::Path) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_ordersync"))
+        .args(["run", "--config"])
+        .arg(config)
+        .env_remove("ORDERSYNC_CONFIG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn ordersync run")
+}
