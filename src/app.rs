@@ -12,7 +12,9 @@ use crate::store::{GateState, Store};
 use crate::sync::{DaemonError, StreamRunner, runners_for};
 use chrono::Utc;
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_cron_scheduler::{Job, JobScheduler};
@@ -113,13 +115,75 @@ impl App {
     }
 }
 
+/// The daemon's tasks, each under a name, so a shutdown that runs out of time can say what it
+/// abandoned.
+#[derive(Clone, Default)]
+struct Tasks {
+    tracker: TaskTracker,
+    running: Arc<Mutex<BTreeMap<u64, String>>>,
+    next_id: Arc<AtomicU64>,
+}
+
+impl Tasks {
+    fn spawn<F>(&self, name: String, task: F)
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.lock().insert(id, name);
+        let done = DoneGuard {
+            running: self.running.clone(),
+            id,
+        };
+        self.tracker.spawn(async move {
+            let _done = done;
+            task.await
+        });
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, String>> {
+        // Only names live under this lock; a panic elsewhere leaves them usable.
+        self.running
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The names of the tasks still running, each once, with a count when repeated.
+    fn still_running(&self) -> Vec<String> {
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        for name in self.lock().values() {
+            *counts.entry(name.clone()).or_default() += 1;
+        }
+        counts
+            .into_iter()
+            .map(|(name, n)| if n == 1 { name } else { format!("{name} (x{n})") })
+            .collect()
+    }
+}
+
+/// Takes a task's name off the list when the task ends, however it ends.
+struct DoneGuard {
+    running: Arc<Mutex<BTreeMap<u64, String>>>,
+    id: u64,
+}
+
+impl Drop for DoneGuard {
+    fn drop(&mut self) {
+        self.running
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&self.id);
+    }
+}
+
 /// The running daemon: every stream on its schedule and every dispatcher in its loop until
 /// [`Daemon::shutdown`].
 pub struct Daemon {
     scheduler: JobScheduler,
     runners: Vec<Arc<StreamRunner>>,
     dispatchers: Vec<Arc<Dispatcher>>,
-    tracker: TaskTracker,
+    tasks: Tasks,
     shutdown: CancellationToken,
 }
 
@@ -128,15 +192,15 @@ impl Daemon {
     pub async fn start(app: impl Into<App>) -> Result<Daemon, DaemonError> {
         let app = app.into();
         let scheduler = JobScheduler::new().await?;
-        let tracker = TaskTracker::new();
+        let tasks = Tasks::default();
         let shutdown = CancellationToken::new();
         for runner in &app.runners {
             let tick = {
-                let (runner, tracker, shutdown) =
-                    (runner.clone(), tracker.clone(), shutdown.clone());
+                let (runner, tasks, shutdown) = (runner.clone(), tasks.clone(), shutdown.clone());
                 move || {
                     let (runner, shutdown) = (runner.clone(), shutdown.clone());
-                    tracker.spawn(async move { runner.run_if_idle(&shutdown).await });
+                    let name = format!("run of {}", runner.stream());
+                    tasks.spawn(name, async move { runner.run_if_idle(&shutdown).await });
                 }
             };
             tick();
@@ -148,14 +212,15 @@ impl Daemon {
         }
         for follower in &app.asn_followers {
             let tick = {
-                let (follower, tracker, shutdown) =
-                    (follower.clone(), tracker.clone(), shutdown.clone());
+                let (follower, tasks, shutdown) =
+                    (follower.clone(), tasks.clone(), shutdown.clone());
                 move || {
                     if shutdown.is_cancelled() {
                         return;
                     }
                     let follower = follower.clone();
-                    tracker.spawn(async move { follower.run_if_idle().await });
+                    let name = format!("ASN follow-up of {}", follower.stream());
+                    tasks.spawn(name, async move { follower.run_if_idle().await });
                 }
             };
             tick();
@@ -167,18 +232,25 @@ impl Daemon {
         }
         for dispatcher in &app.dispatchers {
             let (dispatcher, shutdown) = (dispatcher.clone(), shutdown.clone());
-            tracker.spawn(async move { dispatcher.run(&shutdown).await });
+            let name = format!(
+                "outbox batch of {}/{} (claimed again after outbox.visibility_timeout)",
+                dispatcher.provider, dispatcher.account
+            );
+            tasks.spawn(name, async move { dispatcher.run(&shutdown).await });
         }
         if let Some(store) = app.store.clone().filter(|_| !app.gates.is_empty()) {
             let (gates, shutdown) = (app.gates, shutdown.clone());
-            tracker.spawn(report_gates(gates, store, shutdown));
+            tasks.spawn(
+                "rate gate report".to_owned(),
+                report_gates(gates, store, shutdown),
+            );
         }
         scheduler.start().await?;
         Ok(Daemon {
             scheduler,
             runners: app.runners,
             dispatchers: app.dispatchers,
-            tracker,
+            tasks,
             shutdown,
         })
     }
@@ -191,14 +263,21 @@ impl Daemon {
         &self.dispatchers
     }
 
-    /// Stops scheduling and claiming, lets every run and batch finish, and returns.
-    pub async fn shutdown(mut self) {
+    /// Stops scheduling and claiming, and lets every run and batch finish until `deadline`.
+    /// Returns what was still running then (empty when everything finished); abandoning it is
+    /// safe, because cursors and claims are committed with their data.
+    pub async fn shutdown(mut self, deadline: tokio::time::Instant) -> Vec<String> {
         self.shutdown.cancel();
-        if let Err(error) = self.scheduler.shutdown().await {
-            tracing::warn!(%error, "scheduler did not stop cleanly");
+        match tokio::time::timeout_at(deadline, self.scheduler.shutdown()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "scheduler did not stop cleanly"),
+            Err(_) => tracing::warn!("scheduler did not stop before the shutdown deadline"),
         }
-        self.tracker.close();
-        self.tracker.wait().await;
+        self.tasks.tracker.close();
+        match tokio::time::timeout_at(deadline, self.tasks.tracker.wait()).await {
+            Ok(()) => Vec::new(),
+            Err(_) => self.tasks.still_running(),
+        }
     }
 }
 

@@ -165,7 +165,28 @@ pub struct RawConfig {
     #[serde(default)]
     pub admin: RawAdmin,
     #[serde(default)]
+    pub daemon: RawDaemon,
+    #[serde(default)]
     pub graas: Vec<RawGraasAccount>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDaemon {
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout: String,
+}
+
+impl Default for RawDaemon {
+    fn default() -> Self {
+        RawDaemon {
+            shutdown_timeout: default_shutdown_timeout(),
+        }
+    }
+}
+
+fn default_shutdown_timeout() -> String {
+    "30s".to_owned()
 }
 
 #[derive(Debug, Deserialize)]
@@ -243,6 +264,10 @@ pub struct RawDatabase {
     pub schema: Option<String>,
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
+    #[serde(default = "default_statement_timeout")]
+    pub statement_timeout: String,
+    #[serde(default = "default_acquire_timeout")]
+    pub acquire_timeout: String,
 }
 
 impl Default for RawDatabase {
@@ -251,8 +276,17 @@ impl Default for RawDatabase {
             url: default_database_url(),
             schema: None,
             max_connections: default_max_connections(),
+            statement_timeout: default_statement_timeout(),
+            acquire_timeout: default_acquire_timeout(),
         }
     }
+}
+
+fn default_statement_timeout() -> String {
+    "30s".to_owned()
+}
+fn default_acquire_timeout() -> String {
+    "10s".to_owned()
 }
 
 fn default_database_url() -> String {
@@ -416,7 +450,14 @@ pub struct Config {
     pub http: HttpConfig,
     pub outbox: OutboxConfig,
     pub admin: AdminConfig,
+    pub daemon: DaemonConfig,
     pub graas: Vec<GraasAccount>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    /// How long SIGTERM waits for current transactions and batches before abandoning them.
+    pub shutdown_timeout: Duration,
 }
 
 impl Config {
@@ -453,6 +494,20 @@ pub struct DatabaseConfig {
     pub backend: Backend,
     pub schema: Option<String>,
     pub max_connections: u32,
+    /// The longest one statement may run or wait for a lock (Postgres `statement_timeout` and
+    /// `lock_timeout`, SQLite's busy timeout).
+    pub statement_timeout: Duration,
+    /// The longest a caller waits for a connection, reconnecting included.
+    pub acquire_timeout: Duration,
+}
+
+impl DatabaseConfig {
+    /// The longest any one database call may take before ordersync abandons it: a connection,
+    /// then a statement, plus a margin so the database's own timeout (a clearer error) fires
+    /// first. It also covers a connection that went silent, which no server timeout can.
+    pub fn call_timeout(&self) -> Duration {
+        self.acquire_timeout + self.statement_timeout + Duration::from_secs(5)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -465,6 +520,23 @@ pub enum Backend {
 pub struct LogConfig {
     pub level: String,
     pub format: LogFormat,
+}
+
+impl LogConfig {
+    /// Used when `level` cannot be read.
+    pub const DEFAULT_FILTER: &'static str = "warn,ordersync=info";
+
+    /// The tracing filter for `level`. A bare level is about ordersync: its libraries (the
+    /// database pool's reconnect chatter, the HTTP stack) speak at `warn` and above unless the
+    /// level is quieter still. A filter with directives (`sqlx=debug,info`) is used as written.
+    pub fn filter(&self) -> String {
+        let level = self.level.trim();
+        match level.to_ascii_lowercase().as_str() {
+            "off" | "error" | "warn" => level.to_owned(),
+            "info" | "debug" | "trace" => format!("warn,ordersync={level}"),
+            _ => level.to_owned(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -536,6 +608,7 @@ impl Config {
             http: Option<figment::value::Value>,
             outbox: Option<figment::value::Value>,
             admin: Option<figment::value::Value>,
+            daemon: Option<figment::value::Value>,
             graas: Option<figment::value::Value>,
         }
         let mut problems = ConfigError::from_figment_at(&[], figment.extract::<Sections>().err());
@@ -545,6 +618,7 @@ impl Config {
             http: extract_section(&figment, "http", &mut problems),
             outbox: extract_section(&figment, "outbox", &mut problems),
             admin: extract_section(&figment, "admin", &mut problems),
+            daemon: extract_section(&figment, "daemon", &mut problems),
             graas: extract_accounts(&figment, "graas", account_env, &mut problems),
         };
         match raw.validate() {
@@ -822,13 +896,42 @@ impl RawConfig {
             if self.database.max_connections == 0 {
                 p.push("database.max_connections", "must be at least 1");
             }
+            let statement_timeout = p.duration(
+                "database.statement_timeout".into(),
+                &self.database.statement_timeout,
+            );
+            if statement_timeout < Duration::from_secs(1) {
+                p.push("database.statement_timeout", "must be at least 1s");
+            }
+            let acquire_timeout = p.duration(
+                "database.acquire_timeout".into(),
+                &self.database.acquire_timeout,
+            );
+            if acquire_timeout < Duration::from_secs(1) {
+                p.push("database.acquire_timeout", "must be at least 1s");
+            }
             DatabaseConfig {
                 url: Secret::new(url),
                 backend,
                 schema: self.database.schema,
                 max_connections: self.database.max_connections.max(1),
+                statement_timeout,
+                acquire_timeout,
             }
         };
+
+        let daemon = DaemonConfig {
+            shutdown_timeout: p.duration(
+                "daemon.shutdown_timeout".into(),
+                &self.daemon.shutdown_timeout,
+            ),
+        };
+        if daemon.shutdown_timeout < Duration::from_secs(1) {
+            p.push(
+                "daemon.shutdown_timeout",
+                "must be at least 1s; keep it below systemd's TimeoutStopSec and the pod's terminationGracePeriodSeconds",
+            );
+        }
 
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             p.push(
@@ -1024,6 +1127,7 @@ impl RawConfig {
                 http,
                 outbox,
                 admin,
+                daemon,
                 graas,
             })
         } else {

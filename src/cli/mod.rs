@@ -163,8 +163,8 @@ fn load(config: &ConfigArg) -> anyhow::Result<Config> {
 
 fn init_logging(log: &LogConfig) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&log.level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(log.filter()))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(LogConfig::DEFAULT_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -211,54 +211,81 @@ async fn run(config: ConfigArg, once: bool) -> anyhow::Result<ExitCode> {
     if app.runners.is_empty() {
         tracing::warn!("no enabled accounts in the configuration; nothing to sync");
     }
-    let mut failed = false;
-    if once {
-        failed = run_once(&app).await;
+    let failed = if once {
+        let failed = run_once(&app).await;
+        store.close().await;
+        failed
     } else {
-        let admin = match &config.admin.token {
-            Some(token) => {
-                let state = AdminState {
-                    config: Arc::new(config.clone()),
-                    store: store.clone(),
-                    token: token.clone(),
-                    wake: app.wake.clone(),
-                };
-                let server = Server::start(config.admin.listen, admin::router(state))
-                    .await
-                    .with_context(|| {
-                        format!(
-                            "admin.listen: cannot listen on {}; choose a free address",
-                            config.admin.listen
-                        )
-                    })?;
-                tracing::info!(listen = %server.addr(), "admin API listening");
-                Some(server)
-            }
-            None => {
-                tracing::info!("admin API off: set [admin] token to serve it");
-                None
-            }
-        };
-        let daemon = Daemon::start(app).await?;
-        tracing::info!(
-            streams = daemon.runners().len(),
-            dispatchers = daemon.dispatchers().len(),
-            "ordersync running"
-        );
-        shutdown_signal().await;
-        tracing::info!("shutting down: finishing the current transactions and batches");
-        if let Some(admin) = admin {
-            admin.stop().await;
-        }
-        daemon.shutdown().await;
-    }
-    store.close().await;
+        run_daemon(&config, &store, app).await?
+    };
     tracing::info!("stopped");
     Ok(if failed {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Serves the admin API and runs the daemon until SIGTERM/Ctrl-C, then shuts down within
+/// `daemon.shutdown_timeout`; true when something had to be abandoned at the deadline.
+async fn run_daemon(config: &Config, store: &Arc<dyn Store>, app: App) -> anyhow::Result<bool> {
+    let admin = match &config.admin.token {
+        Some(token) => {
+            let state = AdminState {
+                config: Arc::new(config.clone()),
+                store: store.clone(),
+                token: token.clone(),
+                wake: app.wake.clone(),
+            };
+            let server = Server::start(config.admin.listen, admin::router(state))
+                .await
+                .with_context(|| {
+                    format!(
+                        "admin.listen: cannot listen on {}; choose a free address",
+                        config.admin.listen
+                    )
+                })?;
+            tracing::info!(listen = %server.addr(), "admin API listening");
+            Some(server)
+        }
+        None => {
+            tracing::info!("admin API off: set [admin] token to serve it");
+            None
+        }
+    };
+    let daemon = Daemon::start(app).await?;
+    tracing::info!(
+        streams = daemon.runners().len(),
+        dispatchers = daemon.dispatchers().len(),
+        "ordersync running"
+    );
+    shutdown_signal().await;
+
+    let timeout = config.daemon.shutdown_timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
+    tracing::info!(
+        timeout = %humantime::format_duration(timeout),
+        "shutting down: finishing the current transactions and batches"
+    );
+    if let Some(admin) = admin
+        && tokio::time::timeout_at(deadline, admin.stop()).await.is_err()
+    {
+        tracing::warn!("admin API requests still open at the shutdown deadline; dropped");
+    }
+    let abandoned = daemon.shutdown(deadline).await;
+    if !abandoned.is_empty() {
+        tracing::error!(
+            abandoned = %abandoned.join("; "),
+            "daemon.shutdown_timeout ({}) passed; abandoned what was still running. Nothing committed is lost: the next start resumes from the committed cursors, and in-flight actions are claimed again",
+            humantime::format_duration(timeout)
+        );
+    }
+    // The pool's connections get what is left of the deadline, and at least a moment.
+    let close_by = deadline.max(tokio::time::Instant::now() + Duration::from_secs(1));
+    if tokio::time::timeout_at(close_by, store.close()).await.is_err() {
+        tracing::warn!("database connections still busy at the shutdown deadline; left open");
+    }
+    Ok(!abandoned.is_empty())
 }
 
 /// `run --once`: every stream until caught up, then every ASN follow-up, then every due action,
@@ -578,7 +605,11 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    daemon.shutdown().await;
+    let deadline = tokio::time::Instant::now() + config.daemon.shutdown_timeout;
+    let abandoned = daemon.shutdown(deadline).await;
+    if !abandoned.is_empty() {
+        println!("shutdown deadline passed; abandoned: {}", abandoned.join("; "));
+    }
 
     // Stop the sandbox's changes, let the last ones settle, and catch up once more: then the
     // database must hold exactly what the sandbox holds.

@@ -13,9 +13,11 @@ macro_rules! action_columns {
     };
 }
 
+mod bounded;
 mod postgres;
 mod sqlite;
 
+pub use bounded::Bounded;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
@@ -42,6 +44,13 @@ pub enum StoreError {
         "the database holds a value ordersync cannot read ({0}); was the table edited by hand?"
     )]
     Corrupt(String),
+    #[error(
+        "the database did not answer within {after:?} while {operation}; check that it is up and not locked, or raise database.statement_timeout"
+    )]
+    Timeout {
+        operation: &'static str,
+        after: std::time::Duration,
+    },
 }
 
 /// What one upstream read produced, to be committed atomically.
@@ -280,12 +289,22 @@ pub enum RetryFilter {
     AllDead { account: Option<String> },
 }
 
-/// Opens the configured database (creating a SQLite file if needed). Does not migrate.
+/// Opens the configured database (creating a SQLite file if needed), every call bounded by
+/// [`DatabaseConfig::call_timeout`]. Does not migrate.
 pub async fn open(config: &DatabaseConfig) -> Result<Arc<dyn Store>, StoreError> {
-    Ok(match config.backend {
-        Backend::Sqlite => Arc::new(SqliteStore::open(config).await?),
-        Backend::Postgres => Arc::new(PostgresStore::open(config).await?),
-    })
+    let opening = async {
+        Ok::<Arc<dyn Store>, StoreError>(match config.backend {
+            Backend::Sqlite => Arc::new(SqliteStore::open(config).await?),
+            Backend::Postgres => Arc::new(PostgresStore::open(config).await?),
+        })
+    };
+    let store = tokio::time::timeout(config.call_timeout(), opening)
+        .await
+        .unwrap_or(Err(StoreError::Timeout {
+            operation: "connecting",
+            after: config.call_timeout(),
+        }))?;
+    Ok(Arc::new(Bounded::new(store, config.call_timeout())))
 }
 
 /// Keeps one copy per order key: the newest `upstream_updated_at`, the later one on a tie, because

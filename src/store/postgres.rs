@@ -14,7 +14,6 @@ use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{Connection, PgPool, Postgres, Row};
 use std::str::FromStr;
-use std::time::Duration;
 
 pub struct PostgresStore {
     pool: PgPool,
@@ -37,9 +36,24 @@ impl PostgresStore {
             conn.close().await?;
             options = options.options([("search_path", schema.as_str())]);
         }
+        // The server ends a statement, a lock wait or a transaction left open by a client that
+        // went away, so a stalled database gives an error instead of a wait, and a connection
+        // cut mid-transaction never holds its locks for long. These follow any `options` in the
+        // URL, so they win.
+        let timeout_ms = config.statement_timeout.as_millis().to_string();
+        let idle_ms = config.call_timeout().as_millis().to_string();
+        options = options.options([
+            ("statement_timeout", timeout_ms.as_str()),
+            ("lock_timeout", timeout_ms.as_str()),
+            ("idle_in_transaction_session_timeout", idle_ms.as_str()),
+        ]);
+        if options.get_application_name().is_none() {
+            // So an operator can tell ordersync's sessions apart in pg_stat_activity.
+            options = options.application_name("ordersync");
+        }
         let pool = PgPoolOptions::new()
             .max_connections(config.max_connections)
-            .acquire_timeout(Duration::from_secs(30))
+            .acquire_timeout(config.acquire_timeout)
             .connect_with(options)
             .await
             .map_err(StoreError::Connect)?;
@@ -112,9 +126,19 @@ const FINISH_BATCH: &str = "UPDATE actions AS a SET \
 #[async_trait]
 impl Store for PostgresStore {
     async fn migrate(&self) -> Result<(), StoreError> {
-        sqlx::migrate!("migrations/postgres")
-            .run(&self.pool)
+        // A migration of a large table may rightly outlast statement_timeout: lift it on this
+        // one connection, and restore it before the connection goes back to the pool.
+        let mut conn = self.pool.acquire().await?;
+        sqlx::query("SET statement_timeout = 0")
+            .execute(&mut *conn)
             .await?;
+        let migrated = sqlx::migrate!("migrations/postgres")
+            .run_direct(None, &mut *conn, false)
+            .await;
+        sqlx::query("RESET statement_timeout")
+            .execute(&mut *conn)
+            .await?;
+        migrated?;
         Ok(())
     }
 

@@ -15,7 +15,6 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 use std::str::FromStr;
-use std::time::Duration;
 
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -45,7 +44,9 @@ impl SqliteStore {
             // NORMAL is durable across process crashes in WAL mode; only an OS crash can lose
             // the last transactions, and those are re-read from upstream via the cursor.
             .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(10))
+            // A write that waits longer than this for another writer fails with `database is
+            // locked` instead of waiting on.
+            .busy_timeout(config.statement_timeout)
             .foreign_keys(true)
             // Orders are about 1.5 KB with their payload: larger pages split less and need fewer
             // WAL frames; fewer, larger checkpoints cost fewer fsyncs. The statement journal of
@@ -56,6 +57,7 @@ impl SqliteStore {
             .pragma("page_size", "16384");
         let pool = SqlitePoolOptions::new()
             .max_connections(config.max_connections)
+            .acquire_timeout(config.acquire_timeout)
             .connect_with(options)
             .await
             .map_err(StoreError::Connect)?;

@@ -95,7 +95,7 @@ impl StreamRunner {
                 tracing::error!(stream = %self.stream(), %error, "account stopped until ordersync is restarted with working credentials");
             }
             Err(error) => {
-                tracing::error!(stream = %self.stream(), %error, "run failed; the next tick retries from the cursor")
+                tracing::warn!(stream = %self.stream(), %error, "run failed; the next tick retries from the cursor")
             }
         }
         Some(result)

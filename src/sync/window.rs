@@ -44,6 +44,12 @@ impl Piece {
         merged
     }
 }
+/// What reading one window gave: its piece, or the record count to split it by.
+enum PieceRead {
+    Piece(Piece),
+    Split(u64),
+}
+
 /// Reads of an overfull second before giving up on it for this run.
 const CONSISTENT_READ_ATTEMPTS: usize = 8;
 
@@ -159,6 +165,10 @@ impl WindowSync {
     /// Fetching runs ahead of committing by at most [`PIPELINE_DEPTH`] pieces, so the upstream
     /// and the database work at the same time while memory stays bounded.
     /// Returns false when shutdown interrupted it.
+    ///
+    /// Neither side can wait on the other forever: a failed commit ends the run at once (the
+    /// fetcher, possibly waiting on a full channel, is dropped with it), and a failed fetch lets
+    /// the committer finish the pieces already fetched before the error is returned.
     async fn read_window(
         &self,
         window: TimeWindow,
@@ -167,9 +177,10 @@ impl WindowSync {
     ) -> Result<bool, SyncError> {
         let (sender, mut receiver) = mpsc::channel::<Piece>(PIPELINE_DEPTH);
         let fetching = self.fetch_pieces(window, sender, shutdown);
-        let committing = async {
+        let start_cursor = run.cursor;
+        let committing = async move {
             let mut committed = RunSummary {
-                cursor: run.cursor,
+                cursor: start_cursor,
                 ..RunSummary::default()
             };
             while let Some(piece) = receiver.recv().await {
@@ -187,13 +198,24 @@ impl WindowSync {
             }
             Ok::<_, SyncError>(committed)
         };
-        let (fetched, committed) = tokio::join!(fetching, committing);
-        let committed = committed?;
+        tokio::pin!(fetching, committing);
+        let mut fetched = None;
+        // The committer ends only once the fetcher has ended (its sender is dropped) or on an
+        // error, which must not wait for the fetcher.
+        let committed = loop {
+            tokio::select! {
+                result = &mut fetching, if fetched.is_none() => fetched = Some(result),
+                result = &mut committing => break result?,
+            }
+        };
+        let (requests, finished) = match fetched {
+            Some(result) => result?,
+            None => fetching.await?,
+        };
         run.cursor = committed.cursor;
         run.written += committed.written;
         run.unchanged += committed.unchanged;
         run.quarantined += committed.quarantined;
-        let (requests, finished) = fetched?;
         run.requests += requests;
         Ok(finished)
     }
@@ -211,32 +233,18 @@ impl WindowSync {
         // A stack with the earliest piece on top keeps pieces in time order.
         let mut pending = vec![window];
         while let Some(window) = pending.pop() {
-            if shutdown.is_cancelled() {
-                return Ok((requests, false));
-            }
-            let first = self.fetch(window, 1, &mut requests).await?;
-            let fits =
-                first.number_of_pages <= 1 && first.number_of_records <= u64::from(page_size);
-            let piece = if fits {
-                Piece {
-                    window,
-                    orders: first.orders,
-                    quarantined: first.quarantined,
+            // Shutdown abandons a fetch in progress (a slow page, a Retry-After pause): nothing
+            // fetched and uncommitted is needed, the next run reads it again.
+            let read = tokio::select! {
+                _ = shutdown.cancelled() => return Ok((requests, false)),
+                read = self.read_piece(window, &mut requests) => read?,
+            };
+            let piece = match read {
+                PieceRead::Piece(piece) => piece,
+                PieceRead::Split(records) => {
+                    pending.extend(split(window, records, page_size).into_iter().rev());
+                    continue;
                 }
-            } else if window.covered_seconds() <= 1 {
-                let (orders, quarantined) = self.read_consistently(window, &mut requests).await?;
-                Piece {
-                    window,
-                    orders,
-                    quarantined,
-                }
-            } else {
-                pending.extend(
-                    split(window, first.number_of_records, page_size)
-                        .into_iter()
-                        .rev(),
-                );
-                continue;
             };
             if sender.send(piece).await.is_err() {
                 // The committer stopped on an error; it reports it.
@@ -244,6 +252,34 @@ impl WindowSync {
             }
         }
         Ok((requests, true))
+    }
+
+    /// Reads one window in a single request when it fits one page; a one-second window that
+    /// does not fit is read consistently, a wider one is to be split.
+    async fn read_piece(
+        &self,
+        window: TimeWindow,
+        requests: &mut u64,
+    ) -> Result<PieceRead, SyncError> {
+        let page_size = self.plan.page_size;
+        let first = self.fetch(window, 1, requests).await?;
+        let fits = first.number_of_pages <= 1 && first.number_of_records <= u64::from(page_size);
+        Ok(if fits {
+            PieceRead::Piece(Piece {
+                window,
+                orders: first.orders,
+                quarantined: first.quarantined,
+            })
+        } else if window.covered_seconds() <= 1 {
+            let (orders, quarantined) = self.read_consistently(window, requests).await?;
+            PieceRead::Piece(Piece {
+                window,
+                orders,
+                quarantined,
+            })
+        } else {
+            PieceRead::Split(first.number_of_records)
+        })
     }
 
     async fn fetch(

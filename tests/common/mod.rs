@@ -67,6 +67,46 @@ impl TestDb {
         }
     }
 
+    /// A Postgres database of its own (not only a schema), for tests that terminate every
+    /// connection to it; `None` when `ORDERSYNC_TEST_PG` is unset. Dropped by [`TestDb::drop_database`].
+    pub async fn own_postgres_database(test: &str) -> Option<TestDb> {
+        let admin = std::env::var(PG_ENV).ok().filter(|u| !u.is_empty())?;
+        let name = format!(
+            "ordersync_{}_{}_{}",
+            test.chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .take(30)
+                .collect::<String>(),
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        admin_sql(&format!("CREATE DATABASE \"{name}\"")).await;
+        let mut url = url::Url::parse(&admin).expect("ORDERSYNC_TEST_PG is a URL");
+        url.set_path(&format!("/{name}"));
+        Some(TestDb {
+            backend: Backend::Postgres,
+            url: url.to_string(),
+            schema: Some("public".into()),
+            _dir: None,
+        })
+    }
+
+    /// The database's name on the Postgres server.
+    pub fn database_name(&self) -> String {
+        url::Url::parse(&self.url)
+            .map(|u| u.path().trim_start_matches('/').to_owned())
+            .unwrap_or_default()
+    }
+
+    /// Drops a database made by [`TestDb::own_postgres_database`], closing its connections.
+    pub async fn drop_database(&self) {
+        admin_sql(&format!(
+            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+            self.database_name()
+        ))
+        .await;
+    }
+
     /// The `[database]` section for this database.
     pub fn toml(&self) -> String {
         match &self.schema {
@@ -77,6 +117,21 @@ impl TestDb {
             None => format!("[database]\nurl = \"{}\"\n", self.url),
         }
     }
+}
+
+/// Runs one statement on the `ORDERSYNC_TEST_PG` database (the server's admin side).
+pub async fn admin_sql(statement: &str) -> u64 {
+    use sqlx::Connection;
+    let url = std::env::var(PG_ENV).expect("ORDERSYNC_TEST_PG");
+    let mut conn = sqlx::PgConnection::connect(&url)
+        .await
+        .expect("connect to ORDERSYNC_TEST_PG");
+    let done = sqlx::raw_sql(sqlx::AssertSqlSafe(statement.to_owned()))
+        .execute(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("{statement}: {e}"));
+    let _ = conn.close().await;
+    done.rows_affected()
 }
 
 /// Settings of one `[[graas]]` section that tests vary.

@@ -1,0 +1,202 @@
+//! A time limit on every database call. The server's own timeouts (Postgres `statement_timeout`,
+//! SQLite's busy timeout) end slow statements and lock waits with a clear error; this bound also
+//! ends a call whose connection went silent (a paused network, a frozen server), which no server
+//! timeout can, so no run or batch waits on the database forever.
+
+use super::{
+    ActionCount, ActionFilter, AsnRow, AsnUpdate, Batch, BatchOutcome, Claim, GateState, NewAsn,
+    RetryFilter, StatusChange, Store, StoreError, StoredOrder, StreamStatus,
+};
+use crate::model::{Action, ActionOutcome, NewAction, OrderKey, StreamKey};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A [`Store`] whose calls each fail with [`StoreError::Timeout`] after `limit`.
+pub struct Bounded {
+    inner: Arc<dyn Store>,
+    limit: Duration,
+}
+
+impl Bounded {
+    pub fn new(inner: Arc<dyn Store>, limit: Duration) -> Self {
+        Bounded { inner, limit }
+    }
+
+    async fn within<T>(
+        &self,
+        operation: &'static str,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(self.limit, call)
+            .await
+            .unwrap_or(Err(StoreError::Timeout {
+                operation,
+                after: self.limit,
+            }))
+    }
+}
+
+#[async_trait]
+impl Store for Bounded {
+    /// Not bounded: a migration of a large table may rightly take minutes, and it runs before
+    /// the daemon starts, in the foreground.
+    async fn migrate(&self) -> Result<(), StoreError> {
+        self.inner.migrate().await
+    }
+
+    async fn cursor(&self, stream: &StreamKey) -> Result<Option<String>, StoreError> {
+        self.within("reading a cursor", self.inner.cursor(stream))
+            .await
+    }
+
+    async fn commit_batch(&self, batch: &Batch<'_>) -> Result<BatchOutcome, StoreError> {
+        self.within("committing orders", self.inner.commit_batch(batch))
+            .await
+    }
+
+    async fn run_started(&self, stream: &StreamKey, at: DateTime<Utc>) -> Result<(), StoreError> {
+        self.within("recording a run's start", self.inner.run_started(stream, at))
+            .await
+    }
+
+    async fn run_finished(
+        &self,
+        stream: &StreamKey,
+        at: DateTime<Utc>,
+        error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.within(
+            "recording a run's end",
+            self.inner.run_finished(stream, at, error),
+        )
+        .await
+    }
+
+    async fn streams(&self) -> Result<Vec<StreamStatus>, StoreError> {
+        self.within("reading stream status", self.inner.streams())
+            .await
+    }
+
+    async fn orders_of(
+        &self,
+        provider: &str,
+        account: &str,
+    ) -> Result<Vec<StoredOrder>, StoreError> {
+        self.within("reading orders", self.inner.orders_of(provider, account))
+            .await
+    }
+
+    async fn order_history(&self, key: &OrderKey) -> Result<Vec<StatusChange>, StoreError> {
+        self.within("reading an order's history", self.inner.order_history(key))
+            .await
+    }
+
+    async fn quarantine_count(&self, provider: &str, account: &str) -> Result<i64, StoreError> {
+        self.within(
+            "counting quarantined records",
+            self.inner.quarantine_count(provider, account),
+        )
+        .await
+    }
+
+    async fn order_payload(&self, key: &OrderKey) -> Result<Option<String>, StoreError> {
+        self.within("reading an order", self.inner.order_payload(key))
+            .await
+    }
+
+    async fn enqueue(&self, action: &NewAction) -> Result<(Action, bool), StoreError> {
+        self.within("queueing an action", self.inner.enqueue(action))
+            .await
+    }
+
+    async fn claim(&self, claim: &Claim<'_>) -> Result<Vec<Action>, StoreError> {
+        self.within("claiming actions", self.inner.claim(claim))
+            .await
+    }
+
+    async fn finish_batch(
+        &self,
+        worker: &str,
+        outcomes: &[(i64, ActionOutcome)],
+    ) -> Result<Vec<i64>, StoreError> {
+        self.within(
+            "recording action outcomes",
+            self.inner.finish_batch(worker, outcomes),
+        )
+        .await
+    }
+
+    async fn extend_claims(
+        &self,
+        ids: &[i64],
+        worker: &str,
+        until: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        self.within(
+            "renewing action claims",
+            self.inner.extend_claims(ids, worker, until),
+        )
+        .await
+    }
+
+    async fn action(&self, id: i64) -> Result<Option<Action>, StoreError> {
+        self.within("reading an action", self.inner.action(id))
+            .await
+    }
+
+    async fn record_asn(&self, asn: &NewAsn) -> Result<(), StoreError> {
+        self.within("recording an ASN", self.inner.record_asn(asn))
+            .await
+    }
+
+    async fn open_asns(&self, provider: &str, account: &str) -> Result<Vec<AsnRow>, StoreError> {
+        self.within("reading open ASNs", self.inner.open_asns(provider, account))
+            .await
+    }
+
+    async fn record_gate(&self, gate: &GateState) -> Result<(), StoreError> {
+        self.within("recording a rate gate", self.inner.record_gate(gate))
+            .await
+    }
+
+    async fn gates(&self) -> Result<Vec<GateState>, StoreError> {
+        self.within("reading rate gates", self.inner.gates()).await
+    }
+
+    async fn action_counts(&self) -> Result<Vec<ActionCount>, StoreError> {
+        self.within("counting actions", self.inner.action_counts())
+            .await
+    }
+
+    async fn update_asn(&self, update: &AsnUpdate) -> Result<(), StoreError> {
+        self.within("updating an ASN", self.inner.update_asn(update))
+            .await
+    }
+
+    async fn actions(&self, filter: &ActionFilter) -> Result<Vec<Action>, StoreError> {
+        self.within("listing actions", self.inner.actions(filter))
+            .await
+    }
+
+    async fn retry_actions(&self, filter: &RetryFilter) -> Result<u64, StoreError> {
+        self.within("retrying actions", self.inner.retry_actions(filter))
+            .await
+    }
+
+    /// Waits for borrowed connections at most `limit`; a connection stuck on a silent peer is
+    /// left behind rather than holding up the exit.
+    async fn close(&self) {
+        if tokio::time::timeout(self.limit, self.inner.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                after = ?self.limit,
+                "database connections did not close in time; leaving them"
+            );
+        }
+    }
+}
