@@ -96,7 +96,12 @@ async fn run_case(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let drain_time = drain_started.elapsed();
-    daemon.shutdown().await;
+    let abandoned = daemon
+        .shutdown(tokio::time::Instant::now() + Duration::from_secs(30))
+        .await;
+    if !abandoned.is_empty() {
+        return Err(format!("shutdown abandoned {abandoned:?}").into());
+    }
 
     let done = store
         .actions(&ActionFilter {

@@ -7,15 +7,19 @@ mod common;
 
 use chrono::Utc;
 use common::{
-    AccountToml, TestDb, account_name, admin_sql, assert_matches_truth, config_toml, open_store,
-    spawn_run, wait_until,
+    AccountToml, Backend, Daemon, PausableProxy, TestDb, account_name, admin_sql,
+    assert_matches_truth, assert_no_gap_below_cursor, config_toml, cursor_of, open_store,
+    spawn_run_logged, wait_for_log, wait_until, with_database_timeouts,
 };
 use ordersync::config::Config;
 use ordersync::model::{ProviderKind, StreamKey};
+use ordersync::outbox::request::ActionRequest;
 use ordersync::sandbox::{Mutations, Sandbox, SandboxConfig};
-use ordersync::store::{Store, StreamStatus};
+use ordersync::store::{ActionFilter, Store, StreamStatus};
+use ordersync::sync;
+use sqlx::Connection;
 use std::path::PathBuf;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,11 +31,17 @@ struct Setup {
     spec: SandboxConfig,
 }
 
-async fn setup(db: &TestDb, spec: SandboxConfig, account: &AccountToml, extra: &str) -> Setup {
+/// A sandbox and a config for it; `edit` changes the config's text before it is written.
+async fn setup(
+    db: &TestDb,
+    spec: SandboxConfig,
+    account: &AccountToml,
+    edit: impl FnOnce(String) -> String,
+) -> Setup {
     let sandbox = Sandbox::start(([127, 0, 0, 1], 0).into(), spec.clone())
         .await
         .expect("sandbox");
-    let text = format!("{}{extra}", config_toml(db, &sandbox, &spec, account));
+    let text = edit(config_toml(db, &sandbox, &spec, account));
     let dir = tempfile::tempdir().unwrap();
     let config_path = dir.path().join("ordersync.toml");
     std::fs::write(&config_path, &text).unwrap();
@@ -42,6 +52,12 @@ async fn setup(db: &TestDb, spec: SandboxConfig, account: &AccountToml, extra: &
         config,
         sandbox,
         spec,
+    }
+}
+
+impl Setup {
+    fn log(&self) -> PathBuf {
+        self._dir.path().join("ordersync.log")
     }
 }
 
@@ -63,26 +79,6 @@ async fn stream_status(store: &Arc<dyn Store>, account: &str) -> Option<StreamSt
         .find(|s| s.stream == key)
 }
 
-/// Sends SIGTERM and waits for the exit; panics when it takes longer than `limit`.
-fn terminate(child: &mut Child, limit: Duration) -> (std::process::ExitStatus, Duration) {
-    let started = Instant::now();
-    let term = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill -TERM");
-    assert!(term.success());
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            return (status, started.elapsed());
-        }
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            panic!("ordersync did not exit within {limit:?} of SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Terminates every connection to `db`'s database, as a failover or an operator does.
 async fn terminate_backends(db: &TestDb) -> u64 {
     admin_sql(&format!(
@@ -97,14 +93,9 @@ async fn terminate_backends(db: &TestDb) -> u64 {
 /// terminated again and again. Every stream must keep finishing runs, the database must end equal
 /// to the sandbox, and SIGTERM must still stop the daemon in time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(
-    not(ordersync_pg),
-    ignore = "needs Postgres: set ORDERSYNC_TEST_PG and rebuild"
-)]
+#[cfg_attr(not(ordersync_pg), ignore = "needs Postgres: set ORDERSYNC_TEST_PG")]
 async fn terminated_connections_never_freeze_a_stream() {
-    let db = TestDb::own_postgres_database("terminated_connections")
-        .await
-        .expect("ORDERSYNC_TEST_PG");
+    let db = TestDb::own_postgres_database("terminated_connections").await;
     let mut spec = SandboxConfig::graas(2, 12_000);
     spec.mutations = Some(Mutations {
         every_ms: 200,
@@ -118,9 +109,12 @@ async fn terminated_connections_never_freeze_a_stream() {
         max_window: "2h",
         ..AccountToml::default()
     };
-    let s = setup(&db, spec, &account, "\n[daemon]\nshutdown_timeout = \"10s\"\n").await;
+    let s = setup(&db, spec, &account, |text| {
+        format!("{text}\n[daemon]\nshutdown_timeout = \"10s\"\n")
+    })
+    .await;
     let store = open_store(&s.config).await;
-    let mut child = spawn_run(&s.config_path);
+    let mut daemon = spawn_run_logged(&s.config_path, &s.log());
     let accounts = [account_name(0), account_name(1)];
 
     // The backfill takes longer than the terminations, and its pipeline is full (fetching runs
@@ -187,10 +181,397 @@ async fn terminated_connections_never_freeze_a_stream() {
         "terminated {terminated} connections; a failed run was on record in {failed_runs_seen} polls"
     );
 
-    let (status, took) = terminate(&mut child, Duration::from_secs(20));
+    let (status, took) = daemon.terminate(Duration::from_secs(20));
     assert!(status.success(), "exit after SIGTERM: {status}");
     assert!(took < Duration::from_secs(11), "shutdown took {took:?}");
     store.close().await;
     s.sandbox.stop().await;
     db.drop_database().await;
+}
+
+/// The same terminations while the outbox drains: every action ends final, none is left in
+/// flight, and each reached the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(ordersync_pg), ignore = "needs Postgres: set ORDERSYNC_TEST_PG")]
+async fn terminated_connections_never_strand_an_action() {
+    let db = TestDb::own_postgres_database("terminated_outbox").await;
+    let spec = SandboxConfig::graas(1, 400);
+    let account = AccountToml {
+        schedule: "0 0 0 1 1 *",
+        rate_limit: "25/s",
+        extra: "action_batch_size = 2",
+        ..AccountToml::default()
+    };
+    let s = setup(&db, spec, &account, |text| {
+        format!("{text}\n[outbox]\npoll_interval = \"50ms\"\nvisibility_timeout = \"3s\"\nmin_backoff = \"50ms\"\nmax_backoff = \"400ms\"\nmax_attempts = 50\n")
+    })
+    .await;
+    let store = open_store(&s.config).await;
+    let number = s.spec.graas[0].account_number.clone();
+    for order in s.sandbox.graas().truth(&number).iter().take(300) {
+        let request = ActionRequest {
+            account: account_name(0),
+            kind: "accept".into(),
+            channel: Some(order.channel.clone()),
+            order_id: Some(order.order_id.clone()),
+            ..ActionRequest::default()
+        };
+        store
+            .enqueue(&request.into_action(&s.config).unwrap())
+            .await
+            .unwrap();
+    }
+    let mut daemon = spawn_run_logged(&s.config_path, &s.log());
+    // 150 batches at 25 requests/s: about six seconds of sending, terminated every 400ms.
+    let mut terminated = 0;
+    for _ in 0..12 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        terminated += terminate_backends(&db).await;
+    }
+    let actions = || async {
+        store
+            .actions(&ActionFilter {
+                limit: 10_000,
+                ..ActionFilter::default()
+            })
+            .await
+            .unwrap_or_default()
+    };
+    wait_until(Duration::from_secs(90), "every action to end final", || async {
+        let all = actions().await;
+        all.len() == 300 && all.iter().all(|a| a.state == "succeeded")
+    })
+    .await;
+    let all = actions().await;
+    let received = s.sandbox.graas().received(&number);
+    let mut sent: std::collections::HashMap<&str, usize> = Default::default();
+    for r in received.iter().filter(|r| r.http_code == 202) {
+        *sent.entry(r.reference.as_str()).or_default() += 1;
+    }
+    assert_eq!(sent.len(), 300, "every action reached the upstream");
+    let repeats: usize = sent.values().map(|n| n - 1).sum();
+    let retried = all.iter().filter(|a| a.attempts > 1).count();
+    eprintln!(
+        "terminated {terminated} connections; {retried} actions took more than one attempt, {repeats} were sent twice"
+    );
+    // A repeat needs a lost outcome, which is a retried action.
+    assert!(repeats <= retried, "{repeats} repeats, {retried} retried");
+    let (status, _) = daemon.terminate(Duration::from_secs(40));
+    assert!(status.success(), "exit after SIGTERM: {status}");
+    store.close().await;
+    s.sandbox.stop().await;
+    db.drop_database().await;
+}
+
+/// Another connection holding the lock a run needs, the way a long migration or a careless
+/// `BEGIN` in psql does.
+enum LockHolder {
+    Sqlite(sqlx::SqliteConnection),
+    Postgres(sqlx::PgConnection),
+}
+
+impl LockHolder {
+    /// SQLite: the write lock. Postgres: `sync_cursors`, which every run reads and writes.
+    async fn take(db: &TestDb) -> LockHolder {
+        match db.backend {
+            Backend::Sqlite => {
+                let mut conn = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+                sqlx::raw_sql("BEGIN IMMEDIATE")
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                LockHolder::Sqlite(conn)
+            }
+            Backend::Postgres => {
+                let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+                let schema = db.schema.as_deref().unwrap_or("public");
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                    "SET search_path TO \"{schema}\"; BEGIN; LOCK TABLE sync_cursors IN ACCESS EXCLUSIVE MODE"
+                )))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+                LockHolder::Postgres(conn)
+            }
+        }
+    }
+
+    async fn release(self) {
+        match self {
+            LockHolder::Sqlite(mut conn) => {
+                sqlx::raw_sql("ROLLBACK").execute(&mut conn).await.unwrap();
+                conn.close().await.unwrap();
+            }
+            LockHolder::Postgres(mut conn) => {
+                sqlx::raw_sql("ROLLBACK").execute(&mut conn).await.unwrap();
+                conn.close().await.unwrap();
+            }
+        }
+    }
+}
+
+/// A lock held past `statement_timeout` fails the run after a bounded time, with an error that
+/// says so; once the lock is gone the next run catches up.
+async fn a_held_lock_fails_the_run_in_bounded_time(db: TestDb) {
+    let spec = SandboxConfig::graas(1, 300);
+    let s = setup(&db, spec, &AccountToml::default(), |text| {
+        with_database_timeouts(&text, "2s", "2s")
+    })
+    .await;
+    let store = open_store(&s.config).await;
+    let runners = sync::build_runners(&s.config, &store).unwrap();
+    let never = tokio_util::sync::CancellationToken::new();
+    runners[0].run_if_idle(&never).await.unwrap().unwrap();
+
+    let lock = LockHolder::take(&db).await;
+    let started = Instant::now();
+    let result = runners[0].run_if_idle(&never).await.expect("it ran");
+    let took = started.elapsed();
+    let error = result.expect_err("the run must fail while the lock is held");
+    let text = error.to_string();
+    eprintln!("run failed after {took:?}: {text}");
+    assert!(
+        ["statement timeout", "lock timeout", "database is locked"]
+            .iter()
+            .any(|cause| text.contains(cause)),
+        "{text}"
+    );
+    // Three database calls may wait out the 2s timeout: the start, the read, the end.
+    assert!(took < Duration::from_secs(12), "the run took {took:?}");
+
+    lock.release().await;
+    runners[0].run_if_idle(&never).await.unwrap().unwrap();
+    assert_matches_truth(&store, &s.sandbox, &s.spec).await;
+    store.close().await;
+    s.sandbox.stop().await;
+}
+on_both_backends!(a_held_lock_fails_the_run_in_bounded_time);
+
+/// A database connection that goes silent mid-run (no answer, no reset) fails the run after a
+/// bounded time instead of waiting for an answer that never comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(ordersync_pg), ignore = "needs Postgres: set ORDERSYNC_TEST_PG")]
+async fn a_silent_database_fails_the_run_in_bounded_time() {
+    let direct = TestDb::new(Backend::Postgres, "silent_database");
+    let server = url::Url::parse(&direct.url).unwrap();
+    let upstream = tokio::net::lookup_host((
+        server.host_str().unwrap().to_owned(),
+        server.port().unwrap_or(5432),
+    ))
+    .await
+    .unwrap()
+    .next()
+    .unwrap();
+    let proxy = PausableProxy::start(upstream).await;
+    let db = direct.through(&proxy);
+    let mut spec = SandboxConfig::graas(1, 300);
+    spec.mutations = Some(Mutations::default());
+    let s = setup(&db, spec, &AccountToml::default(), |text| {
+        with_database_timeouts(&text, "1s", "1s")
+    })
+    .await;
+    let store = open_store(&s.config).await;
+    let runners = sync::build_runners(&s.config, &store).unwrap();
+    let never = tokio_util::sync::CancellationToken::new();
+    runners[0].run_if_idle(&never).await.unwrap().unwrap();
+
+    proxy.pause();
+    let started = Instant::now();
+    let result = runners[0].run_if_idle(&never).await.expect("it ran");
+    let took = started.elapsed();
+    let error = result.expect_err("the run must fail while the database is silent");
+    eprintln!("run failed after {took:?}: {error}");
+    // Each database call gives up after acquire + statement timeout + 5s = 7s.
+    assert!(took < Duration::from_secs(25), "the run took {took:?}");
+
+    proxy.resume();
+    wait_until(Duration::from_secs(30), "a run to succeed again", || async {
+        matches!(runners[0].run_if_idle(&never).await, Some(Ok(_)))
+    })
+    .await;
+    let newest = s.sandbox.graas().set_mutating(false);
+    common::wait_for_clock_past(newest + 2).await;
+    runners[0].run_if_idle(&never).await.unwrap().unwrap();
+    assert_matches_truth(&store, &s.sandbox, &s.spec).await;
+    store.close().await;
+    s.sandbox.stop().await;
+}
+
+/// SIGTERM while a run waits on a lock it will not get in time: the daemon exits after
+/// `shutdown_timeout`, non-zero, naming what it abandoned; a restart loses nothing.
+async fn sigterm_with_a_stuck_run_exits_at_the_deadline(db: TestDb) {
+    let spec = SandboxConfig::graas(1, 300);
+    let s = setup(&db, spec, &AccountToml::default(), |text| {
+        format!(
+            "{}\n[daemon]\nshutdown_timeout = \"2s\"\n",
+            with_database_timeouts(&text, "60s", "60s")
+        )
+    })
+    .await;
+    let store = open_store(&s.config).await;
+    let lock = LockHolder::take(&db).await;
+    let mut daemon = spawn_run_logged(&s.config_path, &s.log());
+    wait_for_log(&s.log(), "ordersync running", Duration::from_secs(30)).await;
+    if db.backend == Backend::Postgres {
+        // The first run is waiting for the lock.
+        wait_until(Duration::from_secs(10), "a session waiting on the lock", || {
+            waiting_on_a_lock(&db)
+        })
+        .await;
+    }
+    let (status, took) = daemon.terminate(Duration::from_secs(20));
+    let log = std::fs::read_to_string(s.log()).unwrap();
+    assert!(!status.success(), "a shutdown that abandoned work exits non-zero\n{log}");
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(6),
+        "exit {took:?} after SIGTERM, shutdown_timeout is 2s\n{log}"
+    );
+    assert!(
+        log.contains("shutdown_timeout (2s) passed") && log.contains("run of graas/shop-1/orders"),
+        "the log must say what was abandoned:\n{log}"
+    );
+
+    lock.release().await;
+    let out = Command::new(env!("CARGO_BIN_EXE_ordersync"))
+        .args(["run", "--once", "--config"])
+        .arg(&s.config_path)
+        .env_remove("ORDERSYNC_CONFIG")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_matches_truth(&store, &s.sandbox, &s.spec).await;
+    store.close().await;
+    s.sandbox.stop().await;
+}
+on_both_backends!(sigterm_with_a_stuck_run_exits_at_the_deadline);
+
+async fn waiting_on_a_lock(db: &TestDb) -> bool {
+    let Ok(mut conn) = sqlx::PgConnection::connect(&db.url).await else {
+        return false;
+    };
+    let waiting: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'ordersync' \
+         AND wait_event_type = 'Lock'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap_or(0);
+    let _ = conn.close().await;
+    waiting > 0
+}
+
+/// A SQLite file on a full disk (here: a file size limit, as a full volume gives): runs fail
+/// with an error and are retried, the daemon stays responsive, the file stays intact, and a
+/// restart with room catches up with nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_fails_runs_without_corrupting_sqlite() {
+    let db = TestDb::new(Backend::Sqlite, "full_disk");
+    let spec = SandboxConfig::graas(1, 4_000);
+    let account = AccountToml {
+        page_size: 100,
+        ..AccountToml::default()
+    };
+    let s = setup(&db, spec, &account, |text| {
+        format!("{text}\n[daemon]\nshutdown_timeout = \"5s\"\n")
+    })
+    .await;
+    let store = open_store(&s.config).await;
+    // 4,000 orders need about 6 MB; the files may grow to 2 MB. An ignored SIGXFSZ makes the
+    // write fail with an error, as ENOSPC does, instead of killing the process.
+    let log = s.log();
+    let script = format!(
+        "ulimit -f 4096; trap '' XFSZ; exec '{}' run --config '{}' 2>'{}'",
+        env!("CARGO_BIN_EXE_ordersync"),
+        s.config_path.display(),
+        log.display()
+    );
+    let mut daemon = Daemon(
+        Command::new("sh")
+            .args(["-c", &script])
+            .env_remove("ORDERSYNC_CONFIG")
+            .env("RUST_LOG", "warn,ordersync=info")
+            .spawn()
+            .unwrap(),
+    );
+    // Runs fail again and again, one per tick, rather than once and then hang.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.matches("run failed").count() >= 5 {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no five failed runs in 60s; log:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Each run fails on the disk itself, never on a lock left behind by an earlier failure.
+    for line in text.lines().filter(|l| l.contains("run failed")) {
+        assert!(
+            line.contains("disk is full") || line.contains("disk I/O error"),
+            "{line}"
+        );
+    }
+    assert!(!text.contains("database is locked"), "{text}");
+    let (status, took) = daemon.terminate(Duration::from_secs(15));
+    eprintln!("stopped in {took:?} with {status}");
+
+    let integrity: String = {
+        let mut conn = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+        sqlx::query_scalar("PRAGMA integrity_check")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+    };
+    assert_eq!(integrity, "ok");
+    let stored = store.orders_of("graas", "shop-1").await.unwrap().len();
+    assert!(stored < 4_000, "the limit never bit: {stored} orders stored");
+    if let Some(cursor) = cursor_of(&store, "shop-1").await {
+        assert_no_gap_below_cursor(&store, &s.sandbox, &s.spec.graas[0].account_number, "shop-1", cursor)
+            .await;
+    }
+
+    let out = Command::new(env!("CARGO_BIN_EXE_ordersync"))
+        .args(["run", "--once", "--config"])
+        .arg(&s.config_path)
+        .env_remove("ORDERSYNC_CONFIG")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_matches_truth(&store, &s.sandbox, &s.spec).await;
+    store.close().await;
+    s.sandbox.stop().await;
+}
+
+/// A SQLite file on a read-only mount: ordersync refuses to start, at once, with a message that
+/// names the file and what to check. The mount is made in a user namespace of the test's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_sqlite_file_is_refused_with_a_clear_error() {
+    let db = TestDb::new(Backend::Sqlite, "read_only");
+    let s = setup(&db, SandboxConfig::graas(1, 10), &AccountToml::default(), |t| t).await;
+    let store = open_store(&s.config).await;
+    store.close().await;
+    let path = db.url.trim_start_matches("sqlite://").to_owned();
+    let dir = std::path::Path::new(&path).parent().unwrap().to_owned();
+    let script = format!(
+        "mount --bind '{dir}' '{dir}' && mount -o remount,bind,ro '{dir}' && exec '{bin}' run --config '{config}'",
+        dir = dir.display(),
+        bin = env!("CARGO_BIN_EXE_ordersync"),
+        config = s.config_path.display(),
+    );
+    let started = Instant::now();
+    let out = Command::new("unshare")
+        .args(["--user", "--map-root-user", "--mount", "sh", "-c", &script])
+        .env_remove("ORDERSYNC_CONFIG")
+        .output()
+        .expect("unshare (util-linux) runs the daemon on a read-only mount");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert!(
+        stderr.contains(&path) && stderr.contains("read-only"),
+        "the error names the file and the cause to check: {stderr}"
+    );
+    s.sandbox.stop().await;
 }

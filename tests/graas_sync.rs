@@ -3,7 +3,8 @@
 mod common;
 
 use common::{
-    AccountToml, TestDb, account_name, assert_matches_truth, config_toml, open_store, wait_until,
+    AccountToml, TestDb, account_name, assert_matches_truth, config_toml, open_store,
+    shutdown_deadline, wait_for_clock_past, wait_until,
 };
 use ordersync::app::Daemon;
 use ordersync::config::Config;
@@ -70,7 +71,15 @@ async fn late_and_backdated_updates_are_caught(db: TestDb) {
     let runners = sync::build_runners(&config, &store).unwrap();
     let daemon = Daemon::start(runners).await.unwrap();
 
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    // The daemon syncs while the sandbox makes a few hundred changes.
+    wait_until(Duration::from_secs(30), "300 sandbox changes", || async {
+        spec.graas
+            .iter()
+            .map(|a| sandbox.graas().stats(&a.account_number).map_or(0, |s| s.changes))
+            .sum::<u64>()
+            >= 300
+    })
+    .await;
     let last_change = sandbox.graas().set_mutating(false);
     // Caught up means: the cursor has passed the last change (plus the lookback margin of a run).
     for i in 0..spec.graas.len() {
@@ -89,7 +98,7 @@ async fn late_and_backdated_updates_are_caught(db: TestDb) {
         )
         .await;
     }
-    daemon.shutdown().await;
+    assert!(daemon.shutdown(shutdown_deadline()).await.is_empty());
     let changes: u64 = spec
         .graas
         .iter()
@@ -261,7 +270,8 @@ async fn overfull_seconds_survive_page_drift(db: TestDb) {
     let runners = sync::build_runners(&config, &store).unwrap();
     catch_up(&runners).await;
     let last_change = sandbox.graas().set_mutating(false);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // A run reads up to `settle` (1s) before now, exclusive.
+    wait_for_clock_past(last_change + 2).await;
     for run in catch_up(&runners).await {
         assert!(run.cursor > last_change);
     }
@@ -280,8 +290,17 @@ async fn rejected_credentials_stop_the_account(db: TestDb) {
     let store = open_store(&config).await;
     let runners = sync::build_runners(&config, &store).unwrap();
     let daemon = Daemon::start(runners.clone()).await.unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    daemon.shutdown().await;
+    // Stopped after its first 401, then two more ticks of its schedule that must not call.
+    wait_until(Duration::from_secs(10), "the account to stop", || async {
+        runners[0].is_stopped()
+    })
+    .await;
+    let ticks = runners[0].ticks();
+    wait_until(Duration::from_secs(10), "two more ticks", || async {
+        runners[0].ticks() >= ticks + 2
+    })
+    .await;
+    assert!(daemon.shutdown(shutdown_deadline()).await.is_empty());
 
     let stats = sandbox
         .graas()
@@ -306,7 +325,7 @@ async fn a_malformed_single_order_fails_at_once_naming_the_field() {
     let mut spec = SandboxConfig::graas(1, 3);
     spec.malformed_every = Some(1);
     let sandbox = sandbox(&spec).await;
-    let db = TestDb::new(common::Backend::Sqlite, "single").unwrap();
+    let db = TestDb::new(common::Backend::Sqlite, "single");
     let config = config(&db, &sandbox, &spec, &AccountToml::default());
     let http = ordersync::providers::http::HttpClient::new(&config.http).unwrap();
     let account = &config.graas[0];

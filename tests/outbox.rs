@@ -3,7 +3,8 @@
 mod common;
 
 use common::{
-    AccountToml, TestDb, account_name, assert_matches_truth, config_toml, open_store, wait_until,
+    AccountToml, TestDb, account_name, assert_matches_truth, config_toml, open_store,
+    shutdown_deadline, wait_for_clock_past, wait_until,
 };
 use ordersync::app::{App, Daemon};
 use ordersync::config::Config;
@@ -143,7 +144,7 @@ async fn drain_500_actions_at_the_rate_limit(db: TestDb) {
         .unwrap();
     wait_all_final(&store, Duration::from_secs(60)).await;
     let elapsed = started.elapsed();
-    daemon.shutdown().await;
+    assert!(daemon.shutdown(shutdown_deadline()).await.is_empty());
 
     let actions = all_actions(&store).await;
     assert_eq!(actions.len(), 500);
@@ -166,7 +167,9 @@ async fn drain_500_actions_at_the_rate_limit(db: TestDb) {
     assert!(elapsed <= allowed, "{elapsed:?} > {allowed:?}");
     // Nothing is faked locally: the next poll brings the new statuses in.
     let cancelled_before = stored_with_status(&store, "CANCELLED").await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The writes are stamped now; a run reads up to `settle` (1s) before now, exclusive.
+    let newest = sandbox.graas().set_mutating(false);
+    wait_for_clock_past(newest + 2).await;
     let runners = sync::build_runners(&config, &store).unwrap();
     for (stream, result) in sync::run_until_caught_up(&runners, &CancellationToken::new()).await {
         result.unwrap_or_else(|e| panic!("{stream}: {e}"));
@@ -232,7 +235,7 @@ async fn faults_end_every_action_final(db: TestDb) {
         .await
         .unwrap();
     wait_all_final(&store, Duration::from_secs(120)).await;
-    daemon.shutdown().await;
+    assert!(daemon.shutdown(shutdown_deadline()).await.is_empty());
 
     let actions = all_actions(&store).await;
     for action in &actions {
@@ -372,7 +375,16 @@ async fn asns_are_created_once_and_followed(db: TestDb) {
         "pending"
     );
     sandbox.graas().set_faults(Faults::default());
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let retry_at = store
+        .action(good.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .next_attempt_at;
+    wait_until(Duration::from_secs(10), "the retry to fall due", || async {
+        chrono::Utc::now() >= retry_at
+    })
+    .await;
     while dispatcher.dispatch_once().await.unwrap() > 0 {}
 
     let good = store.action(good.id).await.unwrap().unwrap();

@@ -4,7 +4,8 @@
 mod common;
 
 use common::{
-    AccountToml, Backend, TestDb, account_name, config_toml, open_store, spawn_run, wait_until,
+    AccountToml, Backend, TestDb, account_name, config_toml, open_store, spawn_run,
+    spawn_run_logged, wait_for_log, wait_until,
 };
 use ordersync::config::Config;
 use ordersync::model::Action;
@@ -194,34 +195,22 @@ on_both_backends!(killed_while_sending_then_restarted);
 
 /// Two processes on one Postgres queue: each action is claimed, and sent, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(ordersync_pg), ignore = "needs Postgres: set ORDERSYNC_TEST_PG")]
 async fn two_processes_on_postgres_send_each_action_once() {
-    let Some(db) = TestDb::new(Backend::Postgres, "two_processes") else {
-        return;
-    };
+    let db = TestDb::new(Backend::Postgres, "two_processes");
     let s = setup(&db, 500, "50/s", "action_batch_size = 5").await;
-    let mut first = s.spawn_run();
-    let mut second = s.spawn_run();
-    // Both are up (each has recorded its first poll) before there is work.
-    wait_until(
-        Duration::from_secs(30),
-        "both processes to start",
-        || async {
-            s.store
-                .streams()
-                .await
-                .unwrap()
-                .iter()
-                .any(|st| st.last_success_at.is_some())
-        },
-    )
-    .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let logs = [
+        s._dir.path().join("first.log"),
+        s._dir.path().join("second.log"),
+    ];
+    let _first = spawn_run_logged(&s.config_path, &logs[0]);
+    let _second = spawn_run_logged(&s.config_path, &logs[1]);
+    // Both dispatchers are running before there is work.
+    for log in &logs {
+        wait_for_log(log, "ordersync running", Duration::from_secs(30)).await;
+    }
     s.enqueue_accepts(400).await;
     s.wait_all_final(Duration::from_secs(60)).await;
-    for child in [&mut first, &mut second] {
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
     let actions = s.actions().await;
     assert!(actions.iter().all(|a| a.state == "succeeded"));
     assert!(actions.iter().all(|a| a.attempts == 1), "claimed twice");

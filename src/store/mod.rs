@@ -34,12 +34,18 @@ use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    // The sqlx errors are shown in the message and not chained as sources: their own source
+    // repeats their text, which made every database error print three times.
     #[error("cannot open the database: {0}")]
-    Connect(#[source] sqlx::Error),
+    Connect(sqlx::Error),
+    #[error(
+        "cannot open the SQLite database {path}: {error}; check that the file and its directory exist, are writable by this user and not on a read-only or full disk (SQLite also writes the -wal and -shm files beside it)"
+    )]
+    OpenSqlite { path: String, error: sqlx::Error },
     #[error("database migration failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Migrate(sqlx::migrate::MigrateError),
     #[error("database error: {0}")]
-    Query(#[from] sqlx::Error),
+    Query(sqlx::Error),
     #[error(
         "the database holds a value ordersync cannot read ({0}); was the table edited by hand?"
     )]
@@ -51,6 +57,18 @@ pub enum StoreError {
         operation: &'static str,
         after: std::time::Duration,
     },
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        StoreError::Query(error)
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(error: sqlx::migrate::MigrateError) -> Self {
+        StoreError::Migrate(error)
+    }
 }
 
 /// What one upstream read produced, to be committed atomically.

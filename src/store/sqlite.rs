@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+use sqlx::{Connection, QueryBuilder, Row, Sqlite, SqlitePool};
 use std::str::FromStr;
 
 pub struct SqliteStore {
@@ -55,12 +55,24 @@ impl SqliteStore {
             .pragma("wal_autocheckpoint", "4096")
             .pragma("temp_store", "memory")
             .pragma("page_size", "16384");
+        let path = options.get_filename().display().to_string();
         let pool = SqlitePoolOptions::new()
             .max_connections(config.max_connections)
             .acquire_timeout(config.acquire_timeout)
+            // After a disk error (full, I/O) SQLite may have ended a transaction itself, or kept
+            // it when the rollback failed; either way the connection no longer agrees with
+            // itself, and reused it would hold the write lock for good (every other writer then
+            // reports `database is locked`). Such a connection is closed, never reused. The
+            // ping lets the rollback queued by a dropped transaction run first.
+            .after_release(|conn, _| {
+                Box::pin(async move {
+                    conn.ping().await?;
+                    Ok(!conn.is_in_transaction())
+                })
+            })
             .connect_with(options)
             .await
-            .map_err(StoreError::Connect)?;
+            .map_err(|error| StoreError::OpenSqlite { path, error })?;
         Ok(SqliteStore { pool })
     }
 }

@@ -13,7 +13,7 @@ use crate::store::Store;
 use chrono::Utc;
 use progress::StreamProgress;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio_cron_scheduler::JobSchedulerError;
 use tokio_util::sync::CancellationToken;
 use window::{RunSummary, SyncError, WindowPlan, WindowSync};
@@ -34,6 +34,8 @@ pub struct StreamRunner {
     running: tokio::sync::Mutex<()>,
     /// Set when the upstream refused our credentials: polling again would only hammer it.
     stopped: AtomicBool,
+    /// Ticks received, run or not: shows the schedule is alive even when runs are skipped.
+    ticks: AtomicU64,
 }
 
 impl StreamRunner {
@@ -53,12 +55,18 @@ impl StreamRunner {
         self.stopped.load(Ordering::Relaxed)
     }
 
+    /// How many times the stream was asked to run, including the times it did not.
+    pub fn ticks(&self) -> u64 {
+        self.ticks.load(Ordering::Relaxed)
+    }
+
     /// Runs the stream unless a run is already going (a tick that finds it busy is dropped, so
     /// missed ticks never pile up). Returns `None` when it did not run.
     pub async fn run_if_idle(
         &self,
         shutdown: &CancellationToken,
     ) -> Option<Result<RunSummary, SyncError>> {
+        self.ticks.fetch_add(1, Ordering::Relaxed);
         let Ok(_running) = self.running.try_lock() else {
             tracing::debug!(stream = %self.stream(), "previous run still going; tick skipped");
             return None;
@@ -139,6 +147,7 @@ pub fn runners_for(
             progress,
             running: tokio::sync::Mutex::new(()),
             stopped: AtomicBool::new(false),
+            ticks: AtomicU64::new(0),
         }));
     }
     runners

@@ -30,24 +30,22 @@ pub struct TestDb {
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 impl TestDb {
-    /// `None` for Postgres when `ORDERSYNC_TEST_PG` is unset (the test is then not applicable).
-    pub fn new(backend: Backend, test: &str) -> Option<TestDb> {
+    /// A fresh database for `test`. Postgres tests are marked ignored when the build did not see
+    /// `ORDERSYNC_TEST_PG` (see `build.rs`), so reaching here without it is a loud failure.
+    pub fn new(backend: Backend, test: &str) -> TestDb {
         match backend {
             Backend::Sqlite => {
                 let dir = tempfile::tempdir().expect("temp dir");
                 let url = format!("sqlite://{}", dir.path().join("test.db").display());
-                Some(TestDb {
+                TestDb {
                     backend,
                     url,
                     schema: None,
                     _dir: Some(dir),
-                })
+                }
             }
             Backend::Postgres => {
-                let Some(url) = std::env::var(PG_ENV).ok().filter(|u| !u.is_empty()) else {
-                    eprintln!("{PG_ENV} is not set: Postgres variant of {test} not run");
-                    return None;
-                };
+                let url = pg_url();
                 let schema = format!(
                     "t_{}_{}_{}",
                     test.chars()
@@ -57,20 +55,20 @@ impl TestDb {
                     std::process::id(),
                     NEXT.fetch_add(1, Ordering::Relaxed)
                 );
-                Some(TestDb {
+                TestDb {
                     backend,
                     url,
                     schema: Some(schema),
                     _dir: None,
-                })
+                }
             }
         }
     }
 
     /// A Postgres database of its own (not only a schema), for tests that terminate every
-    /// connection to it; `None` when `ORDERSYNC_TEST_PG` is unset. Dropped by [`TestDb::drop_database`].
-    pub async fn own_postgres_database(test: &str) -> Option<TestDb> {
-        let admin = std::env::var(PG_ENV).ok().filter(|u| !u.is_empty())?;
+    /// connection to it. Dropped by [`TestDb::drop_database`].
+    pub async fn own_postgres_database(test: &str) -> TestDb {
+        let admin = pg_url();
         let name = format!(
             "ordersync_{}_{}_{}",
             test.chars()
@@ -83,12 +81,12 @@ impl TestDb {
         admin_sql(&format!("CREATE DATABASE \"{name}\"")).await;
         let mut url = url::Url::parse(&admin).expect("ORDERSYNC_TEST_PG is a URL");
         url.set_path(&format!("/{name}"));
-        Some(TestDb {
+        TestDb {
             backend: Backend::Postgres,
             url: url.to_string(),
             schema: Some("public".into()),
             _dir: None,
-        })
+        }
     }
 
     /// The database's name on the Postgres server.
@@ -107,6 +105,20 @@ impl TestDb {
         .await;
     }
 
+    /// The same database reached through `proxy` (Postgres only).
+    pub fn through(&self, proxy: &PausableProxy) -> TestDb {
+        let mut url = url::Url::parse(&self.url).expect("a Postgres URL");
+        url.set_host(Some(&proxy.addr.ip().to_string()))
+            .expect("host");
+        url.set_port(Some(proxy.addr.port())).expect("port");
+        TestDb {
+            backend: self.backend,
+            url: url.to_string(),
+            schema: self.schema.clone(),
+            _dir: None,
+        }
+    }
+
     /// The `[database]` section for this database.
     pub fn toml(&self) -> String {
         match &self.schema {
@@ -119,10 +131,20 @@ impl TestDb {
     }
 }
 
+/// `ORDERSYNC_TEST_PG`, or a panic saying how to run the test.
+pub fn pg_url() -> String {
+    std::env::var(PG_ENV)
+        .ok()
+        .filter(|u| !u.trim().is_empty())
+        .unwrap_or_else(|| {
+            panic!("this test needs Postgres: set {PG_ENV}, e.g. postgres://postgres@127.0.0.1:5432/test")
+        })
+}
+
 /// Runs one statement on the `ORDERSYNC_TEST_PG` database (the server's admin side).
 pub async fn admin_sql(statement: &str) -> u64 {
     use sqlx::Connection;
-    let url = std::env::var(PG_ENV).expect("ORDERSYNC_TEST_PG");
+    let url = pg_url();
     let mut conn = sqlx::PgConnection::connect(&url)
         .await
         .expect("connect to ORDERSYNC_TEST_PG");
@@ -283,7 +305,8 @@ pub async fn cursor_of(store: &Arc<dyn Store>, account: &str) -> Option<i64> {
         .and_then(|c| c.parse().ok())
 }
 
-/// Runs a test body against SQLite, or Postgres; declares `#[tokio::test]` for each.
+/// Runs a test body against SQLite and against Postgres; declares `#[tokio::test]` for each.
+/// The Postgres one is listed as ignored when the build did not see `ORDERSYNC_TEST_PG`.
 #[macro_export]
 macro_rules! on_both_backends {
     ($body:ident) => {
@@ -291,16 +314,23 @@ macro_rules! on_both_backends {
             use super::*;
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sqlite() {
-                if let Some(db) = common::TestDb::new(common::Backend::Sqlite, stringify!($body)) {
-                    super::$body(db).await;
-                }
+                super::$body(common::TestDb::new(
+                    common::Backend::Sqlite,
+                    stringify!($body),
+                ))
+                .await;
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[cfg_attr(
+                not(ordersync_pg),
+                ignore = "needs Postgres: set ORDERSYNC_TEST_PG"
+            )]
             async fn postgres() {
-                if let Some(db) = common::TestDb::new(common::Backend::Postgres, stringify!($body))
-                {
-                    super::$body(db).await;
-                }
+                super::$body(common::TestDb::new(
+                    common::Backend::Postgres,
+                    stringify!($body),
+                ))
+                .await;
             }
         }
     };
@@ -367,6 +397,22 @@ pub async fn execute_sql(db: &TestDb, statements: &[&str]) {
     }
 }
 
+/// Starts `ordersync run` with this config, its log (stderr, ordersync's at info) written to `log`.
+pub fn spawn_run_logged(config: &std::path::Path, log: &std::path::Path) -> Daemon {
+    let file = std::fs::File::create(log).expect("log file");
+    Daemon(
+        std::process::Command::new(env!("CARGO_BIN_EXE_ordersync"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env_remove("ORDERSYNC_CONFIG")
+            .env("RUST_LOG", "warn,ordersync=info")
+            .stdout(std::process::Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("spawn ordersync run"),
+    )
+}
+
 /// Starts `ordersync run` with this config, its output discarded.
 pub fn spawn_run(config: &std::path::Path) -> std::process::Child {
     std::process::Command::new(env!("CARGO_BIN_EXE_ordersync"))
@@ -377,4 +423,143 @@ pub fn spawn_run(config: &std::path::Path) -> std::process::Child {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("spawn ordersync run")
+}
+
+/// Database timeouts for a config written by [`config_toml`]: short, so stalls fail fast.
+pub fn with_database_timeouts(text: &str, statement: &str, acquire: &str) -> String {
+    text.replacen(
+        "[database]\n",
+        &format!(
+            "[database]\nstatement_timeout = \"{statement}\"\nacquire_timeout = \"{acquire}\"\n"
+        ),
+        1,
+    )
+}
+
+/// A child process killed when dropped, so a failing test leaves no daemon behind.
+pub struct Daemon(pub std::process::Child);
+
+impl Daemon {
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Sends SIGTERM and waits for the exit; panics when it takes longer than `limit`.
+    pub fn terminate(&mut self, limit: Duration) -> (std::process::ExitStatus, Duration) {
+        let started = Instant::now();
+        let term = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(term.success());
+        loop {
+            if let Some(status) = self.0.try_wait().expect("wait") {
+                return (status, started.elapsed());
+            }
+            if started.elapsed() > limit {
+                let _ = self.0.kill();
+                panic!("ordersync did not exit within {limit:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// A TCP proxy on loopback that can stop forwarding in both directions while keeping every
+/// connection open: a database whose network went silent.
+pub struct PausableProxy {
+    pub addr: std::net::SocketAddr,
+    paused: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PausableProxy {
+    pub async fn start(upstream: std::net::SocketAddr) -> PausableProxy {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy address");
+        let (paused, watch) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                tokio::spawn(forward(client_read, server_write, watch.clone()));
+                tokio::spawn(forward(server_read, client_write, watch.clone()));
+            }
+        });
+        PausableProxy { addr, paused, task }
+    }
+
+    pub fn pause(&self) {
+        self.paused.send_replace(true);
+    }
+
+    pub fn resume(&self) {
+        self.paused.send_replace(false);
+    }
+}
+
+impl Drop for PausableProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn forward(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut paused: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        if paused.wait_for(|p| !*p).await.is_err() {
+            return;
+        }
+        let read = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        // Bytes read just before a pause are held until it ends.
+        if paused.wait_for(|p| !*p).await.is_err() {
+            return;
+        }
+        if to.write_all(&buffer[..read]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Waits until the wall clock is past `unix_secs` (for reads that end `settle` before now).
+pub async fn wait_for_clock_past(unix_secs: i64) {
+    wait_until(Duration::from_secs(60), "the clock to pass a moment", || async {
+        Utc::now().timestamp() > unix_secs
+    })
+    .await;
+}
+
+/// Waits until `log` holds `needle`.
+pub async fn wait_for_log(log: &std::path::Path, needle: &str, timeout: Duration) {
+    wait_until(timeout, &format!("`{needle}` in the log"), || async {
+        std::fs::read_to_string(log).is_ok_and(|text| text.contains(needle))
+    })
+    .await;
+}
+
+/// A shutdown deadline for tests: long enough for any run to end.
+pub fn shutdown_deadline() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(30)
 }
