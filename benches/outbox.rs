@@ -100,7 +100,7 @@ async fn run_case(
         .shutdown(tokio::time::Instant::now() + Duration::from_secs(30))
         .await;
     if !abandoned.is_empty() {
-        return Err(format!("shutdown abandoned {abandoned:?}").into());
+        return Err(format!("shutdown abandoned {abandoned:?}"));
     }
 
     let done = store

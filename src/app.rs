@@ -157,7 +157,13 @@ impl Tasks {
         }
         counts
             .into_iter()
-            .map(|(name, n)| if n == 1 { name } else { format!("{name} (x{n})") })
+            .map(|(name, n)| {
+                if n == 1 {
+                    name
+                } else {
+                    format!("{name} (x{n})")
+                }
+            })
             .collect()
     }
 }

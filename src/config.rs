@@ -1158,6 +1158,44 @@ mod tests {
         assert_eq!(account.settle, Duration::from_secs(30));
         assert_eq!(account.page_size, 100);
         assert_eq!(account.rate_limit.per_second(), 5.0);
+        assert_eq!(config.daemon.shutdown_timeout, Duration::from_secs(30));
+        assert_eq!(config.database.statement_timeout, Duration::from_secs(30));
+        assert_eq!(config.database.acquire_timeout, Duration::from_secs(10));
+        assert_eq!(config.database.call_timeout(), Duration::from_secs(45));
+    }
+
+    #[test]
+    fn timeouts_are_checked_with_their_key_paths() {
+        let text = format!(
+            "[database]\nstatement_timeout = \"soon\"\nacquire_timeout = \"0s\"\n[daemon]\nshutdown_timeout = \"100ms\"\n{MINIMAL}"
+        );
+        let err = Config::from_toml(&text).unwrap_err();
+        let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
+        for expected in [
+            "database.statement_timeout",
+            "database.acquire_timeout",
+            "daemon.shutdown_timeout",
+        ] {
+            assert!(paths.contains(&expected), "{expected} missing in {paths:?}");
+        }
+        let unknown = format!("[daemon]\nshutdown_timout = \"5s\"\n{MINIMAL}");
+        let err = Config::from_toml(&unknown).unwrap_err();
+        assert!(err.to_string().contains("shutdown_timout"), "{err}");
+    }
+
+    #[test]
+    fn a_bare_log_level_is_about_ordersync_not_its_libraries() {
+        let filter = |level: &str| {
+            LogConfig {
+                level: level.into(),
+                format: LogFormat::Text,
+            }
+            .filter()
+        };
+        assert_eq!(filter("info"), "warn,ordersync=info");
+        assert_eq!(filter("debug"), "warn,ordersync=debug");
+        assert_eq!(filter("warn"), "warn");
+        assert_eq!(filter("info,sqlx=debug"), "info,sqlx=debug");
     }
 
     #[test]

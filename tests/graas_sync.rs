@@ -75,7 +75,12 @@ async fn late_and_backdated_updates_are_caught(db: TestDb) {
     wait_until(Duration::from_secs(30), "300 sandbox changes", || async {
         spec.graas
             .iter()
-            .map(|a| sandbox.graas().stats(&a.account_number).map_or(0, |s| s.changes))
+            .map(|a| {
+                sandbox
+                    .graas()
+                    .stats(&a.account_number)
+                    .map_or(0, |s| s.changes)
+            })
             .sum::<u64>()
             >= 300
     })

@@ -165,8 +165,10 @@ fn init_logging(log: &LogConfig) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(log.filter()))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(LogConfig::DEFAULT_FILTER));
+    // Colour codes only for a person at a terminal, never in a file or a collector's pipe.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let _ = match log.format {
         LogFormat::Json => builder.json().try_init(),
@@ -268,7 +270,9 @@ async fn run_daemon(config: &Config, store: &Arc<dyn Store>, app: App) -> anyhow
         "shutting down: finishing the current transactions and batches"
     );
     if let Some(admin) = admin
-        && tokio::time::timeout_at(deadline, admin.stop()).await.is_err()
+        && tokio::time::timeout_at(deadline, admin.stop())
+            .await
+            .is_err()
     {
         tracing::warn!("admin API requests still open at the shutdown deadline; dropped");
     }
@@ -282,7 +286,10 @@ async fn run_daemon(config: &Config, store: &Arc<dyn Store>, app: App) -> anyhow
     }
     // The pool's connections get what is left of the deadline, and at least a moment.
     let close_by = deadline.max(tokio::time::Instant::now() + Duration::from_secs(1));
-    if tokio::time::timeout_at(close_by, store.close()).await.is_err() {
+    if tokio::time::timeout_at(close_by, store.close())
+        .await
+        .is_err()
+    {
         tracing::warn!("database connections still busy at the shutdown deadline; left open");
     }
     Ok(!abandoned.is_empty())
@@ -608,7 +615,10 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let deadline = tokio::time::Instant::now() + config.daemon.shutdown_timeout;
     let abandoned = daemon.shutdown(deadline).await;
     if !abandoned.is_empty() {
-        println!("shutdown deadline passed; abandoned: {}", abandoned.join("; "));
+        println!(
+            "shutdown deadline passed; abandoned: {}",
+            abandoned.join("; ")
+        );
     }
 
     // Stop the sandbox's changes, let the last ones settle, and catch up once more: then the

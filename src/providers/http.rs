@@ -15,6 +15,10 @@ use tokio::time::Instant;
 
 /// How long a 429 without `Retry-After` pauses the account before the backoff takes over.
 const DEFAULT_RATE_LIMIT_PAUSE: Duration = Duration::from_secs(1);
+/// The longest pause a `Retry-After` can impose: the value comes from outside, and an absurd
+/// one (a date years ahead) must not park an account, or a shutdown waiting on it, for good.
+/// A longer quota window costs one more 429 after this.
+const MAX_RATE_LIMIT_PAUSE: Duration = Duration::from_secs(15 * 60);
 
 /// Paces every request of one (provider, account): a steady limiter plus a pause that a 429 sets.
 /// Shared by everything that calls that account, because providers count all of its requests.
@@ -174,7 +178,9 @@ impl HttpClient {
             };
             let delay = match &error {
                 ProviderError::RateLimited { retry_after } => {
-                    let wait = retry_after.unwrap_or(DEFAULT_RATE_LIMIT_PAUSE.max(backoff));
+                    let wait = retry_after
+                        .unwrap_or(DEFAULT_RATE_LIMIT_PAUSE.max(backoff))
+                        .min(MAX_RATE_LIMIT_PAUSE);
                     gate.pause(wait).await;
                     Duration::ZERO
                 }

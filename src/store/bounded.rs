@@ -58,8 +58,11 @@ impl Store for Bounded {
     }
 
     async fn run_started(&self, stream: &StreamKey, at: DateTime<Utc>) -> Result<(), StoreError> {
-        self.within("recording a run's start", self.inner.run_started(stream, at))
-            .await
+        self.within(
+            "recording a run's start",
+            self.inner.run_started(stream, at),
+        )
+        .await
     }
 
     async fn run_finished(

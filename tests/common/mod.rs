@@ -321,10 +321,7 @@ macro_rules! on_both_backends {
                 .await;
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            #[cfg_attr(
-                not(ordersync_pg),
-                ignore = "needs Postgres: set ORDERSYNC_TEST_PG"
-            )]
+            #[cfg_attr(not(ordersync_pg), ignore = "needs Postgres: set ORDERSYNC_TEST_PG")]
             async fn postgres() {
                 super::$body(common::TestDb::new(
                     common::Backend::Postgres,
@@ -397,7 +394,8 @@ pub async fn execute_sql(db: &TestDb, statements: &[&str]) {
     }
 }
 
-/// Starts `ordersync run` with this config, its log (stderr, ordersync's at info) written to `log`.
+/// Starts `ordersync run` with this config at `[log] level = "info"` (the default), its log
+/// (stderr) written to `log`.
 pub fn spawn_run_logged(config: &std::path::Path, log: &std::path::Path) -> Daemon {
     let file = std::fs::File::create(log).expect("log file");
     Daemon(
@@ -405,7 +403,8 @@ pub fn spawn_run_logged(config: &std::path::Path, log: &std::path::Path) -> Daem
             .args(["run", "--config"])
             .arg(config)
             .env_remove("ORDERSYNC_CONFIG")
-            .env("RUST_LOG", "warn,ordersync=info")
+            .env_remove("RUST_LOG")
+            .env("ORDERSYNC_LOG__LEVEL", "info")
             .stdout(std::process::Stdio::null())
             .stderr(file)
             .spawn()
@@ -545,9 +544,11 @@ async fn forward(
 
 /// Waits until the wall clock is past `unix_secs` (for reads that end `settle` before now).
 pub async fn wait_for_clock_past(unix_secs: i64) {
-    wait_until(Duration::from_secs(60), "the clock to pass a moment", || async {
-        Utc::now().timestamp() > unix_secs
-    })
+    wait_until(
+        Duration::from_secs(60),
+        "the clock to pass a moment",
+        || async { Utc::now().timestamp() > unix_secs },
+    )
     .await;
 }
 
