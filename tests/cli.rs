@@ -3,11 +3,10 @@
 mod common;
 
 use common::{
-    AccountToml, TestDb, assert_matches_truth, assert_no_gap_below_cursor, config_toml, cursor_of,
+    AccountToml, Setup, TestDb, assert_matches_truth, assert_no_gap_below_cursor, cursor_of,
     open_store, spawn_run, wait_until,
 };
-use ordersync::config::Config;
-use ordersync::sandbox::{Sandbox, SandboxConfig};
+use ordersync::sandbox::SandboxConfig;
 use ordersync::store::Store;
 use std::process::{Child, Command, Output};
 use std::sync::Arc;
@@ -38,31 +37,8 @@ fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
     }
 }
 
-struct Setup {
-    _dir: tempfile::TempDir,
-    config_path: std::path::PathBuf,
-    config: Config,
-    sandbox: Sandbox,
-    spec: SandboxConfig,
-}
-
 async fn setup(db: &TestDb, orders: usize, account: &AccountToml) -> Setup {
-    let spec = SandboxConfig::graas(1, orders);
-    let sandbox = Sandbox::start(([127, 0, 0, 1], 0).into(), spec.clone())
-        .await
-        .expect("sandbox");
-    let text = config_toml(db, &sandbox, &spec, account);
-    let dir = tempfile::tempdir().unwrap();
-    let config_path = dir.path().join("ordersync.toml");
-    std::fs::write(&config_path, &text).unwrap();
-    let config = Config::from_toml(&text).unwrap();
-    Setup {
-        _dir: dir,
-        config_path,
-        config,
-        sandbox,
-        spec,
-    }
+    Setup::start(db, SandboxConfig::graas(1, orders), account, |text| text).await
 }
 
 /// Starts `ordersync run` on a 20,000-order backfill paced to take minutes, and returns once it

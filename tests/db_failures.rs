@@ -7,59 +7,19 @@ mod common;
 
 use chrono::Utc;
 use common::{
-    AccountToml, Backend, Daemon, PausableProxy, TestDb, account_name, admin_sql,
-    assert_matches_truth, assert_no_gap_below_cursor, config_toml, cursor_of, open_store,
-    spawn_run_logged, wait_for_log, wait_until, with_database_timeouts,
+    AccountToml, Backend, Daemon, PausableProxy, Setup, TestDb, account_name, admin_sql,
+    assert_matches_truth, assert_no_gap_below_cursor, cursor_of, open_store, spawn_run_logged,
+    wait_for_log, wait_until, with_database_timeouts,
 };
-use ordersync::config::Config;
 use ordersync::model::{ProviderKind, StreamKey};
 use ordersync::outbox::request::ActionRequest;
-use ordersync::sandbox::{Mutations, Sandbox, SandboxConfig};
+use ordersync::sandbox::{Mutations, SandboxConfig};
 use ordersync::store::{ActionFilter, Store, StreamStatus};
 use ordersync::sync;
 use sqlx::Connection;
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-struct Setup {
-    _dir: tempfile::TempDir,
-    config_path: PathBuf,
-    config: Config,
-    sandbox: Sandbox,
-    spec: SandboxConfig,
-}
-
-/// A sandbox and a config for it; `edit` changes the config's text before it is written.
-async fn setup(
-    db: &TestDb,
-    spec: SandboxConfig,
-    account: &AccountToml,
-    edit: impl FnOnce(String) -> String,
-) -> Setup {
-    let sandbox = Sandbox::start(([127, 0, 0, 1], 0).into(), spec.clone())
-        .await
-        .expect("sandbox");
-    let text = edit(config_toml(db, &sandbox, &spec, account));
-    let dir = tempfile::tempdir().unwrap();
-    let config_path = dir.path().join("ordersync.toml");
-    std::fs::write(&config_path, &text).unwrap();
-    let config = Config::from_toml(&text).unwrap();
-    Setup {
-        _dir: dir,
-        config_path,
-        config,
-        sandbox,
-        spec,
-    }
-}
-
-impl Setup {
-    fn log(&self) -> PathBuf {
-        self._dir.path().join("ordersync.log")
-    }
-}
 
 fn orders_stream(account: &str) -> StreamKey {
     StreamKey {
@@ -109,7 +69,7 @@ async fn terminated_connections_never_freeze_a_stream() {
         max_window: "2h",
         ..AccountToml::default()
     };
-    let s = setup(&db, spec, &account, |text| {
+    let s = Setup::start(&db, spec, &account, |text| {
         format!("{text}\n[daemon]\nshutdown_timeout = \"10s\"\n")
     })
     .await;
@@ -210,7 +170,7 @@ async fn terminated_connections_never_strand_an_action() {
         extra: "action_batch_size = 2",
         ..AccountToml::default()
     };
-    let s = setup(&db, spec, &account, |text| {
+    let s = Setup::start(&db, spec, &account, |text| {
         format!("{text}\n[outbox]\npoll_interval = \"50ms\"\nvisibility_timeout = \"3s\"\nmin_backoff = \"50ms\"\nmax_backoff = \"400ms\"\nmax_attempts = 50\n")
     })
     .await;
@@ -326,7 +286,7 @@ impl LockHolder {
 /// says so; once the lock is gone the next run catches up.
 async fn a_held_lock_fails_the_run_in_bounded_time(db: TestDb) {
     let spec = SandboxConfig::graas(1, 300);
-    let s = setup(&db, spec, &AccountToml::default(), |text| {
+    let s = Setup::start(&db, spec, &AccountToml::default(), |text| {
         with_database_timeouts(&text, "2s", "2s")
     })
     .await;
@@ -378,7 +338,7 @@ async fn a_silent_database_fails_the_run_in_bounded_time() {
     let db = direct.through(&proxy);
     let mut spec = SandboxConfig::graas(1, 300);
     spec.mutations = Some(Mutations::default());
-    let s = setup(&db, spec, &AccountToml::default(), |text| {
+    let s = Setup::start(&db, spec, &AccountToml::default(), |text| {
         with_database_timeouts(&text, "1s", "1s")
     })
     .await;
@@ -415,7 +375,7 @@ async fn a_silent_database_fails_the_run_in_bounded_time() {
 /// `shutdown_timeout`, non-zero, naming what it abandoned; a restart loses nothing.
 async fn sigterm_with_a_stuck_run_exits_at_the_deadline(db: TestDb) {
     let spec = SandboxConfig::graas(1, 300);
-    let s = setup(&db, spec, &AccountToml::default(), |text| {
+    let s = Setup::start(&db, spec, &AccountToml::default(), |text| {
         format!(
             "{}\n[daemon]\nshutdown_timeout = \"2s\"\n",
             with_database_timeouts(&text, "60s", "60s")
@@ -451,17 +411,7 @@ async fn sigterm_with_a_stuck_run_exits_at_the_deadline(db: TestDb) {
     );
 
     lock.release().await;
-    let out = Command::new(env!("CARGO_BIN_EXE_ordersync"))
-        .args(["run", "--once", "--config"])
-        .arg(&s.config_path)
-        .env_remove("ORDERSYNC_CONFIG")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    s.run_once();
     assert_matches_truth(&store, &s.sandbox, &s.spec).await;
     store.close().await;
     s.sandbox.stop().await;
@@ -494,7 +444,7 @@ async fn a_full_disk_fails_runs_without_corrupting_sqlite() {
         page_size: 100,
         ..AccountToml::default()
     };
-    let s = setup(&db, spec, &account, |text| {
+    let s = Setup::start(&db, spec, &account, |text| {
         format!("{text}\n[daemon]\nshutdown_timeout = \"5s\"\n")
     })
     .await;
@@ -565,17 +515,7 @@ async fn a_full_disk_fails_runs_without_corrupting_sqlite() {
         .await;
     }
 
-    let out = Command::new(env!("CARGO_BIN_EXE_ordersync"))
-        .args(["run", "--once", "--config"])
-        .arg(&s.config_path)
-        .env_remove("ORDERSYNC_CONFIG")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    s.run_once();
     assert_matches_truth(&store, &s.sandbox, &s.spec).await;
     store.close().await;
     s.sandbox.stop().await;
@@ -586,7 +526,7 @@ async fn a_full_disk_fails_runs_without_corrupting_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_only_sqlite_file_is_refused_with_a_clear_error() {
     let db = TestDb::new(Backend::Sqlite, "read_only");
-    let s = setup(
+    let s = Setup::start(
         &db,
         SandboxConfig::graas(1, 10),
         &AccountToml::default(),

@@ -4,17 +4,15 @@
 mod common;
 
 use common::{
-    AccountToml, Backend, TestDb, account_name, config_toml, open_store, spawn_run,
-    spawn_run_logged, wait_for_log, wait_until,
+    AccountToml, Backend, Setup, TestDb, account_name, open_store, spawn_run, spawn_run_logged,
+    wait_for_log, wait_until,
 };
-use ordersync::config::Config;
 use ordersync::model::Action;
 use ordersync::outbox::request::ActionRequest;
 use ordersync::sandbox::graas::Received;
-use ordersync::sandbox::{Faults, Sandbox, SandboxConfig};
+use ordersync::sandbox::{Faults, SandboxConfig};
 use ordersync::store::{ActionFilter, Store};
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 use std::process::{Child, Command, Output};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,43 +20,40 @@ use std::time::Duration;
 const BIN: &str = env!("CARGO_BIN_EXE_ordersync");
 const OUTBOX: &str = "\n[outbox]\npoll_interval = \"50ms\"\nvisibility_timeout = \"3s\"\nmin_backoff = \"50ms\"\nmax_backoff = \"400ms\"\nmax_attempts = 30\n";
 
-struct Setup {
-    _dir: tempfile::TempDir,
-    config_path: PathBuf,
-    config: Config,
-    sandbox: Sandbox,
-    spec: SandboxConfig,
+/// The shared [`Setup`] with the store open.
+struct OutboxSetup {
+    base: Setup,
     store: Arc<dyn Store>,
 }
 
-async fn setup(db: &TestDb, orders: usize, rate_limit: &'static str, batch: &'static str) -> Setup {
-    let spec = SandboxConfig::graas(1, orders);
-    let sandbox = Sandbox::start(([127, 0, 0, 1], 0).into(), spec.clone())
-        .await
-        .expect("sandbox");
+impl std::ops::Deref for OutboxSetup {
+    type Target = Setup;
+    fn deref(&self) -> &Setup {
+        &self.base
+    }
+}
+
+async fn setup(
+    db: &TestDb,
+    orders: usize,
+    rate_limit: &'static str,
+    batch: &'static str,
+) -> OutboxSetup {
     let account = AccountToml {
         schedule: "0 0 0 1 1 *",
         rate_limit,
         extra: batch,
         ..AccountToml::default()
     };
-    let text = format!("{}{OUTBOX}", config_toml(db, &sandbox, &spec, &account));
-    let dir = tempfile::tempdir().unwrap();
-    let config_path = dir.path().join("ordersync.toml");
-    std::fs::write(&config_path, &text).unwrap();
-    let config = Config::from_toml(&text).unwrap();
-    let store = open_store(&config).await;
-    Setup {
-        _dir: dir,
-        config_path,
-        config,
-        sandbox,
-        spec,
-        store,
-    }
+    let base = Setup::start(db, SandboxConfig::graas(1, orders), &account, |text| {
+        format!("{text}{OUTBOX}")
+    })
+    .await;
+    let store = open_store(&base.config).await;
+    OutboxSetup { base, store }
 }
 
-impl Setup {
+impl OutboxSetup {
     fn account_number(&self) -> &str {
         &self.spec.graas[0].account_number
     }
@@ -189,7 +184,7 @@ async fn killed_while_sending_then_restarted(db: TestDb) {
         "{repeats} repeats > {stranded} stranded"
     );
     s.store.close().await;
-    s.sandbox.stop().await;
+    s.base.sandbox.stop().await;
 }
 on_both_backends!(killed_while_sending_then_restarted);
 
@@ -200,8 +195,8 @@ async fn two_processes_on_postgres_send_each_action_once() {
     let db = TestDb::new(Backend::Postgres, "two_processes");
     let s = setup(&db, 500, "50/s", "action_batch_size = 5").await;
     let logs = [
-        s._dir.path().join("first.log"),
-        s._dir.path().join("second.log"),
+        s.dir.path().join("first.log"),
+        s.dir.path().join("second.log"),
     ];
     let _first = spawn_run_logged(&s.config_path, &logs[0]);
     let _second = spawn_run_logged(&s.config_path, &logs[1]);
@@ -223,7 +218,7 @@ async fn two_processes_on_postgres_send_each_action_once() {
     assert_eq!(received.len(), 400);
     assert!(applied(&received).values().all(|n| *n == 1));
     s.store.close().await;
-    s.sandbox.stop().await;
+    s.base.sandbox.stop().await;
 }
 
 async fn action_commands(db: TestDb) {
@@ -280,7 +275,7 @@ async fn action_commands(db: TestDb) {
         assert!(!out.status.success(), "{args:?}");
         assert!(stderr.contains(flag), "{args:?}: {stderr}");
     }
-    let asn_file = s._dir.path().join("asn.json");
+    let asn_file = s.dir.path().join("asn.json");
     for (body, expected) in [
         ("{\"warehouseID\": \"w\",", "not JSON"),
         (
@@ -350,6 +345,6 @@ async fn action_commands(db: TestDb) {
         "{stdout}"
     );
     s.store.close().await;
-    s.sandbox.stop().await;
+    s.base.sandbox.stop().await;
 }
 on_both_backends!(action_commands);

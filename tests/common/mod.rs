@@ -46,15 +46,7 @@ impl TestDb {
             }
             Backend::Postgres => {
                 let url = pg_url();
-                let schema = format!(
-                    "t_{}_{}_{}",
-                    test.chars()
-                        .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
-                        .take(30)
-                        .collect::<String>(),
-                    std::process::id(),
-                    NEXT.fetch_add(1, Ordering::Relaxed)
-                );
+                let schema = unique_name("t", test);
                 TestDb {
                     backend,
                     url,
@@ -69,15 +61,7 @@ impl TestDb {
     /// connection to it. Dropped by [`TestDb::drop_database`].
     pub async fn own_postgres_database(test: &str) -> TestDb {
         let admin = pg_url();
-        let name = format!(
-            "ordersync_{}_{}_{}",
-            test.chars()
-                .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .take(30)
-                .collect::<String>(),
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
+        let name = unique_name("ordersync", test);
         admin_sql(&format!("CREATE DATABASE \"{name}\"")).await;
         let mut url = url::Url::parse(&admin).expect("ORDERSYNC_TEST_PG is a URL");
         url.set_path(&format!("/{name}"));
@@ -129,6 +113,19 @@ impl TestDb {
             None => format!("[database]\nurl = \"{}\"\n", self.url),
         }
     }
+}
+
+/// A schema or database name for `test`, unique across test processes and calls.
+fn unique_name(prefix: &str, test: &str) -> String {
+    format!(
+        "{prefix}_{}_{}_{}",
+        test.chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .take(30)
+            .collect::<String>(),
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// `ORDERSYNC_TEST_PG`, or a panic saying how to run the test.
@@ -563,4 +560,59 @@ pub async fn wait_for_log(log: &std::path::Path, needle: &str, timeout: Duration
 /// A shutdown deadline for tests: long enough for any run to end.
 pub fn shutdown_deadline() -> tokio::time::Instant {
     tokio::time::Instant::now() + Duration::from_secs(30)
+}
+
+/// A sandbox on loopback and a config file for it, for tests that drive the binary.
+pub struct Setup {
+    pub dir: tempfile::TempDir,
+    pub config_path: std::path::PathBuf,
+    pub config: Config,
+    pub sandbox: Sandbox,
+    pub spec: SandboxConfig,
+}
+
+impl Setup {
+    /// Starts the sandbox and writes the config; `edit` changes the config's text first.
+    pub async fn start(
+        db: &TestDb,
+        spec: SandboxConfig,
+        account: &AccountToml,
+        edit: impl FnOnce(String) -> String,
+    ) -> Setup {
+        let sandbox = Sandbox::start(([127, 0, 0, 1], 0).into(), spec.clone())
+            .await
+            .expect("sandbox");
+        let text = edit(config_toml(db, &sandbox, &spec, account));
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config_path = dir.path().join("ordersync.toml");
+        std::fs::write(&config_path, &text).expect("write config");
+        let config = Config::from_toml(&text).expect("valid test config");
+        Setup {
+            dir,
+            config_path,
+            config,
+            sandbox,
+            spec,
+        }
+    }
+
+    /// Where tests send the daemon's log.
+    pub fn log(&self) -> std::path::PathBuf {
+        self.dir.path().join("ordersync.log")
+    }
+
+    /// `ordersync run --once` on this config; panics with its stderr when it fails.
+    pub fn run_once(&self) {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ordersync"))
+            .args(["run", "--once", "--config"])
+            .arg(&self.config_path)
+            .env_remove("ORDERSYNC_CONFIG")
+            .output()
+            .expect("run ordersync");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
