@@ -3,12 +3,13 @@
 //! of an account together), all run on cron schedules or loops until shutdown.
 
 use crate::config::Config;
-use crate::outbox::asn::AsnFollower;
 use crate::outbox::graas::GraasExecutor;
 use crate::outbox::{Dispatcher, worker_id};
 use crate::providers::graas::GraasClient;
 use crate::providers::http::{ClientBuildError, HttpClient, RateGate};
 use crate::store::{GateState, Store};
+use crate::sync::asn::{AsnFollowUp, AsnFollower};
+use crate::sync::job::{Scheduled, ScheduledJob};
 use crate::sync::{DaemonError, StreamRunner, runners_for};
 use chrono::Utc;
 use std::collections::BTreeMap;
@@ -74,6 +75,43 @@ impl From<Vec<Arc<StreamRunner>>> for App {
 }
 
 impl App {
+    /// Every scheduled job: the window readers, then the follow-ups.
+    pub fn jobs(&self) -> Vec<Arc<dyn ScheduledJob>> {
+        let runners = self
+            .runners
+            .iter()
+            .map(|r| r.clone() as Arc<dyn ScheduledJob>);
+        let followers = self
+            .asn_followers
+            .iter()
+            .map(|f| f.clone() as Arc<dyn ScheduledJob>);
+        runners.chain(followers).collect()
+    }
+
+    /// `run --once`: every job once, all at once (window readers until caught up), then every
+    /// due action; one JSON line for each job and outbox, and whether any failed.
+    pub async fn run_once(&self, shutdown: &CancellationToken) -> (Vec<serde_json::Value>, bool) {
+        let mut lines = Vec::new();
+        let mut failed = false;
+        for (stream, result) in crate::sync::run_jobs_once(&self.jobs(), shutdown).await {
+            let mut line = match result {
+                Ok(report) => report,
+                Err(error) => {
+                    failed = true;
+                    serde_json::json!({ "error": error })
+                }
+            };
+            line["stream"] = serde_json::Value::String(stream.to_string());
+            lines.push(line);
+        }
+        for dispatcher in &self.dispatchers {
+            let (line, ok) = dispatcher.drain(shutdown).await;
+            failed |= !ok;
+            lines.push(line);
+        }
+        (lines, failed)
+    }
+
     pub fn build(config: &Config, store: &Arc<dyn Store>) -> Result<App, ClientBuildError> {
         let accounts = GraasAccounts::build(config)?;
         let wake = Arc::new(Notify::new());
@@ -90,12 +128,15 @@ impl App {
             };
             app.gates
                 .push(("graas", account.name.clone(), client.gate().clone()));
-            app.asn_followers.push(Arc::new(AsnFollower::new(
-                client.clone(),
-                store.clone(),
-                &account.name,
+            app.asn_followers.push(Arc::new(Scheduled::new(
+                AsnFollowUp::new(
+                    client.clone(),
+                    store.clone(),
+                    &account.name,
+                    &account.asn_final_statuses,
+                ),
                 &account.asn_schedule,
-                &account.asn_final_statuses,
+                store.clone(),
             )));
             if config.outbox.enabled {
                 let executor = GraasExecutor::new(client, store.clone(), &account.name);
@@ -187,7 +228,7 @@ impl Drop for DoneGuard {
 /// [`Daemon::shutdown`].
 pub struct Daemon {
     scheduler: JobScheduler,
-    runners: Vec<Arc<StreamRunner>>,
+    jobs: Vec<Arc<dyn ScheduledJob>>,
     dispatchers: Vec<Arc<Dispatcher>>,
     tasks: Tasks,
     shutdown: CancellationToken,
@@ -200,37 +241,18 @@ impl Daemon {
         let scheduler = JobScheduler::new().await?;
         let tasks = Tasks::default();
         let shutdown = CancellationToken::new();
-        for runner in &app.runners {
+        let jobs = app.jobs();
+        for job in &jobs {
             let tick = {
-                let (runner, tasks, shutdown) = (runner.clone(), tasks.clone(), shutdown.clone());
+                let (job, tasks, shutdown) = (job.clone(), tasks.clone(), shutdown.clone());
                 move || {
-                    let (runner, shutdown) = (runner.clone(), shutdown.clone());
-                    let name = format!("run of {}", runner.stream());
-                    tasks.spawn(name, async move { runner.run_if_idle(&shutdown).await });
+                    let (job, shutdown) = (job.clone(), shutdown.clone());
+                    let name = format!("run of {}", job.stream());
+                    tasks.spawn(name, async move { job.tick(&shutdown).await });
                 }
             };
             tick();
-            let job = Job::new_async(runner.schedule(), move |_, _| {
-                tick();
-                Box::pin(async {})
-            })?;
-            scheduler.add(job).await?;
-        }
-        for follower in &app.asn_followers {
-            let tick = {
-                let (follower, tasks, shutdown) =
-                    (follower.clone(), tasks.clone(), shutdown.clone());
-                move || {
-                    if shutdown.is_cancelled() {
-                        return;
-                    }
-                    let follower = follower.clone();
-                    let name = format!("ASN follow-up of {}", follower.stream());
-                    tasks.spawn(name, async move { follower.run_if_idle().await });
-                }
-            };
-            tick();
-            let job = Job::new_async(follower.schedule.as_str(), move |_, _| {
+            let job = Job::new_async(job.schedule(), move |_, _| {
                 tick();
                 Box::pin(async {})
             })?;
@@ -254,15 +276,15 @@ impl Daemon {
         scheduler.start().await?;
         Ok(Daemon {
             scheduler,
-            runners: app.runners,
+            jobs,
             dispatchers: app.dispatchers,
             tasks,
             shutdown,
         })
     }
 
-    pub fn runners(&self) -> &[Arc<StreamRunner>] {
-        &self.runners
+    pub fn jobs(&self) -> &[Arc<dyn ScheduledJob>] {
+        &self.jobs
     }
 
     pub fn dispatchers(&self) -> &[Arc<Dispatcher>] {

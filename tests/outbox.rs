@@ -411,13 +411,21 @@ async fn asns_are_created_once_and_followed(db: TestDb) {
 
     // Followed until the warehouse has received it.
     let follower = &app.asn_followers[0];
-    follower.run_if_idle().await.unwrap().unwrap();
+    follower
+        .run_if_idle(&CancellationToken::new())
+        .await
+        .unwrap()
+        .unwrap();
     let open = store.open_asns("graas", &account_name(0)).await.unwrap();
     assert_eq!(open.len(), 1);
     assert_eq!(open[0].asn_id, asn_id);
     assert_eq!(open[0].status.as_deref(), Some("draft"));
     sandbox.graas().receive_asns(0);
-    let run = follower.run_if_idle().await.unwrap().unwrap();
+    let run = follower
+        .run_if_idle(&CancellationToken::new())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((run.checked, run.finished), (1, 1));
     assert!(
         store

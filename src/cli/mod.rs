@@ -257,7 +257,7 @@ async fn run_daemon(config: &Config, store: &Arc<dyn Store>, app: App) -> anyhow
     };
     let daemon = Daemon::start(app).await?;
     tracing::info!(
-        streams = daemon.runners().len(),
+        jobs = daemon.jobs().len(),
         dispatchers = daemon.dispatchers().len(),
         "ordersync running"
     );
@@ -295,10 +295,9 @@ async fn run_daemon(config: &Config, store: &Arc<dyn Store>, app: App) -> anyhow
     Ok(!abandoned.is_empty())
 }
 
-/// `run --once`: every stream until caught up, then every ASN follow-up, then every due action,
-/// a JSON line each; true when one failed.
+/// `run --once`: prints a JSON line per job and outbox, then the time taken and peak memory;
+/// true when one failed. SIGTERM/Ctrl-C stops it early.
 async fn run_once(app: &App) -> bool {
-    let runners = &app.runners;
     let started = Instant::now();
     let cancel = CancellationToken::new();
     let on_signal = cancel.clone();
@@ -306,59 +305,9 @@ async fn run_once(app: &App) -> bool {
         shutdown_signal().await;
         on_signal.cancel();
     });
-    let mut failed = false;
-    for (stream, result) in sync::run_until_caught_up(runners, &cancel).await {
-        let line = match result {
-            Ok(run) => serde_json::json!({
-                "stream": stream.to_string(), "written": run.written, "unchanged": run.unchanged,
-                "quarantined": run.quarantined, "requests": run.requests, "cursor": run.cursor,
-                "interrupted": run.interrupted,
-            }),
-            Err(error) => {
-                failed = true;
-                serde_json::json!({"stream": stream.to_string(), "error": error.to_string()})
-            }
-        };
+    let (lines, failed) = app.run_once(&cancel).await;
+    for line in lines {
         println!("{line}");
-    }
-    for follower in &app.asn_followers {
-        let line = match follower.run_if_idle().await {
-            Some(Ok(run)) => serde_json::json!({
-                "stream": follower.stream().to_string(), "checked": run.checked, "finished": run.finished,
-            }),
-            Some(Err(error)) => {
-                failed = true;
-                serde_json::json!({"stream": follower.stream().to_string(), "error": error.to_string()})
-            }
-            None => continue,
-        };
-        println!("{line}");
-    }
-    for dispatcher in &app.dispatchers {
-        let mut handled = 0;
-        let error = loop {
-            if cancel.is_cancelled() {
-                break None;
-            }
-            match dispatcher.dispatch_once().await {
-                Ok(0) => break None,
-                Ok(count) => handled += count,
-                Err(error) => break Some(error.to_string()),
-            }
-        };
-        failed |= error.is_some();
-        let stats = &dispatcher.stats;
-        println!(
-            "{}",
-            serde_json::json!({
-                "outbox": format!("{}/{}", dispatcher.provider, dispatcher.account),
-                "attempts": handled,
-                "succeeded": stats.succeeded.load(std::sync::atomic::Ordering::Relaxed),
-                "failed": stats.failed.load(std::sync::atomic::Ordering::Relaxed),
-                "retried": stats.retried.load(std::sync::atomic::Ordering::Relaxed),
-                "error": error,
-            })
-        );
     }
     println!(
         "{}",
@@ -422,54 +371,43 @@ async fn status(config: ConfigArg) -> anyhow::Result<ExitCode> {
         "stream", "health", "lag", "last run", "last success"
     );
     let mut healthy = true;
-    for account in config.graas.iter().filter(|a| a.enabled) {
-        let resources = [
-            (
-                ordersync::providers::graas::ORDERS_RESOURCE,
-                &account.schedule,
-            ),
-            (ordersync::outbox::asn::ASNS_RESOURCE, &account.asn_schedule),
-        ];
-        for (resource, schedule) in resources {
-            let key = StreamKey {
-                provider: ProviderKind::Graas,
-                account: account.name.clone(),
-                resource: resource.to_owned(),
-            };
-            let found = streams.iter().find(|s| s.stream == key);
-            let health = health::assess(schedule, found, now);
-            healthy &= matches!(health, Health::Ok);
-            let lag = found
-                .and_then(|s| s.cursor.as_deref())
-                .and_then(|c| c.parse::<i64>().ok())
-                .map(|c| format!("{}s", now.timestamp() - c))
-                .unwrap_or_else(|| "-".into());
-            println!(
-                "{:<32} {:<9} {:>10} {:>14} {:>14}  {}",
-                key.to_string(),
-                health.as_str(),
-                lag,
-                ago(found.and_then(|s| s.last_run_started_at)),
-                ago(found.and_then(|s| s.last_success_at)),
-                found.and_then(|s| s.last_error.clone()).unwrap_or_default()
-            );
-        }
+    // The streams are the daemon's own jobs, each judged against its own schedule.
+    let app = App::build(&config, &store)?;
+    for job in app.jobs() {
+        let key = job.stream();
+        let found = streams.iter().find(|s| &s.stream == key);
+        let health = health::assess(job.schedule(), found, now);
+        healthy &= matches!(health, Health::Ok);
+        let lag = found
+            .and_then(|s| s.cursor.as_deref())
+            .and_then(|c| c.parse::<i64>().ok())
+            .map(|c| format!("{}s", now.timestamp() - c))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:<32} {:<9} {:>10} {:>14} {:>14}  {}",
+            key.to_string(),
+            health.as_str(),
+            lag,
+            ago(found.and_then(|s| s.last_run_started_at)),
+            ago(found.and_then(|s| s.last_success_at)),
+            found.and_then(|s| s.last_error.clone()).unwrap_or_default()
+        );
     }
     println!();
     println!(
         "{:<24} {:>8} {:>9} {:>10} {:>7} {:>5} {:>12}  rate gate",
         "actions", "pending", "in_flight", "succeeded", "failed", "dead", "429s"
     );
-    for account in config.graas.iter().filter(|a| a.enabled) {
+    for (provider, account, _) in &app.gates {
         let count = |state: &str| {
             counts
                 .iter()
-                .find(|c| c.provider == "graas" && c.account == account.name && c.state == state)
+                .find(|c| c.provider == *provider && &c.account == account && c.state == state)
                 .map_or(0, |c| c.count)
         };
         let gate = gates
             .iter()
-            .find(|g| g.provider == "graas" && g.account == account.name);
+            .find(|g| g.provider == *provider && &g.account == account);
         let pause = match gate.and_then(|g| g.paused_until) {
             Some(until) if until > now => {
                 format!(
@@ -481,7 +419,7 @@ async fn status(config: ConfigArg) -> anyhow::Result<ExitCode> {
         };
         println!(
             "{:<24} {:>8} {:>9} {:>10} {:>7} {:>5} {:>12}  {}",
-            format!("graas/{}", account.name),
+            format!("{provider}/{account}"),
             count("pending"),
             count("in_flight"),
             count("succeeded"),

@@ -2,7 +2,6 @@
 //! sent through that account's rate gate (the one its poller uses) and recorded with their
 //! outcome. Delivery is at-least-once: see `docs/actions.md`.
 
-pub mod asn;
 pub mod graas;
 pub mod request;
 
@@ -140,6 +139,31 @@ impl Dispatcher {
     fn log_store_error(&self, error: &StoreError) {
         // Unrecorded actions stay in flight and are claimed again after the visibility timeout.
         tracing::error!(provider = self.provider, account = %self.account, %error, "outbox: cannot claim or record actions");
+    }
+
+    /// Sends every due action until none is left (or shutdown): for `run --once`. Returns a JSON
+    /// line of what happened and whether it went without a database error.
+    pub async fn drain(&self, shutdown: &CancellationToken) -> (serde_json::Value, bool) {
+        let mut handled = 0;
+        let error = loop {
+            if shutdown.is_cancelled() {
+                break None;
+            }
+            match self.dispatch_once().await {
+                Ok(0) => break None,
+                Ok(count) => handled += count,
+                Err(error) => break Some(error.to_string()),
+            }
+        };
+        let line = serde_json::json!({
+            "outbox": format!("{}/{}", self.provider, self.account),
+            "attempts": handled,
+            "succeeded": self.stats.succeeded.load(Ordering::Relaxed),
+            "failed": self.stats.failed.load(Ordering::Relaxed),
+            "retried": self.stats.retried.load(Ordering::Relaxed),
+            "error": error,
+        });
+        (line, error.is_none())
     }
 
     /// Claims one batch of due actions, sends it and records the outcomes; returns how many.

@@ -1,19 +1,19 @@
 //! Schedules, windows and cursors: drives providers on their cron schedules and writes what they
 //! return through the store.
 
+pub mod asn;
 pub mod health;
+pub mod job;
 pub mod progress;
 pub mod window;
 
 use crate::config::Config;
 use crate::model::StreamKey;
-use crate::providers::ProviderError;
 use crate::providers::http::ClientBuildError;
 use crate::store::Store;
-use chrono::Utc;
+use job::{Scheduled, ScheduledJob};
 use progress::StreamProgress;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio_cron_scheduler::JobSchedulerError;
 use tokio_util::sync::CancellationToken;
 use window::{RunSummary, SyncError, WindowPlan, WindowSync};
@@ -26,87 +26,12 @@ pub enum DaemonError {
     Scheduler(#[from] JobSchedulerError),
 }
 
-/// One polled stream with its schedule; at most one run of it at a time.
-pub struct StreamRunner {
-    sync: WindowSync,
-    schedule: String,
-    progress: Arc<StreamProgress>,
-    running: tokio::sync::Mutex<()>,
-    /// Set when the upstream refused our credentials: polling again would only hammer it.
-    stopped: AtomicBool,
-    /// Ticks received, run or not: shows the schedule is alive even when runs are skipped.
-    ticks: AtomicU64,
-}
+/// A window-read stream on its schedule.
+pub type StreamRunner = Scheduled<WindowSync>;
 
 impl StreamRunner {
-    pub fn stream(&self) -> &StreamKey {
-        self.sync.stream()
-    }
-
-    pub fn schedule(&self) -> &str {
-        &self.schedule
-    }
-
     pub fn progress(&self) -> &Arc<StreamProgress> {
-        &self.progress
-    }
-
-    pub fn is_stopped(&self) -> bool {
-        self.stopped.load(Ordering::Relaxed)
-    }
-
-    /// How many times the stream was asked to run, including the times it did not.
-    pub fn ticks(&self) -> u64 {
-        self.ticks.load(Ordering::Relaxed)
-    }
-
-    /// Runs the stream unless a run is already going (a tick that finds it busy is dropped, so
-    /// missed ticks never pile up). Returns `None` when it did not run.
-    pub async fn run_if_idle(
-        &self,
-        shutdown: &CancellationToken,
-    ) -> Option<Result<RunSummary, SyncError>> {
-        self.ticks.fetch_add(1, Ordering::Relaxed);
-        let Ok(_running) = self.running.try_lock() else {
-            tracing::debug!(stream = %self.stream(), "previous run still going; tick skipped");
-            return None;
-        };
-        if self.is_stopped() || shutdown.is_cancelled() {
-            return None;
-        }
-        let store = self.sync.store();
-        if let Err(error) = store.run_started(self.stream(), Utc::now()).await {
-            tracing::error!(stream = %self.stream(), %error, "cannot record the run's start");
-        }
-        let result = self.sync.run(shutdown).await;
-        let error_text = result.as_ref().err().map(ToString::to_string);
-        if let Err(error) = store
-            .run_finished(self.stream(), Utc::now(), error_text.as_deref())
-            .await
-        {
-            tracing::error!(stream = %self.stream(), %error, "cannot record the run's end");
-        }
-        self.progress.run_ended(error_text);
-        match &result {
-            Ok(run) => tracing::info!(
-                stream = %self.stream(),
-                written = run.written,
-                unchanged = run.unchanged,
-                quarantined = run.quarantined,
-                requests = run.requests,
-                cursor = run.cursor,
-                interrupted = run.interrupted,
-                "run finished"
-            ),
-            Err(SyncError::Provider(error @ ProviderError::Unauthorized { .. })) => {
-                self.stopped.store(true, Ordering::Relaxed);
-                tracing::error!(stream = %self.stream(), %error, "account stopped until ordersync is restarted with working credentials");
-            }
-            Err(error) => {
-                tracing::warn!(stream = %self.stream(), %error, "run failed; the next tick retries from the cursor")
-            }
-        }
-        Some(result)
+        self.job().progress()
     }
 }
 
@@ -141,14 +66,11 @@ pub fn runners_for(
             start_from: account.start_from,
             max_window: account.max_window,
         };
-        runners.push(Arc::new(StreamRunner {
-            sync: WindowSync::new(client, store.clone(), plan, progress.clone()),
-            schedule: account.schedule.clone(),
-            progress,
-            running: tokio::sync::Mutex::new(()),
-            stopped: AtomicBool::new(false),
-            ticks: AtomicU64::new(0),
-        }));
+        runners.push(Arc::new(Scheduled::new(
+            WindowSync::new(client, store.clone(), plan, progress),
+            &account.schedule,
+            store.clone(),
+        )));
     }
     runners
 }
@@ -164,6 +86,22 @@ pub async fn run_until_caught_up(
             .await
             .unwrap_or_else(|| Ok(RunSummary::default()));
         (runner.stream().clone(), result)
+    });
+    futures_util::future::join_all(runs).await
+}
+
+/// Runs every job once, all at once, until each is done (for `ordersync run --once`): its
+/// report as JSON, or its error. A job that was busy or stopped reports nothing.
+pub async fn run_jobs_once(
+    jobs: &[Arc<dyn ScheduledJob>],
+    shutdown: &CancellationToken,
+) -> Vec<(StreamKey, Result<serde_json::Value, String>)> {
+    let runs = jobs.iter().map(|job| async move {
+        let result = job
+            .tick(shutdown)
+            .await
+            .unwrap_or_else(|| Ok(serde_json::json!({})));
+        (job.stream().clone(), result)
     });
     futures_util::future::join_all(runs).await
 }

@@ -7,6 +7,7 @@
 //! everything updated before it has been read) is committed with each piece's orders and never
 //! moves backwards.
 
+use super::job::{Job, RunReport};
 use super::progress::StreamProgress;
 use crate::model::{Order, Quarantined, StreamKey};
 use crate::providers::{ProviderError, TimeWindow, WindowPage, WindowSource};
@@ -115,12 +116,12 @@ impl WindowSync {
         self.source.stream()
     }
 
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
+    pub fn progress(&self) -> &Arc<StreamProgress> {
+        &self.progress
     }
 
     /// Reads windows until the cursor is `settle` behind now, or until `shutdown`.
-    pub async fn run(&self, shutdown: &CancellationToken) -> Result<RunSummary, SyncError> {
+    pub async fn read(&self, shutdown: &CancellationToken) -> Result<RunSummary, SyncError> {
         let floor = self.plan.start_from.timestamp();
         let mut cursor = match self.store.cursor(self.stream()).await? {
             Some(text) => text
@@ -381,6 +382,53 @@ impl WindowSync {
             );
         }
         Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl Job for WindowSync {
+    type Report = RunSummary;
+    type Error = SyncError;
+
+    fn stream(&self) -> &StreamKey {
+        self.source.stream()
+    }
+
+    async fn run(&self, shutdown: &CancellationToken) -> Result<RunSummary, SyncError> {
+        let result = self.read(shutdown).await;
+        self.progress
+            .run_ended(result.as_ref().err().map(ToString::to_string));
+        result
+    }
+
+    fn refused_credentials(error: &SyncError) -> bool {
+        matches!(
+            error,
+            SyncError::Provider(ProviderError::Unauthorized { .. })
+        )
+    }
+}
+
+impl RunReport for RunSummary {
+    fn log(&self, stream: &StreamKey) {
+        tracing::info!(
+            %stream,
+            written = self.written,
+            unchanged = self.unchanged,
+            quarantined = self.quarantined,
+            requests = self.requests,
+            cursor = self.cursor,
+            interrupted = self.interrupted,
+            "run finished"
+        );
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "written": self.written, "unchanged": self.unchanged,
+            "quarantined": self.quarantined, "requests": self.requests,
+            "cursor": self.cursor, "interrupted": self.interrupted,
+        })
     }
 }
 

@@ -5,8 +5,10 @@ use crate::model::{ProviderKind, StreamKey};
 use crate::providers::ProviderError;
 use crate::providers::graas::GraasClient;
 use crate::store::{AsnUpdate, Store, StoreError};
+use crate::sync::job::{Job, RunReport, Scheduled};
 use chrono::Utc;
 use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 
 /// The resource name of ASN follow-up runs in `sync_cursors` (so `status` judges it).
 pub const ASNS_RESOURCE: &str = "asns";
@@ -19,14 +21,16 @@ pub enum FollowError {
     Provider { asn_id: i64, error: ProviderError },
 }
 
-pub struct AsnFollower {
+/// Checks the open ASNs of one Graas account.
+pub struct AsnFollowUp {
     client: Arc<GraasClient>,
     store: Arc<dyn Store>,
     stream: StreamKey,
-    pub schedule: String,
     final_statuses: Vec<String>,
-    running: tokio::sync::Mutex<()>,
 }
+
+/// The ASN follow-up on the account's `asn_schedule`.
+pub type AsnFollower = Scheduled<AsnFollowUp>;
 
 /// What one follow-up run did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -35,15 +39,14 @@ pub struct FollowSummary {
     pub finished: usize,
 }
 
-impl AsnFollower {
+impl AsnFollowUp {
     pub fn new(
         client: Arc<GraasClient>,
         store: Arc<dyn Store>,
         account: &str,
-        schedule: &str,
         final_statuses: &[String],
     ) -> Self {
-        AsnFollower {
+        AsnFollowUp {
             client,
             store,
             stream: StreamKey {
@@ -51,45 +54,33 @@ impl AsnFollower {
                 account: account.to_owned(),
                 resource: ASNS_RESOURCE.to_owned(),
             },
-            schedule: schedule.to_owned(),
             final_statuses: final_statuses.iter().map(|s| s.to_lowercase()).collect(),
-            running: tokio::sync::Mutex::new(()),
         }
     }
+}
 
-    pub fn stream(&self) -> &StreamKey {
+#[async_trait::async_trait]
+impl Job for AsnFollowUp {
+    type Report = FollowSummary;
+    type Error = FollowError;
+
+    fn stream(&self) -> &StreamKey {
         &self.stream
     }
 
-    /// Checks every open ASN once, unless a run is already going. Every ASN is tried even when
-    /// one fails; the first failure is the run's error.
-    pub async fn run_if_idle(&self) -> Option<Result<FollowSummary, FollowError>> {
-        let _running = self.running.try_lock().ok()?;
-        if let Err(error) = self.store.run_started(&self.stream, Utc::now()).await {
-            tracing::error!(stream = %self.stream, %error, "cannot record the run's start");
-        }
-        let result = self.follow().await;
-        let error_text = result.as_ref().err().map(ToString::to_string);
-        if let Err(error) = self
-            .store
-            .run_finished(&self.stream, Utc::now(), error_text.as_deref())
-            .await
-        {
-            tracing::error!(stream = %self.stream, %error, "cannot record the run's end");
-        }
-        if let Some(error) = &error_text {
-            tracing::warn!(stream = %self.stream, %error, "ASN follow-up failed; the next tick tries again");
-        }
-        Some(result)
-    }
-
-    async fn follow(&self) -> Result<FollowSummary, FollowError> {
+    /// Checks every open ASN once (until shutdown). Every ASN is tried even when one fails; the
+    /// first failure is the run's error.
+    async fn run(&self, shutdown: &CancellationToken) -> Result<FollowSummary, FollowError> {
         let (provider, account) = (self.stream.provider.as_str(), &self.stream.account);
         let open = self.store.open_asns(provider, account).await?;
         let mut summary = FollowSummary::default();
         let mut first_error = None;
         for asn in open {
-            match self.client.asn(&asn.warehouse_id, asn.asn_id).await {
+            let answer = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                answer = self.client.asn(&asn.warehouse_id, asn.asn_id) => answer,
+            };
+            match answer {
                 Ok(Some(status)) => {
                     let is_final = status
                         .status
@@ -131,5 +122,25 @@ impl AsnFollower {
             Some(error) => Err(error),
             None => Ok(summary),
         }
+    }
+
+    fn refused_credentials(error: &FollowError) -> bool {
+        matches!(
+            error,
+            FollowError::Provider {
+                error: ProviderError::Unauthorized { .. },
+                ..
+            }
+        )
+    }
+}
+
+impl RunReport for FollowSummary {
+    fn log(&self, stream: &StreamKey) {
+        tracing::info!(%stream, checked = self.checked, finished = self.finished, "run finished");
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({"checked": self.checked, "finished": self.finished})
     }
 }
