@@ -474,6 +474,52 @@ async fn rows_inserted_by_sql_are_sent(db: TestDb) {
 }
 on_both_backends!(rows_inserted_by_sql_are_sent);
 
+/// SQLite keeps any type an INSERT gives it: a row whose columns ordersync cannot read fails on
+/// its own, naming the problem, and the account's other actions are sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_sql_row_fails_alone_on_sqlite() {
+    let db = TestDb::new(common::Backend::Sqlite, "unreadable_row");
+    let (spec, sandbox, config, store) = one_quiet_account(&db, 10).await;
+    let truth = sandbox.graas().truth(&spec.graas[0].account_number);
+    let statements: Vec<String> = truth[..3]
+        .iter()
+        .enumerate()
+        .map(|(n, order)| {
+            let max_attempts = if n == 1 { "'eight'" } else { "8" };
+            format!(
+                "INSERT INTO actions (provider, account, kind, channel, external_id, max_attempts) \
+                 VALUES ('graas', '{}', 'accept', '{}', '{}', {max_attempts})",
+                account_name(0),
+                order.channel,
+                order.order_id
+            )
+        })
+        .collect();
+    let statements: Vec<&str> = statements.iter().map(String::as_str).collect();
+    common::execute_sql(&db, &statements).await;
+    let app = App::build(&config, &store).unwrap();
+    while app.dispatchers[0].dispatch_once().await.unwrap() > 0 {}
+    let actions = all_actions(&store).await;
+    let states: Vec<(&str, &str)> = actions
+        .iter()
+        .map(|a| (a.external_id.as_deref().unwrap_or(""), a.state.as_str()))
+        .collect();
+    let unreadable = actions
+        .iter()
+        .find(|a| a.external_id.as_deref() == Some(truth[1].order_id.as_str()))
+        .unwrap();
+    assert_eq!(unreadable.state, "failed", "{states:?}");
+    let reason = unreadable.last_error.as_deref().unwrap_or_default();
+    assert!(reason.contains("cannot read this row"), "{reason}");
+    assert_eq!(
+        actions.iter().filter(|a| a.state == "succeeded").count(),
+        2,
+        "{states:?}"
+    );
+    store.close().await;
+    sandbox.stop().await;
+}
+
 async fn admin_api_refuses_bad_input(db: TestDb) {
     let spec = SandboxConfig::graas(1, 10);
     let sandbox = start_sandbox(&spec).await;

@@ -253,20 +253,20 @@ impl Store for PostgresStore {
         .await?;
         rows.into_iter()
             .map(|row| {
-                let provider: String = row.get(0);
+                let provider: String = row.try_get(0)?;
                 Ok(StreamStatus {
                     stream: StreamKey {
                         provider: provider_from_db(&provider)?,
-                        account: row.get(1),
-                        resource: row.get(2),
+                        account: row.try_get(1)?,
+                        resource: row.try_get(2)?,
                     },
-                    cursor: row.get(3),
-                    cursor_updated_at: row.get(4),
-                    last_run_started_at: row.get(5),
-                    last_run_finished_at: row.get(6),
-                    last_success_at: row.get(7),
-                    last_error: row.get(8),
-                    consecutive_failures: i64::from(row.get::<i32, _>(9)),
+                    cursor: row.try_get(3)?,
+                    cursor_updated_at: row.try_get(4)?,
+                    last_run_started_at: row.try_get(5)?,
+                    last_run_finished_at: row.try_get(6)?,
+                    last_success_at: row.try_get(7)?,
+                    last_error: row.try_get(8)?,
+                    consecutive_failures: i64::from(row.try_get::<i32, _>(9)?),
                 })
             })
             .collect()
@@ -286,17 +286,18 @@ impl Store for PostgresStore {
         .bind(account)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|row| StoredOrder {
-                channel: row.get(0),
-                external_id: row.get(1),
-                status: row.get(2),
-                payment_status: row.get(3),
-                shipping_status: row.get(4),
-                upstream_updated_at: row.get(5),
+        rows.into_iter()
+            .map(|row| {
+                Ok(StoredOrder {
+                    channel: row.try_get(0)?,
+                    external_id: row.try_get(1)?,
+                    status: row.try_get(2)?,
+                    payment_status: row.try_get(3)?,
+                    shipping_status: row.try_get(4)?,
+                    upstream_updated_at: row.try_get(5)?,
+                })
             })
-            .collect())
+            .collect::<Result<_, StoreError>>()
     }
 
     async fn order_history(&self, key: &OrderKey) -> Result<Vec<StatusChange>, StoreError> {
@@ -311,14 +312,15 @@ impl Store for PostgresStore {
         .bind(&key.external_id)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|row| StatusChange {
-                old_status: row.get(0),
-                new_status: row.get(1),
-                upstream_updated_at: row.get(2),
+        rows.into_iter()
+            .map(|row| {
+                Ok(StatusChange {
+                    old_status: row.try_get(0)?,
+                    new_status: row.try_get(1)?,
+                    upstream_updated_at: row.try_get(2)?,
+                })
             })
-            .collect())
+            .collect::<Result<_, StoreError>>()
     }
 
     async fn quarantine_count(&self, provider: &str, account: &str) -> Result<i64, StoreError> {

@@ -230,20 +230,20 @@ impl Store for SqliteStore {
         .await?;
         rows.into_iter()
             .map(|row| {
-                let provider: String = row.get(0);
+                let provider: String = row.try_get(0)?;
                 Ok(StreamStatus {
                     stream: StreamKey {
                         provider: provider_from_db(&provider)?,
-                        account: row.get(1),
-                        resource: row.get(2),
+                        account: row.try_get(1)?,
+                        resource: row.try_get(2)?,
                     },
-                    cursor: row.get(3),
-                    cursor_updated_at: parse_opt_ts(row.get(4))?,
-                    last_run_started_at: parse_opt_ts(row.get(5))?,
-                    last_run_finished_at: parse_opt_ts(row.get(6))?,
-                    last_success_at: parse_opt_ts(row.get(7))?,
-                    last_error: row.get(8),
-                    consecutive_failures: row.get(9),
+                    cursor: row.try_get(3)?,
+                    cursor_updated_at: parse_opt_ts(row.try_get(4)?)?,
+                    last_run_started_at: parse_opt_ts(row.try_get(5)?)?,
+                    last_run_finished_at: parse_opt_ts(row.try_get(6)?)?,
+                    last_success_at: parse_opt_ts(row.try_get(7)?)?,
+                    last_error: row.try_get(8)?,
+                    consecutive_failures: row.try_get(9)?,
                 })
             })
             .collect()
@@ -266,12 +266,12 @@ impl Store for SqliteStore {
         rows.into_iter()
             .map(|row| {
                 Ok(StoredOrder {
-                    channel: row.get(0),
-                    external_id: row.get(1),
-                    status: row.get(2),
-                    payment_status: row.get(3),
-                    shipping_status: row.get(4),
-                    upstream_updated_at: parse_ts(row.get::<&str, _>(5))?,
+                    channel: row.try_get(0)?,
+                    external_id: row.try_get(1)?,
+                    status: row.try_get(2)?,
+                    payment_status: row.try_get(3)?,
+                    shipping_status: row.try_get(4)?,
+                    upstream_updated_at: parse_ts(row.try_get::<&str, _>(5)?)?,
                 })
             })
             .collect()
@@ -291,9 +291,9 @@ impl Store for SqliteStore {
         rows.into_iter()
             .map(|row| {
                 Ok(StatusChange {
-                    old_status: row.get(0),
-                    new_status: row.get(1),
-                    upstream_updated_at: parse_ts(row.get::<&str, _>(2))?,
+                    old_status: row.try_get(0)?,
+                    new_status: row.try_get(1)?,
+                    upstream_updated_at: parse_ts(row.try_get::<&str, _>(2)?)?,
                 })
             })
             .collect()
@@ -377,10 +377,24 @@ impl Store for SqliteStore {
         .bind(claim.limit)
         .fetch_all(&self.pool)
         .await?;
-        let mut actions = rows
-            .iter()
-            .map(action_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
+        // SQLite keeps whatever type a hand-written INSERT gave a column. A row ordersync cannot
+        // read fails on its own, with the reason, instead of holding up the account's queue.
+        let mut actions = Vec::with_capacity(rows.len());
+        for row in &rows {
+            match action_from_row(row) {
+                Ok(action) => actions.push(action),
+                Err(error) => {
+                    let id: i64 = row.try_get(0)?;
+                    tracing::warn!(action = id, %error, "unreadable action row failed");
+                    sqlx::query(UNREADABLE_ACTION_FAILED)
+                        .bind(format!("ordersync cannot read this row: {error}"))
+                        .bind(ts(claim.now))
+                        .bind(id)
+                        .execute(&self.pool)
+                        .await?;
+                }
+            }
+        }
         actions.sort_by_key(|a| a.id);
         Ok(actions)
     }
@@ -471,16 +485,17 @@ impl Store for SqliteStore {
         .bind(account)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .iter()
-            .map(|row| AsnRow {
-                asn_id: row.get(0),
-                warehouse_id: row.get(1),
-                status: row.get(2),
-                received_quantity: row.get(3),
-                is_final: row.get::<i64, _>(4) != 0,
+        rows.iter()
+            .map(|row| {
+                Ok(AsnRow {
+                    asn_id: row.try_get(0)?,
+                    warehouse_id: row.try_get(1)?,
+                    status: row.try_get(2)?,
+                    received_quantity: row.try_get(3)?,
+                    is_final: row.try_get::<i64, _>(4)? != 0,
+                })
             })
-            .collect())
+            .collect::<Result<_, StoreError>>()
     }
 
     async fn record_gate(&self, gate: &GateState) -> Result<(), StoreError> {
@@ -509,11 +524,11 @@ impl Store for SqliteStore {
         rows.iter()
             .map(|row| {
                 Ok(GateState {
-                    provider: row.get(0),
-                    account: row.get(1),
-                    paused_until: parse_opt_ts(row.get(2))?,
-                    rate_limited: row.get(3),
-                    updated_at: parse_ts(row.get::<&str, _>(4))?,
+                    provider: row.try_get(0)?,
+                    account: row.try_get(1)?,
+                    paused_until: parse_opt_ts(row.try_get(2)?)?,
+                    rate_limited: row.try_get(3)?,
+                    updated_at: parse_ts(row.try_get::<&str, _>(4)?)?,
                 })
             })
             .collect()
@@ -526,15 +541,16 @@ impl Store for SqliteStore {
         )
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .iter()
-            .map(|row| ActionCount {
-                provider: row.get(0),
-                account: row.get(1),
-                state: row.get(2),
-                count: row.get(3),
+        rows.iter()
+            .map(|row| {
+                Ok(ActionCount {
+                    provider: row.try_get(0)?,
+                    account: row.try_get(1)?,
+                    state: row.try_get(2)?,
+                    count: row.try_get(3)?,
+                })
             })
-            .collect())
+            .collect::<Result<_, StoreError>>()
     }
 
     async fn update_asn(&self, update: &AsnUpdate) -> Result<(), StoreError> {
@@ -613,27 +629,42 @@ fn json_or_text(text: String) -> serde_json::Value {
     serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
 }
 
+/// Fails an action whose row cannot be read, and puts every column into a type ordersync reads
+/// (the original error is kept in `last_error`), so listing actions keeps working.
+const UNREADABLE_ACTION_FAILED: &str = "UPDATE actions SET state = 'failed', last_error = ?1, \
+     provider = CAST(provider AS TEXT), account = CAST(account AS TEXT), \
+     kind = CAST(kind AS TEXT), channel = CAST(channel AS TEXT), \
+     external_id = CAST(external_id AS TEXT), idempotency_key = CAST(idempotency_key AS TEXT), \
+     claimed_by = CAST(claimed_by AS TEXT), \
+     attempts = CASE WHEN typeof(attempts) = 'integer' THEN attempts ELSE 0 END, \
+     max_attempts = CASE WHEN typeof(max_attempts) = 'integer' THEN max_attempts ELSE 0 END, \
+     created_at = CASE WHEN created_at GLOB \
+       '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9]*Z' \
+       THEN created_at ELSE ?2 END, \
+     next_attempt_at = ?2, claimed_until = NULL, finished_at = ?2, updated_at = ?2 \
+     WHERE id = ?3";
+
 fn action_from_row(row: &SqliteRow) -> Result<Action, StoreError> {
     Ok(Action {
-        id: row.get(0),
-        idempotency_key: row.get(1),
-        provider: row.get(2),
-        account: row.get(3),
-        kind: row.get(4),
-        channel: row.get(5),
-        external_id: row.get(6),
-        request: json_or_text(row.get(7)),
-        state: row.get(8),
-        attempts: row.get(9),
-        max_attempts: row.get(10),
-        next_attempt_at: parse_ts(row.get::<&str, _>(11))?,
-        claimed_by: row.get(12),
-        claimed_until: parse_opt_ts(row.get(13))?,
-        last_error: row.get(14),
+        id: row.try_get(0)?,
+        idempotency_key: row.try_get(1)?,
+        provider: row.try_get(2)?,
+        account: row.try_get(3)?,
+        kind: row.try_get(4)?,
+        channel: row.try_get(5)?,
+        external_id: row.try_get(6)?,
+        request: json_or_text(row.try_get(7)?),
+        state: row.try_get(8)?,
+        attempts: row.try_get(9)?,
+        max_attempts: row.try_get(10)?,
+        next_attempt_at: parse_ts(row.try_get::<&str, _>(11)?)?,
+        claimed_by: row.try_get(12)?,
+        claimed_until: parse_opt_ts(row.try_get(13)?)?,
+        last_error: row.try_get(14)?,
         result: row.get::<Option<String>, _>(15).map(json_or_text),
-        created_at: parse_ts(row.get::<&str, _>(16))?,
-        updated_at: parse_ts(row.get::<&str, _>(17))?,
-        finished_at: parse_opt_ts(row.get(18))?,
+        created_at: parse_ts(row.try_get::<&str, _>(16)?)?,
+        updated_at: parse_ts(row.try_get::<&str, _>(17)?)?,
+        finished_at: parse_opt_ts(row.try_get(18)?)?,
     })
 }
 
