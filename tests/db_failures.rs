@@ -11,11 +11,11 @@ use common::{
     assert_matches_truth, assert_no_gap_below_cursor, cursor_of, open_store, spawn_run_logged,
     wait_for_log, wait_until, with_database_timeouts,
 };
+use ordersync::app::App;
 use ordersync::model::{ProviderKind, StreamKey};
 use ordersync::outbox::request::ActionRequest;
 use ordersync::sandbox::{Mutations, SandboxConfig};
 use ordersync::store::{ActionFilter, Store, StreamStatus};
-use ordersync::sync;
 use sqlx::Connection;
 use std::process::Command;
 use std::sync::Arc;
@@ -291,7 +291,7 @@ async fn a_held_lock_fails_the_run_in_bounded_time(db: TestDb) {
     })
     .await;
     let store = open_store(&s.config).await;
-    let runners = sync::build_runners(&s.config, &store).unwrap();
+    let runners = App::build(&s.config, &store).unwrap().runners;
     let never = tokio_util::sync::CancellationToken::new();
     runners[0].run_if_idle(&never).await.unwrap().unwrap();
 
@@ -343,7 +343,7 @@ async fn a_silent_database_fails_the_run_in_bounded_time() {
     })
     .await;
     let store = open_store(&s.config).await;
-    let runners = sync::build_runners(&s.config, &store).unwrap();
+    let runners = App::build(&s.config, &store).unwrap().runners;
     let never = tokio_util::sync::CancellationToken::new();
     runners[0].run_if_idle(&never).await.unwrap().unwrap();
 

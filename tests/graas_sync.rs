@@ -6,7 +6,7 @@ use common::{
     AccountToml, TestDb, account_name, assert_matches_truth, config_toml, open_store,
     shutdown_deadline, wait_for_clock_past, wait_until,
 };
-use ordersync::app::Daemon;
+use ordersync::app::{App, Daemon};
 use ordersync::config::Config;
 use ordersync::model::{OrderKey, ProviderKind};
 use ordersync::sandbox::{Faults, Mutations, Sandbox, SandboxConfig};
@@ -40,7 +40,7 @@ async fn backfill_matches_truth(db: TestDb) {
     let sandbox = sandbox(&spec).await;
     let config = config(&db, &sandbox, &spec, &AccountToml::default());
     let store = open_store(&config).await;
-    let runners = sync::build_runners(&config, &store).unwrap();
+    let runners = App::build(&config, &store).unwrap().runners;
 
     for run in catch_up(&runners).await {
         assert!(!run.interrupted);
@@ -68,7 +68,7 @@ async fn late_and_backdated_updates_are_caught(db: TestDb) {
     let sandbox = sandbox(&spec).await;
     let config = config(&db, &sandbox, &spec, &AccountToml::default());
     let store = open_store(&config).await;
-    let runners = sync::build_runners(&config, &store).unwrap();
+    let runners = App::build(&config, &store).unwrap().runners;
     let daemon = Daemon::start(runners).await.unwrap();
 
     // The daemon syncs while the sandbox makes a few hundred changes.
@@ -166,7 +166,7 @@ async fn faults_lose_nothing_and_the_limiter_holds(db: TestDb) {
     };
     let config = config(&db, &sandbox, &spec, &account);
     let store = open_store(&config).await;
-    let runners = sync::build_runners(&config, &store).unwrap();
+    let runners = App::build(&config, &store).unwrap().runners;
     catch_up(&runners).await;
     assert_matches_truth(&store, &sandbox, &spec).await;
 
@@ -209,7 +209,7 @@ async fn rate_limited_answers_are_honoured(db: TestDb) {
     };
     let config = config(&db, &sandbox, &spec, &account);
     let store = open_store(&config).await;
-    let runners = sync::build_runners(&config, &store).unwrap();
+    let runners = App::build(&config, &store).unwrap().runners;
     let started = Instant::now();
     catch_up(&runners).await;
     let elapsed = started.elapsed().as_secs();
@@ -239,7 +239,7 @@ async fn malformed_orders_are_quarantined_and_neighbours_stored(db: TestDb) {
     let sandbox = sandbox(&spec).await;
     let config = config(&db, &sandbox, &spec, &AccountToml::default());
     let store = open_store(&config).await;
-    let runners = sync::build_runners(&config, &store).unwrap();
+    let runners = App::build(&config, &store).unwrap().runners;
     for _ in 0..2 {
         catch_up(&runners).await;
     }
@@ -272,7 +272,7 @@ async fn overfull_seconds_survive_page_drift(db: TestDb) {
     };
     let config = config(&db, &sandbox, &spec, &account);
     let store = open_store(&config).await;
-    let runners = sync::build_runners(&config, &store).unwrap();
+    let runners = App::build(&config, &store).unwrap().runners;
     catch_up(&runners).await;
     let last_change = sandbox.graas().set_mutating(false);
     // A run reads up to `settle` (1s) before now, exclusive.
@@ -293,7 +293,7 @@ async fn rejected_credentials_stop_the_account(db: TestDb) {
         .replace("sandbox-key-1", "wrong-key");
     let config = Config::from_toml(&text).unwrap();
     let store = open_store(&config).await;
-    let runners = sync::build_runners(&config, &store).unwrap();
+    let runners = App::build(&config, &store).unwrap().runners;
     let daemon = Daemon::start(runners.clone()).await.unwrap();
     // Stopped after its first 401, then two more ticks of its schedule that must not call.
     wait_until(Duration::from_secs(10), "the account to stop", || async {

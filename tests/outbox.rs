@@ -170,7 +170,7 @@ async fn drain_500_actions_at_the_rate_limit(db: TestDb) {
     // The writes are stamped now; a run reads up to `settle` (1s) before now, exclusive.
     let newest = sandbox.graas().set_mutating(false);
     wait_for_clock_past(newest + 2).await;
-    let runners = sync::build_runners(&config, &store).unwrap();
+    let runners = App::build(&config, &store).unwrap().runners;
     for (stream, result) in sync::run_until_caught_up(&runners, &CancellationToken::new()).await {
         result.unwrap_or_else(|e| panic!("{stream}: {e}"));
     }

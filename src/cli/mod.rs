@@ -398,16 +398,17 @@ async fn status(config: ConfigArg) -> anyhow::Result<ExitCode> {
         "{:<24} {:>8} {:>9} {:>10} {:>7} {:>5} {:>12}  rate gate",
         "actions", "pending", "in_flight", "succeeded", "failed", "dead", "429s"
     );
-    for (provider, account, _) in &app.gates {
+    for account_gate in &app.gates {
+        let (provider, account) = (account_gate.provider.as_str(), &account_gate.account);
         let count = |state: &str| {
             counts
                 .iter()
-                .find(|c| c.provider == *provider && &c.account == account && c.state == state)
+                .find(|c| c.provider == provider && &c.account == account && c.state == state)
                 .map_or(0, |c| c.count)
         };
         let gate = gates
             .iter()
-            .find(|g| g.provider == *provider && &g.account == account);
+            .find(|g| g.provider == provider && &g.account == account);
         let pause = match gate.and_then(|g| g.paused_until) {
             Some(until) if until > now => {
                 format!(

@@ -6,7 +6,7 @@ pub mod graas;
 pub mod request;
 
 use crate::config::OutboxConfig;
-use crate::model::{Action, ActionOutcome};
+use crate::model::{Action, ActionOutcome, ProviderKind};
 use crate::store::{Claim, Store, StoreError};
 use async_trait::async_trait;
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -66,7 +66,7 @@ pub struct DispatchStats {
 
 /// Drains the queue of one (provider, account).
 pub struct Dispatcher {
-    pub provider: &'static str,
+    pub provider: ProviderKind,
     pub account: String,
     pub batch_size: i64,
     executor: Arc<dyn Executor>,
@@ -80,7 +80,7 @@ pub struct Dispatcher {
 impl Dispatcher {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        provider: &'static str,
+        provider: ProviderKind,
         account: &str,
         batch_size: u32,
         executor: Arc<dyn Executor>,
@@ -138,7 +138,7 @@ impl Dispatcher {
 
     fn log_store_error(&self, error: &StoreError) {
         // Unrecorded actions stay in flight and are claimed again after the visibility timeout.
-        tracing::error!(provider = self.provider, account = %self.account, %error, "outbox: cannot claim or record actions");
+        tracing::error!(provider = %self.provider, account = %self.account, %error, "outbox: cannot claim or record actions");
     }
 
     /// Sends every due action until none is left (or shutdown): for `run --once`. Returns a JSON
@@ -180,7 +180,7 @@ impl Dispatcher {
         let actions = self
             .store
             .claim(&Claim {
-                provider: self.provider,
+                provider: self.provider.as_str(),
                 account: &self.account,
                 limit: self.batch_size,
                 worker: &self.worker,

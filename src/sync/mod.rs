@@ -7,16 +7,14 @@ pub mod job;
 pub mod progress;
 pub mod window;
 
-use crate::config::Config;
 use crate::model::StreamKey;
 use crate::providers::http::ClientBuildError;
-use crate::store::Store;
 use job::{Scheduled, ScheduledJob};
 use progress::StreamProgress;
 use std::sync::Arc;
 use tokio_cron_scheduler::JobSchedulerError;
 use tokio_util::sync::CancellationToken;
-use window::{RunSummary, SyncError, WindowPlan, WindowSync};
+use window::{RunSummary, SyncError, WindowSync};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -33,46 +31,6 @@ impl StreamRunner {
     pub fn progress(&self) -> &Arc<StreamProgress> {
         self.job().progress()
     }
-}
-
-/// Builds a runner for every enabled account in the configuration, each with its own client.
-pub fn build_runners(
-    config: &Config,
-    store: &Arc<dyn Store>,
-) -> Result<Vec<Arc<StreamRunner>>, DaemonError> {
-    Ok(runners_for(
-        config,
-        store,
-        &crate::app::GraasAccounts::build(config)?,
-    ))
-}
-
-/// A runner for every enabled account, on the accounts' shared clients (and so rate gates).
-pub fn runners_for(
-    config: &Config,
-    store: &Arc<dyn Store>,
-    accounts: &crate::app::GraasAccounts,
-) -> Vec<Arc<StreamRunner>> {
-    let mut runners = Vec::new();
-    for account in config.graas.iter().filter(|a| a.enabled) {
-        let Some(client) = accounts.client(&account.name) else {
-            continue;
-        };
-        let progress = Arc::new(StreamProgress::default());
-        let plan = WindowPlan {
-            lookback: account.lookback,
-            settle: account.settle,
-            page_size: account.page_size,
-            start_from: account.start_from,
-            max_window: account.max_window,
-        };
-        runners.push(Arc::new(Scheduled::new(
-            WindowSync::new(client, store.clone(), plan, progress),
-            &account.schedule,
-            store.clone(),
-        )));
-    }
-    runners
 }
 
 /// Runs every stream once until it has caught up (for `ordersync run --once` and benchmarks).

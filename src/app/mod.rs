@@ -2,15 +2,16 @@
 //! by that account's poller, outbox dispatcher and ASN follower (providers count every request
 //! of an account together), all run on cron schedules or loops until shutdown.
 
+mod graas;
+
 use crate::config::Config;
-use crate::outbox::graas::GraasExecutor;
-use crate::outbox::{Dispatcher, worker_id};
-use crate::providers::graas::GraasClient;
+use crate::model::ProviderKind;
+use crate::outbox::{Dispatcher, Executor, worker_id};
 use crate::providers::http::{ClientBuildError, HttpClient, RateGate};
 use crate::store::{GateState, Store};
-use crate::sync::asn::{AsnFollowUp, AsnFollower};
-use crate::sync::job::{Scheduled, ScheduledJob};
-use crate::sync::{DaemonError, StreamRunner, runners_for};
+use crate::sync::asn::AsnFollower;
+use crate::sync::job::ScheduledJob;
+use crate::sync::{DaemonError, StreamRunner};
 use chrono::Utc;
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -25,41 +26,14 @@ use tokio_util::task::TaskTracker;
 /// How often each account's rate gate is written to the database for `status`.
 const GATE_REPORT_EVERY: Duration = Duration::from_secs(2);
 
-/// The API client of every enabled Graas account, by account name.
-#[derive(Clone)]
-pub struct GraasAccounts {
-    clients: BTreeMap<String, Arc<GraasClient>>,
-}
-
-impl GraasAccounts {
-    pub fn build(config: &Config) -> Result<Self, ClientBuildError> {
-        let http = HttpClient::new(&config.http)?;
-        let clients = config
-            .graas
-            .iter()
-            .filter(|a| a.enabled)
-            .map(|account| {
-                let gate = Arc::new(RateGate::new(account.rate_limit));
-                let client = GraasClient::new(http.clone(), gate, account);
-                (account.name.clone(), Arc::new(client))
-            })
-            .collect();
-        Ok(GraasAccounts { clients })
-    }
-
-    pub fn client(&self, account: &str) -> Option<Arc<GraasClient>> {
-        self.clients.get(account).cloned()
-    }
-}
-
 /// Everything the daemon runs.
 #[derive(Default)]
 pub struct App {
     pub runners: Vec<Arc<StreamRunner>>,
     pub dispatchers: Vec<Arc<Dispatcher>>,
     pub asn_followers: Vec<Arc<AsnFollower>>,
-    /// (provider, account, gate) for the status report.
-    pub gates: Vec<(&'static str, String, Arc<RateGate>)>,
+    /// Every account's rate gate, for the status report.
+    pub gates: Vec<AccountGate>,
     /// Wakes idle dispatchers when the admin API queues an action.
     pub wake: Arc<Notify>,
     pub store: Option<Arc<dyn Store>>,
@@ -112,48 +86,68 @@ impl App {
         (lines, failed)
     }
 
+    /// Everything the configuration asks for, built but not started. Each provider adds its
+    /// accounts' jobs, dispatchers and rate gates; adding a provider adds one line here.
     pub fn build(config: &Config, store: &Arc<dyn Store>) -> Result<App, ClientBuildError> {
-        let accounts = GraasAccounts::build(config)?;
         let wake = Arc::new(Notify::new());
-        let worker = worker_id();
-        let mut app = App {
-            runners: runners_for(config, store, &accounts),
+        let assembly = Assembly {
+            config,
+            store,
+            http: HttpClient::new(&config.http)?,
+            worker: worker_id(),
             wake: wake.clone(),
+        };
+        let mut app = App {
+            wake,
             store: Some(store.clone()),
             ..App::default()
         };
-        for account in config.graas.iter().filter(|a| a.enabled) {
-            let Some(client) = accounts.client(&account.name) else {
-                continue;
-            };
-            app.gates
-                .push(("graas", account.name.clone(), client.gate().clone()));
-            app.asn_followers.push(Arc::new(Scheduled::new(
-                AsnFollowUp::new(
-                    client.clone(),
-                    store.clone(),
-                    &account.name,
-                    &account.asn_final_statuses,
-                ),
-                &account.asn_schedule,
-                store.clone(),
-            )));
-            if config.outbox.enabled {
-                let executor = GraasExecutor::new(client, store.clone(), &account.name);
-                app.dispatchers.push(Arc::new(Dispatcher::new(
-                    "graas",
-                    &account.name,
-                    account.action_batch_size,
-                    Arc::new(executor),
-                    store.clone(),
-                    config.outbox.clone(),
-                    worker.clone(),
-                    wake.clone(),
-                )));
-            }
-        }
+        graas::assemble(&assembly, &mut app);
         Ok(app)
     }
+}
+
+/// What every provider's assembly shares.
+struct Assembly<'a> {
+    config: &'a Config,
+    store: &'a Arc<dyn Store>,
+    /// One HTTP client (one connection pool) for every provider and account.
+    http: HttpClient,
+    /// This process's name in the outbox's claims.
+    worker: String,
+    wake: Arc<Notify>,
+}
+
+impl Assembly<'_> {
+    /// A dispatcher for one account's queue, when the outbox is on.
+    fn dispatcher(
+        &self,
+        provider: ProviderKind,
+        account: &str,
+        batch_size: u32,
+        executor: Arc<dyn Executor>,
+    ) -> Option<Arc<Dispatcher>> {
+        self.config.outbox.enabled.then(|| {
+            Arc::new(Dispatcher::new(
+                provider,
+                account,
+                batch_size,
+                executor,
+                self.store.clone(),
+                self.config.outbox.clone(),
+                self.worker.clone(),
+                self.wake.clone(),
+            ))
+        })
+    }
+}
+
+/// One account's rate gate, shared by everything that calls that account.
+#[derive(Clone)]
+pub struct AccountGate {
+    pub provider: ProviderKind,
+    pub account: String,
+    pub gate: Arc<RateGate>,
 }
 
 /// The daemon's tasks, each under a name, so a shutdown that runs out of time can say what it
@@ -310,20 +304,24 @@ impl Daemon {
 }
 
 /// Writes each gate's pause and 429 count to the database when it changes.
-async fn report_gates(
-    gates: Vec<(&'static str, String, Arc<RateGate>)>,
-    store: Arc<dyn Store>,
-    shutdown: CancellationToken,
-) {
+async fn report_gates(gates: Vec<AccountGate>, store: Arc<dyn Store>, shutdown: CancellationToken) {
     let mut last: Vec<Option<(Option<chrono::DateTime<Utc>>, u64)>> = vec![None; gates.len()];
     loop {
-        for ((provider, account, gate), last) in gates.iter().zip(&mut last) {
+        for (
+            AccountGate {
+                provider,
+                account,
+                gate,
+            },
+            last,
+        ) in gates.iter().zip(&mut last)
+        {
             let now = (gate.paused_until().await, gate.rate_limited_count());
             if last.as_ref() == Some(&now) {
                 continue;
             }
             let state = GateState {
-                provider: (*provider).to_owned(),
+                provider: provider.as_str().to_owned(),
                 account: account.clone(),
                 paused_until: now.0,
                 rate_limited: i64::try_from(now.1).unwrap_or(i64::MAX),

@@ -1,0 +1,60 @@
+//! Graas in the daemon: per enabled account one client and rate gate, shared by its window
+//! reader, its ASN follow-up and its outbox dispatcher.
+
+use super::{AccountGate, App, Assembly};
+use crate::model::ProviderKind;
+use crate::outbox::graas::GraasExecutor;
+use crate::providers::graas::GraasClient;
+use crate::providers::http::RateGate;
+use crate::sync::asn::AsnFollowUp;
+use crate::sync::job::Scheduled;
+use crate::sync::progress::StreamProgress;
+use crate::sync::window::{WindowPlan, WindowSync};
+use std::sync::Arc;
+
+pub(super) fn assemble(assembly: &Assembly<'_>, app: &mut App) {
+    let store = assembly.store;
+    for account in assembly.config.graas.iter().filter(|a| a.enabled) {
+        let gate = Arc::new(RateGate::new(account.rate_limit));
+        let client = Arc::new(GraasClient::new(
+            assembly.http.clone(),
+            gate.clone(),
+            account,
+        ));
+        app.gates.push(AccountGate {
+            provider: ProviderKind::Graas,
+            account: account.name.clone(),
+            gate,
+        });
+        let plan = WindowPlan {
+            lookback: account.lookback,
+            settle: account.settle,
+            page_size: account.page_size,
+            start_from: account.start_from,
+            max_window: account.max_window,
+        };
+        let progress = Arc::new(StreamProgress::default());
+        app.runners.push(Arc::new(Scheduled::new(
+            WindowSync::new(client.clone(), store.clone(), plan, progress),
+            &account.schedule,
+            store.clone(),
+        )));
+        app.asn_followers.push(Arc::new(Scheduled::new(
+            AsnFollowUp::new(
+                client.clone(),
+                store.clone(),
+                &account.name,
+                &account.asn_final_statuses,
+            ),
+            &account.asn_schedule,
+            store.clone(),
+        )));
+        let executor = Arc::new(GraasExecutor::new(client, store.clone(), &account.name));
+        app.dispatchers.extend(assembly.dispatcher(
+            ProviderKind::Graas,
+            &account.name,
+            account.action_batch_size,
+            executor,
+        ));
+    }
+}
