@@ -1,6 +1,6 @@
 //! Graas: orders read by time window (`GET /v1/orders`) and one at a time
 //! (`GET /v1/order/{nickNameID}/{orderID}`); accept/cancel (`PUT /v1/orders`) and ASNs
-//! (`/v1/asn`). Contract: `shared/providers/graas.md`.
+//! (`/v1/asn`). What ordersync speaks to Graas: `docs/providers/graas.md`.
 
 pub mod outbound;
 pub mod wire;

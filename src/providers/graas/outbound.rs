@@ -1,5 +1,5 @@
 //! Graas calls that change something upstream: `PUT /v1/orders` (accept and cancel, batched) and
-//! the ASN endpoints. Contract: `shared/providers/graas.md` §5 and §7.
+//! the ASN endpoints (`docs/providers/graas.md`, "Actions out").
 
 use super::wire::lenient_i64;
 use crate::providers::ProviderError;
