@@ -157,6 +157,8 @@ async fn terminated_connections_never_freeze_a_stream() {
     db.drop_database().await;
 }
 
+const ACTIONS: usize = 300;
+
 /// The same terminations while the outbox drains: every action ends final, none is left in
 /// flight, and each reached the upstream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -166,7 +168,7 @@ async fn terminated_connections_never_strand_an_action() {
     let spec = SandboxConfig::graas(1, 400);
     let account = AccountToml {
         schedule: "0 0 0 1 1 *",
-        rate_limit: "25/s",
+        rate_limit: "50/s",
         extra: "action_batch_size = 2",
         ..AccountToml::default()
     };
@@ -176,7 +178,7 @@ async fn terminated_connections_never_strand_an_action() {
     .await;
     let store = open_store(&s.config).await;
     let number = s.spec.graas[0].account_number.clone();
-    for order in s.sandbox.graas().truth(&number).iter().take(300) {
+    for order in s.sandbox.graas().truth(&number).iter().take(ACTIONS) {
         let request = ActionRequest {
             account: account_name(0),
             kind: "accept".into(),
@@ -190,11 +192,25 @@ async fn terminated_connections_never_strand_an_action() {
             .unwrap();
     }
     let mut daemon = spawn_run_logged(&s.config_path, &s.log());
-    // 150 batches at 25 requests/s: about six seconds of sending, terminated every 400ms.
+    // The dispatcher's statements take a millisecond, too short to hit by chance. So each round
+    // holds a lock on `actions` until a claim or record waits on it, then terminates every
+    // connection: the waiting statement fails in flight. Between rounds it drains freely.
     let mut terminated = 0;
-    for _ in 0..12 {
-        tokio::time::sleep(Duration::from_millis(400)).await;
+    for _ in 0..5 {
+        let mut locker = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        sqlx::raw_sql("BEGIN; LOCK TABLE actions IN EXCLUSIVE MODE")
+            .execute(&mut locker)
+            .await
+            .unwrap();
+        wait_until(
+            Duration::from_secs(10),
+            "the dispatcher to wait on the lock",
+            || waiting_on_a_lock(&db),
+        )
+        .await;
         terminated += terminate_backends(&db).await;
+        drop(locker);
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let actions = || async {
         store
@@ -210,7 +226,7 @@ async fn terminated_connections_never_strand_an_action() {
         "every action to end final",
         || async {
             let all = actions().await;
-            all.len() == 300 && all.iter().all(|a| a.state == "succeeded")
+            all.len() == ACTIONS && all.iter().all(|a| a.state == "succeeded")
         },
     )
     .await;
@@ -220,11 +236,19 @@ async fn terminated_connections_never_strand_an_action() {
     for r in received.iter().filter(|r| r.http_code == 202) {
         *sent.entry(r.reference.as_str()).or_default() += 1;
     }
-    assert_eq!(sent.len(), 300, "every action reached the upstream");
+    assert_eq!(sent.len(), ACTIONS, "every action reached the upstream");
     let repeats: usize = sent.values().map(|n| n - 1).sum();
     let retried = all.iter().filter(|a| a.attempts > 1).count();
+    let log = std::fs::read_to_string(s.log()).unwrap();
+    let store_errors = log
+        .matches("outbox: cannot claim or record actions")
+        .count();
     eprintln!(
-        "terminated {terminated} connections; {retried} actions took more than one attempt, {repeats} were sent twice"
+        "terminated {terminated} connections; {store_errors} claims or records failed, {retried} actions took more than one attempt, {repeats} were sent twice"
+    );
+    assert!(
+        store_errors >= 5,
+        "each round must fail a claim or record in flight; log:\n{log}"
     );
     // A repeat needs a lost outcome, which is a retried action.
     assert!(repeats <= retried, "{repeats} repeats, {retried} retried");

@@ -24,10 +24,7 @@ pub(super) fn check(asked: ActionRequest, config: &Config) -> Result<Checked, In
             ),
         ));
     };
-    let kind: ActionKind = asked
-        .kind
-        .parse()
-        .map_err(|e: String| invalid("kind", e))?;
+    let kind: ActionKind = asked.kind.parse().map_err(|e: String| invalid("kind", e))?;
     let (channel, external_id, request) = match kind {
         ActionKind::Accept | ActionKind::Cancel => {
             let what = kind.as_str();
