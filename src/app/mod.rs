@@ -3,6 +3,7 @@
 //! of an account together), all run on cron schedules or loops until shutdown.
 
 mod graas;
+mod tasks;
 
 use crate::config::Config;
 use crate::model::ProviderKind;
@@ -13,15 +14,12 @@ use crate::sync::asn::AsnFollower;
 use crate::sync::job::ScheduledJob;
 use crate::sync::{DaemonError, StreamRunner};
 use chrono::Utc;
-use std::collections::BTreeMap;
-use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
+use tasks::Tasks;
 use tokio::sync::Notify;
 use tokio_cron_scheduler::{Job, JobScheduler};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 /// How often each account's rate gate is written to the database for `status`.
 const GATE_REPORT_EVERY: Duration = Duration::from_secs(2);
@@ -148,74 +146,6 @@ pub struct AccountGate {
     pub provider: ProviderKind,
     pub account: String,
     pub gate: Arc<RateGate>,
-}
-
-/// The daemon's tasks, each under a name, so a shutdown that runs out of time can say what it
-/// abandoned.
-#[derive(Clone, Default)]
-struct Tasks {
-    tracker: TaskTracker,
-    running: Arc<Mutex<BTreeMap<u64, String>>>,
-    next_id: Arc<AtomicU64>,
-}
-
-impl Tasks {
-    fn spawn<F>(&self, name: String, task: F)
-    where
-        F: Future + Send + 'static,
-        F::Output: Send + 'static,
-    {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.lock().insert(id, name);
-        let done = DoneGuard {
-            running: self.running.clone(),
-            id,
-        };
-        self.tracker.spawn(async move {
-            let _done = done;
-            task.await
-        });
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, String>> {
-        // Only names live under this lock; a panic elsewhere leaves them usable.
-        self.running
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// The names of the tasks still running, each once, with a count when repeated.
-    fn still_running(&self) -> Vec<String> {
-        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-        for name in self.lock().values() {
-            *counts.entry(name.clone()).or_default() += 1;
-        }
-        counts
-            .into_iter()
-            .map(|(name, n)| {
-                if n == 1 {
-                    name
-                } else {
-                    format!("{name} (x{n})")
-                }
-            })
-            .collect()
-    }
-}
-
-/// Takes a task's name off the list when the task ends, however it ends.
-struct DoneGuard {
-    running: Arc<Mutex<BTreeMap<u64, String>>>,
-    id: u64,
-}
-
-impl Drop for DoneGuard {
-    fn drop(&mut self) {
-        self.running
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .remove(&self.id);
-    }
 }
 
 /// The running daemon: every stream on its schedule and every dispatcher in its loop until

@@ -45,6 +45,7 @@ impl Piece {
         merged
     }
 }
+
 /// What reading one window gave: its piece, or the record count to split it by.
 enum PieceRead {
     Piece(Piece),
