@@ -7,13 +7,13 @@ use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
 use ordersync::app::{App, Daemon};
 use ordersync::config::{Config, LogConfig, LogFormat};
-use ordersync::model::{ProviderKind, StreamKey};
+use ordersync::model::ProviderKind;
 use ordersync::providers::graas::GraasClient;
 use ordersync::providers::http::{HttpClient, RateGate};
 use ordersync::sandbox::{Faults, Mutations, Sandbox, SandboxConfig};
 use ordersync::server::Server;
 use ordersync::server::admin::{self, AdminState};
-use ordersync::store::{self, Batch, Store, StoredOrder};
+use ordersync::store::{self, Store, StoredOrder};
 use ordersync::sync::health::{self, Health};
 use ordersync::sync::{self, StreamRunner};
 use std::net::SocketAddr;
@@ -767,25 +767,12 @@ async fn graas_get(
     };
     let http = HttpClient::new(&config.http)?;
     let client = GraasClient::new(http, Arc::new(RateGate::new(settings.rate_limit)), settings);
-    let Some(order) = client.order(channel, order_id).await? else {
+    let store = open_store(&config).await?;
+    let refreshed = sync::refresh_order(&client, store.as_ref(), channel, order_id).await;
+    store.close().await;
+    let Some((order, outcome)) = refreshed? else {
         bail!("Graas has no order {order_id} on channel {channel} (HTTP 404)");
     };
-    let store = open_store(&config).await?;
-    let stream = StreamKey {
-        provider: ProviderKind::Graas,
-        account: account.to_owned(),
-        resource: "orders".to_owned(),
-    };
-    let outcome = store
-        .commit_batch(&Batch {
-            stream: &stream,
-            orders: std::slice::from_ref(&order),
-            quarantined: &[],
-            cursor: None,
-            seen_at: Utc::now(),
-        })
-        .await?;
-    store.close().await;
     eprintln!(
         "{} {}/{}: status {:?}, updated {}; {}",
         account,

@@ -96,3 +96,15 @@ pub trait WindowSource: Send + Sync {
         page_size: u32,
     ) -> Result<WindowPage, ProviderError>;
 }
+
+/// A source that reads one order by its key: for a one-off refresh, and the way providers that
+/// are polled per order (Get It Done) are read.
+#[async_trait]
+pub trait OrderLookup: Send + Sync {
+    /// The stream the order belongs to.
+    fn stream(&self) -> &StreamKey;
+
+    /// The order as the upstream has it now; `None` when it does not know it.
+    async fn order(&self, channel: &str, external_id: &str)
+    -> Result<Option<Order>, ProviderError>;
+}

@@ -7,8 +7,10 @@ pub mod job;
 pub mod progress;
 pub mod window;
 
-use crate::model::StreamKey;
+use crate::model::{Order, StreamKey};
+use crate::providers::OrderLookup;
 use crate::providers::http::ClientBuildError;
+use crate::store::{Batch, BatchOutcome, Store};
 use job::{Scheduled, ScheduledJob};
 use progress::StreamProgress;
 use std::sync::Arc;
@@ -62,4 +64,27 @@ pub async fn run_jobs_once(
         (job.stream().clone(), result)
     });
     futures_util::future::join_all(runs).await
+}
+
+/// Reads one order upstream and stores it as any read is stored (an older version never
+/// replaces a newer one; the cursor does not move). `None` when the upstream does not know it.
+pub async fn refresh_order(
+    source: &dyn OrderLookup,
+    store: &dyn Store,
+    channel: &str,
+    external_id: &str,
+) -> Result<Option<(Order, BatchOutcome)>, SyncError> {
+    let Some(order) = source.order(channel, external_id).await? else {
+        return Ok(None);
+    };
+    let outcome = store
+        .commit_batch(&Batch {
+            stream: source.stream(),
+            orders: std::slice::from_ref(&order),
+            quarantined: &[],
+            cursor: None,
+            seen_at: chrono::Utc::now(),
+        })
+        .await?;
+    Ok(Some((order, outcome)))
 }

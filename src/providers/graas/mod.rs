@@ -6,7 +6,7 @@ pub mod outbound;
 pub mod wire;
 
 use super::http::{HttpClient, RateGate, Response};
-use super::{ProviderError, TimeWindow, WindowPage, WindowSource};
+use super::{OrderLookup, ProviderError, TimeWindow, WindowPage, WindowSource};
 use crate::config::{GraasAccount, Secret};
 use crate::model::{Order, ProviderKind, Quarantined, StreamKey};
 use async_trait::async_trait;
@@ -254,6 +254,21 @@ impl GraasClient {
             }
         }
         Ok(out)
+    }
+}
+
+#[async_trait]
+impl OrderLookup for GraasClient {
+    fn stream(&self) -> &StreamKey {
+        &self.stream
+    }
+
+    async fn order(
+        &self,
+        channel: &str,
+        external_id: &str,
+    ) -> Result<Option<Order>, ProviderError> {
+        GraasClient::order(self, channel, external_id).await
     }
 }
 
