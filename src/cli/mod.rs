@@ -1,21 +1,21 @@
 //! Command-line definitions and one function per subcommand.
 
 mod action;
+mod demo;
 
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
 use ordersync::app::{App, Daemon};
 use ordersync::config::{Config, LogConfig, LogFormat};
-use ordersync::model::ProviderKind;
 use ordersync::providers::graas::GraasClient;
 use ordersync::providers::http::{HttpClient, RateGate};
-use ordersync::sandbox::{Faults, Mutations, Sandbox, SandboxConfig};
+use ordersync::sandbox::{Mutations, Sandbox, SandboxConfig};
 use ordersync::server::Server;
 use ordersync::server::admin::{self, AdminState};
-use ordersync::store::{self, Store, StoredOrder};
+use ordersync::store::{self, Store};
 use ordersync::sync::health::{self, Health};
-use ordersync::sync::{self, StreamRunner};
+use ordersync::sync::{self};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -103,20 +103,20 @@ struct SandboxArgs {
 }
 
 #[derive(Debug, Args)]
-struct DemoArgs {
+pub(crate) struct DemoArgs {
     /// Stop after this long (e.g. `30s`); without it, run until Ctrl-C.
     #[arg(long = "for", value_parser = humantime::parse_duration)]
-    duration: Option<Duration>,
+    pub(crate) duration: Option<Duration>,
     #[arg(long, default_value_t = 2)]
-    accounts: usize,
+    pub(crate) accounts: usize,
     #[arg(long, default_value_t = 2_500)]
-    orders: usize,
+    pub(crate) orders: usize,
     /// Keep the SQLite database here instead of in a temporary directory.
     #[arg(long)]
-    database: Option<PathBuf>,
+    pub(crate) database: Option<PathBuf>,
     /// Without the sandbox's faults (429s, 5xx, truncated bodies, slow pages).
     #[arg(long)]
-    no_faults: bool,
+    pub(crate) no_faults: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -143,7 +143,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::CheckConfig { config } => Ok(check_config(config)),
         Command::Status { config } => status(config).await,
         Command::Sandbox(args) => sandbox(args).await,
-        Command::Demo(args) => demo(args).await,
+        Command::Demo(args) => demo::run(args).await,
         Command::Action { command } => action::run(command).await,
         Command::Graas {
             command:
@@ -468,291 +468,6 @@ async fn sandbox(args: SandboxArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// The configuration `ordersync demo` runs with: the sandbox's accounts, fast schedules.
-fn demo_config(sandbox: &Sandbox, spec: &SandboxConfig, database_url: &str) -> String {
-    let start = Utc::now() - chrono::Duration::seconds(spec.history_secs + 3600);
-    let mut text = format!(
-        "[database]\nurl = \"{database_url}\"\n\n[log]\nlevel = \"error\"\n\n[http]\nrequest_timeout = \"2s\"\nmin_backoff = \"100ms\"\nmax_backoff = \"2s\"\n\n[outbox]\npoll_interval = \"200ms\"\nmin_backoff = \"500ms\"\nmax_backoff = \"5s\"\n"
-    );
-    for (i, account) in spec.graas.iter().enumerate() {
-        text.push_str(&format!(
-            "\n[[graas]]\nname = \"shop-{n}\"\nbase_url = \"{url}\"\naccount_number = \"{number}\"\napp_key = \"{key}\"\nschedule = \"*/2 * * * * *\"\nlookback = \"1m\"\nsettle = \"2s\"\npage_size = 200\nstart_from = \"{start}\"\nmax_window = \"1d\"\nrate_limit = \"40/s\"\n",
-            n = i + 1,
-            url = sandbox.base_url(),
-            number = account.account_number,
-            key = account.app_key,
-            start = start.to_rfc3339(),
-        ));
-    }
-    text
-}
-
-async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
-    let mut spec = SandboxConfig::graas(args.accounts, args.orders);
-    spec.malformed_every = Some(997);
-    spec.mutations = Some(Mutations::default());
-    if !args.no_faults {
-        spec.faults = Faults {
-            rate_limit_per_sec: Some(50),
-            retry_after_secs: 1,
-            server_error_ratio: 0.03,
-            slow_ratio: 0.01,
-            slow_ms: 3_000,
-            truncate_ratio: 0.02,
-            item_error_ratio: 0.02,
-        };
-    }
-    let sandbox = Sandbox::start(([127, 0, 0, 1], 0).into(), spec.clone()).await?;
-    let temp = tempfile::tempdir()?;
-    let path = args
-        .database
-        .clone()
-        .unwrap_or_else(|| temp.path().join("ordersync-demo.db"));
-    let url = format!("sqlite://{}", path.display());
-    let config = Config::from_toml(&demo_config(&sandbox, &spec, &url))
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    init_logging(&config.log);
-    let store = open_store(&config).await?;
-    let app = App::build(&config, &store)?;
-    let runners = app.runners.clone();
-    let queued = demo_actions(&config, &store, &sandbox, &spec).await?;
-    println!(
-        "ordersync demo: {} sandbox Graas account(s) of {} orders at {} (faults {}), database {}",
-        args.accounts,
-        args.orders,
-        sandbox.base_url(),
-        if args.no_faults { "off" } else { "on" },
-        path.display()
-    );
-    println!(
-        "{queued} actions queued: accepts and cancels of sandbox orders, 2 per account for orders Graas does not have, one ASN per account"
-    );
-    println!("Ctrl-C to stop.\n");
-    let daemon = Daemon::start(app).await?;
-    let started = Instant::now();
-    let stop = async {
-        match args.duration {
-            Some(limit) => {
-                tokio::select! {
-                    _ = tokio::time::sleep(limit) => {},
-                    _ = shutdown_signal() => {},
-                }
-            }
-            None => shutdown_signal().await,
-        }
-    };
-    tokio::pin!(stop);
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tokio::select! {
-            _ = &mut stop => break,
-            _ = tick.tick() => {
-                print_progress(&runners, started);
-                print_action_counts(&store).await;
-            }
-        }
-    }
-    let deadline = tokio::time::Instant::now() + config.daemon.shutdown_timeout;
-    let abandoned = daemon.shutdown(deadline).await;
-    if !abandoned.is_empty() {
-        println!(
-            "shutdown deadline passed; abandoned: {}",
-            abandoned.join("; ")
-        );
-    }
-
-    // Stop the sandbox's changes, let the last ones settle, and catch up once more: then the
-    // database must hold exactly what the sandbox holds.
-    sandbox.graas().set_mutating(false);
-    println!("\nstopping the sandbox's changes and catching up once more…");
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    for (stream, result) in sync::run_until_caught_up(&runners, &CancellationToken::new()).await {
-        if let Err(error) = result {
-            println!("  {stream}: final run failed: {error}");
-        }
-    }
-    println!("\nsummary after {:.0}s:", started.elapsed().as_secs_f64());
-    let mut all_match = true;
-    for (runner, account) in runners.iter().zip(&spec.graas) {
-        let name = &runner.stream().account;
-        let stored = store.orders_of(ProviderKind::Graas.as_str(), name).await?;
-        let quarantined = store
-            .quarantine_count(ProviderKind::Graas.as_str(), name)
-            .await?;
-        let truth: Vec<_> = sandbox
-            .graas()
-            .truth(&account.account_number)
-            .into_iter()
-            .filter(|o| !o.malformed)
-            .collect();
-        let stored_by_key: std::collections::HashMap<(&str, &str), &StoredOrder> = stored
-            .iter()
-            .map(|o| ((o.channel.as_str(), o.external_id.as_str()), o))
-            .collect();
-        let differing = truth
-            .iter()
-            .filter(|t| {
-                stored_by_key
-                    .get(&(t.channel.as_str(), t.order_id.as_str()))
-                    .is_none_or(|s| {
-                        s.status.as_deref() != Some(t.status.as_str())
-                            || s.upstream_updated_at.timestamp() != t.updated
-                    })
-            })
-            .count();
-        let matches = differing == 0 && stored.len() == truth.len();
-        all_match &= matches;
-        let stats = sandbox
-            .graas()
-            .stats(&account.account_number)
-            .unwrap_or_default();
-        let p = runner.progress().snapshot();
-        println!(
-            "  {name}: {} orders stored, {} malformed ones quarantined; the sandbox holds {} valid orders after {} changes while running: {}",
-            stored.len(),
-            quarantined,
-            truth.len(),
-            stats.changes,
-            if matches {
-                "database matches".to_owned()
-            } else {
-                format!("{differing} missing or different")
-            },
-        );
-        println!(
-            "  {name}: {} requests, {} runs ({} failed); the sandbox answered {} with 429, {} with 5xx, truncated {}, slowed {}",
-            p.requests,
-            p.runs,
-            p.failed_runs,
-            stats.over_limit,
-            stats.server_errors,
-            stats.truncated,
-            stats.slow,
-        );
-    }
-    let open = store
-        .action_counts()
-        .await?
-        .iter()
-        .filter(|c| c.state == "pending" || c.state == "in_flight")
-        .map(|c| c.count)
-        .sum::<i64>();
-    print_action_counts(&store).await;
-    if open > 0 {
-        println!("  {open} actions were still queued when the demo stopped (run it longer)");
-    }
-    store.close().await;
-    sandbox.stop().await;
-    if args.database.is_none() {
-        println!("(the temporary database is removed; pass --database PATH to keep it)");
-    }
-    Ok(if all_match {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
-}
-
-/// Queues actions for the demo; returns how many.
-async fn demo_actions(
-    config: &Config,
-    store: &Arc<dyn Store>,
-    sandbox: &Sandbox,
-    spec: &SandboxConfig,
-) -> anyhow::Result<usize> {
-    use ordersync::outbox::request::ActionRequest;
-    let mut requests = Vec::new();
-    for (i, account) in spec.graas.iter().enumerate() {
-        let name = format!("shop-{}", i + 1);
-        let truth = sandbox.graas().truth(&account.account_number);
-        for (n, order) in truth
-            .iter()
-            .filter(|o| o.status == "INITIATED")
-            .take(60)
-            .enumerate()
-        {
-            let cancel = n % 6 == 5;
-            requests.push(ActionRequest {
-                account: name.clone(),
-                kind: if cancel { "cancel" } else { "accept" }.into(),
-                channel: Some(order.channel.clone()),
-                order_id: Some(order.order_id.clone()),
-                reason: cancel.then(|| "OUT_OF_STOCK".to_owned()),
-                ..ActionRequest::default()
-            });
-        }
-        for missing in ["1", "2"] {
-            requests.push(ActionRequest {
-                account: name.clone(),
-                kind: "accept".into(),
-                channel: Some("lazada-1".into()),
-                order_id: Some(format!("99999999{missing}")),
-                ..ActionRequest::default()
-            });
-        }
-        requests.push(ActionRequest {
-            account: name.clone(),
-            kind: "asn".into(),
-            asn: Some(serde_json::json!({
-                "warehouseID": "odoo-1", "supplierID": 7, "date": Utc::now().timestamp(),
-                "orderItems": [{"sellerSKU": "SKU-0001", "description": "demo", "quantity": 24,
-                                "uom": 1, "itemAmount": {"amount": 1200, "currencyCode": "SGD"}}]
-            })),
-            ..ActionRequest::default()
-        });
-    }
-    let count = requests.len();
-    for request in requests {
-        let action = request
-            .into_action(config)
-            .map_err(|e| anyhow::anyhow!("demo action: {e}"))?;
-        store.enqueue(&action).await?;
-    }
-    Ok(count)
-}
-
-async fn print_action_counts(store: &Arc<dyn Store>) {
-    let Ok(counts) = store.action_counts().await else {
-        return;
-    };
-    let mut by_account: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
-    for count in &counts {
-        by_account
-            .entry(count.account.as_str())
-            .or_default()
-            .push(format!("{} {}", count.state, count.count));
-    }
-    for (account, states) in by_account {
-        println!("       {account:<10} actions: {}", states.join(", "));
-    }
-}
-
-fn print_progress(runners: &[Arc<StreamRunner>], started: Instant) {
-    let now = Utc::now().timestamp();
-    for runner in runners {
-        let p = runner.progress().snapshot();
-        let lag = if p.cursor > 0 {
-            format!("{}s", now - p.cursor)
-        } else {
-            "-".into()
-        };
-        println!(
-            "[{:>4.0}s] {:<10} written {:>7}  unchanged {:>7}  quarantined {:>3}  requests {:>6}  cursor lag {:>9}  runs {:>3} ({} failed){}",
-            started.elapsed().as_secs_f64(),
-            runner.stream().account,
-            p.written,
-            p.unchanged,
-            p.quarantined,
-            p.requests,
-            lag,
-            p.runs,
-            p.failed_runs,
-            p.last_error
-                .map(|e| format!("  last error: {e}"))
-                .unwrap_or_default(),
-        );
-    }
-}
-
 async fn graas_get(
     config: ConfigArg,
     account: &str,

@@ -1,0 +1,154 @@
+//! `ordersync demo`: prints what `ordersync::demo` reports, once a second and at the end.
+
+use super::{DemoArgs, init_logging, shutdown_signal};
+use ordersync::demo::{Demo, DemoOptions, Verdict};
+use ordersync::store::ActionCount;
+use ordersync::sync::StreamRunner;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub(super) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    let options = DemoOptions {
+        accounts: args.accounts,
+        orders: args.orders,
+        database: args.database.clone(),
+        faults: !args.no_faults,
+    };
+    let demo = Demo::start(&options).await?;
+    init_logging(&demo.config.log);
+    println!(
+        "ordersync demo: {} sandbox Graas account(s) of {} orders at {} (faults {}), database {}",
+        args.accounts,
+        args.orders,
+        demo.sandbox.base_url(),
+        if options.faults { "on" } else { "off" },
+        demo.database().display()
+    );
+    println!(
+        "{} actions queued: accepts and cancels of sandbox orders, 2 per account for orders Graas does not have, one ASN per account",
+        demo.queued
+    );
+    println!("Ctrl-C to stop.\n");
+    let started = Instant::now();
+    let stop = async {
+        match args.duration {
+            Some(limit) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(limit) => {},
+                    _ = shutdown_signal() => {},
+                }
+            }
+            None => shutdown_signal().await,
+        }
+    };
+    tokio::pin!(stop);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = tick.tick() => {
+                print_progress(demo.runners(), started);
+                print_action_counts(&demo.action_counts().await);
+            }
+        }
+    }
+    println!("\nstopping the sandbox's changes and catching up once more…");
+    let (abandoned, verdict) = demo.finish().await?;
+    if !abandoned.is_empty() {
+        println!(
+            "shutdown deadline passed; abandoned: {}",
+            abandoned.join("; ")
+        );
+    }
+    print_verdict(&verdict, started);
+    if args.database.is_none() {
+        println!("(the temporary database is removed; pass --database PATH to keep it)");
+    }
+    Ok(if verdict.all_match() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn print_verdict(verdict: &Verdict, started: Instant) {
+    for (stream, error) in &verdict.failed_runs {
+        println!("  {stream}: final run failed: {error}");
+    }
+    println!("\nsummary after {:.0}s:", started.elapsed().as_secs_f64());
+    for account in &verdict.accounts {
+        println!(
+            "  {}: {} orders stored, {} malformed ones quarantined; the sandbox holds {} valid orders after {} changes while running: {}",
+            account.account,
+            account.stored,
+            account.quarantined,
+            account.truth,
+            account.sandbox.changes,
+            if account.matches() {
+                "database matches".to_owned()
+            } else {
+                format!("{} missing or different", account.differing)
+            },
+        );
+        let (p, stats) = (&account.progress, &account.sandbox);
+        println!(
+            "  {}: {} requests, {} runs ({} failed); the sandbox answered {} with 429, {} with 5xx, truncated {}, slowed {}",
+            account.account,
+            p.requests,
+            p.runs,
+            p.failed_runs,
+            stats.over_limit,
+            stats.server_errors,
+            stats.truncated,
+            stats.slow,
+        );
+    }
+    print_action_counts(&verdict.actions);
+    if verdict.open_actions > 0 {
+        println!(
+            "  {} actions were still queued when the demo stopped (run it longer)",
+            verdict.open_actions
+        );
+    }
+}
+
+fn print_action_counts(counts: &[ActionCount]) {
+    let mut by_account: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+    for count in counts {
+        by_account
+            .entry(count.account.as_str())
+            .or_default()
+            .push(format!("{} {}", count.state, count.count));
+    }
+    for (account, states) in by_account {
+        println!("       {account:<10} actions: {}", states.join(", "));
+    }
+}
+
+fn print_progress(runners: &[Arc<StreamRunner>], started: Instant) {
+    let now = chrono::Utc::now().timestamp();
+    for runner in runners {
+        let p = runner.progress().snapshot();
+        let lag = if p.cursor > 0 {
+            format!("{}s", now - p.cursor)
+        } else {
+            "-".into()
+        };
+        println!(
+            "[{:>4.0}s] {:<10} written {:>7}  unchanged {:>7}  quarantined {:>3}  requests {:>6}  cursor lag {:>9}  runs {:>3} ({} failed){}",
+            started.elapsed().as_secs_f64(),
+            runner.stream().account,
+            p.written,
+            p.unchanged,
+            p.quarantined,
+            p.requests,
+            lag,
+            p.runs,
+            p.failed_runs,
+            p.last_error
+                .map(|e| format!("  last error: {e}"))
+                .unwrap_or_default(),
+        );
+    }
+}

@@ -1,0 +1,339 @@
+//! `ordersync demo`: the built-in sandbox, a SQLite database and the daemon against them, a
+//! queue of actions, and at the end a verdict: after a last catch-up, does the database hold
+//! exactly what the sandbox holds? The CLI only prints what this module reports.
+
+use crate::app::{App, Daemon};
+use crate::config::{Config, ConfigError};
+use crate::model::ProviderKind;
+use crate::outbox::request::{ActionRequest, InvalidAction};
+use crate::providers::http::ClientBuildError;
+use crate::sandbox::graas::AccountStats;
+use crate::sandbox::{Faults, Mutations, Sandbox, SandboxConfig};
+use crate::store::{self, ActionCount, Store, StoreError, StoredOrder};
+use crate::sync::progress::ProgressSnapshot;
+use crate::sync::{self, DaemonError, StreamRunner};
+use chrono::Utc;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How long the demo gives its daemon to stop.
+const SHUTDOWN: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("cannot start the sandbox: {0}")]
+    Sandbox(#[source] std::io::Error),
+    #[error("cannot create a temporary directory: {0}")]
+    TempDir(#[source] std::io::Error),
+    #[error("the demo's configuration is invalid: {0}")]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Client(#[from] ClientBuildError),
+    #[error(transparent)]
+    Daemon(#[from] DaemonError),
+    #[error("demo action: {0}")]
+    Action(#[from] InvalidAction),
+}
+
+/// What the user asked of the demo.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    pub accounts: usize,
+    pub orders: usize,
+    /// Keep the database here instead of in a temporary directory.
+    pub database: Option<PathBuf>,
+    pub faults: bool,
+}
+
+/// A running demo.
+pub struct Demo {
+    pub config: Config,
+    pub store: Arc<dyn Store>,
+    pub sandbox: Sandbox,
+    spec: SandboxConfig,
+    runners: Vec<Arc<StreamRunner>>,
+    /// Taken when the demo finishes.
+    daemon: Option<Daemon>,
+    database: PathBuf,
+    /// Keeps a temporary database alive until the demo ends.
+    _temp: tempfile::TempDir,
+    /// How many actions were queued at the start.
+    pub queued: usize,
+}
+
+/// One account's line in the verdict.
+#[derive(Debug, Clone)]
+pub struct AccountVerdict {
+    pub account: String,
+    pub stored: usize,
+    pub quarantined: i64,
+    /// Valid orders the sandbox holds.
+    pub truth: usize,
+    /// Sandbox orders missing from the database or different there.
+    pub differing: usize,
+    pub sandbox: AccountStats,
+    pub progress: ProgressSnapshot,
+}
+
+impl AccountVerdict {
+    pub fn matches(&self) -> bool {
+        self.differing == 0 && self.stored == self.truth
+    }
+}
+
+/// What the demo found at the end.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    pub accounts: Vec<AccountVerdict>,
+    /// Final catch-up runs that failed: (stream, error).
+    pub failed_runs: Vec<(String, String)>,
+    /// Actions by (provider, account, state) at the end.
+    pub actions: Vec<ActionCount>,
+    /// Actions still pending or in flight.
+    pub open_actions: i64,
+}
+
+impl Verdict {
+    pub fn all_match(&self) -> bool {
+        self.accounts.iter().all(AccountVerdict::matches)
+    }
+}
+
+impl Demo {
+    /// Starts the sandbox (faults and live changes on), opens the database, queues the demo's
+    /// actions and starts the daemon.
+    pub async fn start(options: &DemoOptions) -> Result<Demo, DemoError> {
+        let mut spec = SandboxConfig::graas(options.accounts, options.orders);
+        spec.malformed_every = Some(997);
+        spec.mutations = Some(Mutations::default());
+        if options.faults {
+            spec.faults = Faults {
+                rate_limit_per_sec: Some(50),
+                retry_after_secs: 1,
+                server_error_ratio: 0.03,
+                slow_ratio: 0.01,
+                slow_ms: 3_000,
+                truncate_ratio: 0.02,
+                item_error_ratio: 0.02,
+            };
+        }
+        let sandbox = Sandbox::start(([127, 0, 0, 1], 0).into(), spec.clone())
+            .await
+            .map_err(DemoError::Sandbox)?;
+        let temp = tempfile::tempdir().map_err(DemoError::TempDir)?;
+        let database = options
+            .database
+            .clone()
+            .unwrap_or_else(|| temp.path().join("ordersync-demo.db"));
+        let url = format!("sqlite://{}", database.display());
+        let config = Config::from_toml(&config_toml(&sandbox, &spec, &url))?;
+        let store = store::open(&config.database).await?;
+        store.migrate().await?;
+        let app = App::build(&config, &store)?;
+        let runners = app.runners.clone();
+        let queued = queue_actions(&config, &store, &sandbox, &spec).await?;
+        let daemon = Daemon::start(app).await?;
+        Ok(Demo {
+            config,
+            store,
+            sandbox,
+            spec,
+            runners,
+            daemon: Some(daemon),
+            database,
+            _temp: temp,
+            queued,
+        })
+    }
+
+    pub fn database(&self) -> &Path {
+        &self.database
+    }
+
+    pub fn runners(&self) -> &[Arc<StreamRunner>] {
+        &self.runners
+    }
+
+    /// Actions by (provider, account, state), for the live display.
+    pub async fn action_counts(&self) -> Vec<ActionCount> {
+        self.store.action_counts().await.unwrap_or_default()
+    }
+
+    /// Stops the daemon and the sandbox's changes, catches up once more and compares the
+    /// database with the sandbox. Returns what was abandoned at shutdown (if anything) and the
+    /// verdict.
+    pub async fn finish(mut self) -> Result<(Vec<String>, Verdict), DemoError> {
+        let abandoned = match self.daemon.take() {
+            Some(daemon) => {
+                daemon
+                    .shutdown(tokio::time::Instant::now() + SHUTDOWN)
+                    .await
+            }
+            None => Vec::new(),
+        };
+        // The last changes are read once `settle` has passed them.
+        let newest = self.sandbox.graas().set_mutating(false);
+        let settle = self.config.graas.iter().map(|a| a.settle).max();
+        let settle = i64::try_from(settle.unwrap_or_default().as_secs()).unwrap_or(0);
+        while Utc::now().timestamp() <= newest + settle + 1 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut failed_runs = Vec::new();
+        for (stream, result) in
+            sync::run_until_caught_up(&self.runners, &CancellationToken::new()).await
+        {
+            if let Err(error) = result {
+                failed_runs.push((stream.to_string(), error.to_string()));
+            }
+        }
+        let mut accounts = Vec::new();
+        for (runner, account) in self.runners.iter().zip(&self.spec.graas) {
+            accounts.push(
+                self.account_verdict(runner, &account.account_number)
+                    .await?,
+            );
+        }
+        let actions = self.store.action_counts().await?;
+        let open_actions = actions
+            .iter()
+            .filter(|c| c.state == "pending" || c.state == "in_flight")
+            .map(|c| c.count)
+            .sum();
+        self.store.close().await;
+        self.sandbox.stop().await;
+        Ok((
+            abandoned,
+            Verdict {
+                accounts,
+                failed_runs,
+                actions,
+                open_actions,
+            },
+        ))
+    }
+
+    async fn account_verdict(
+        &self,
+        runner: &StreamRunner,
+        account_number: &str,
+    ) -> Result<AccountVerdict, DemoError> {
+        let name = &runner.stream().account;
+        let provider = ProviderKind::Graas.as_str();
+        let stored = self.store.orders_of(provider, name).await?;
+        let quarantined = self.store.quarantine_count(provider, name).await?;
+        let truth: Vec<_> = self
+            .sandbox
+            .graas()
+            .truth(account_number)
+            .into_iter()
+            .filter(|o| !o.malformed)
+            .collect();
+        let stored_by_key: HashMap<(&str, &str), &StoredOrder> = stored
+            .iter()
+            .map(|o| ((o.channel.as_str(), o.external_id.as_str()), o))
+            .collect();
+        let differing = truth
+            .iter()
+            .filter(|t| {
+                stored_by_key
+                    .get(&(t.channel.as_str(), t.order_id.as_str()))
+                    .is_none_or(|s| {
+                        s.status.as_deref() != Some(t.status.as_str())
+                            || s.upstream_updated_at.timestamp() != t.updated
+                    })
+            })
+            .count();
+        Ok(AccountVerdict {
+            account: name.clone(),
+            stored: stored.len(),
+            quarantined,
+            truth: truth.len(),
+            differing,
+            sandbox: self
+                .sandbox
+                .graas()
+                .stats(account_number)
+                .unwrap_or_default(),
+            progress: runner.progress().snapshot(),
+        })
+    }
+}
+
+/// The demo's configuration: quick schedules and retries, quiet logs.
+fn config_toml(sandbox: &Sandbox, spec: &SandboxConfig, database_url: &str) -> String {
+    let start = Utc::now() - chrono::Duration::seconds(spec.history_secs + 3600);
+    let mut text = format!(
+        "[database]\nurl = \"{database_url}\"\n\n[log]\nlevel = \"error\"\n\n[http]\nrequest_timeout = \"2s\"\nmin_backoff = \"100ms\"\nmax_backoff = \"2s\"\n\n[outbox]\npoll_interval = \"200ms\"\nmin_backoff = \"500ms\"\nmax_backoff = \"5s\"\n"
+    );
+    for (i, account) in spec.graas.iter().enumerate() {
+        text.push_str(&format!(
+            "\n[[graas]]\nname = \"shop-{n}\"\nbase_url = \"{url}\"\naccount_number = \"{number}\"\napp_key = \"{key}\"\nschedule = \"*/2 * * * * *\"\nlookback = \"1m\"\nsettle = \"2s\"\npage_size = 200\nstart_from = \"{start}\"\nmax_window = \"1d\"\nrate_limit = \"40/s\"\n",
+            n = i + 1,
+            url = sandbox.base_url(),
+            number = account.account_number,
+            key = account.app_key,
+            start = start.to_rfc3339(),
+        ));
+    }
+    text
+}
+
+/// Queues the demo's actions: accepts and cancels of sandbox orders, two accepts of orders the
+/// sandbox does not have, one ASN per account. Returns how many.
+async fn queue_actions(
+    config: &Config,
+    store: &Arc<dyn Store>,
+    sandbox: &Sandbox,
+    spec: &SandboxConfig,
+) -> Result<usize, DemoError> {
+    let mut requests = Vec::new();
+    for (i, account) in spec.graas.iter().enumerate() {
+        let name = format!("shop-{}", i + 1);
+        let truth = sandbox.graas().truth(&account.account_number);
+        for (n, order) in truth
+            .iter()
+            .filter(|o| o.status == "INITIATED")
+            .take(60)
+            .enumerate()
+        {
+            let cancel = n % 6 == 5;
+            requests.push(ActionRequest {
+                account: name.clone(),
+                kind: if cancel { "cancel" } else { "accept" }.into(),
+                channel: Some(order.channel.clone()),
+                order_id: Some(order.order_id.clone()),
+                reason: cancel.then(|| "OUT_OF_STOCK".to_owned()),
+                ..ActionRequest::default()
+            });
+        }
+        for missing in ["1", "2"] {
+            requests.push(ActionRequest {
+                account: name.clone(),
+                kind: "accept".into(),
+                channel: Some("lazada-1".into()),
+                order_id: Some(format!("99999999{missing}")),
+                ..ActionRequest::default()
+            });
+        }
+        requests.push(ActionRequest {
+            account: name.clone(),
+            kind: "asn".into(),
+            asn: Some(serde_json::json!({
+                "warehouseID": "odoo-1", "supplierID": 7, "date": Utc::now().timestamp(),
+                "orderItems": [{"sellerSKU": "SKU-0001", "description": "demo", "quantity": 24,
+                                "uom": 1, "itemAmount": {"amount": 1200, "currencyCode": "SGD"}}]
+            })),
+            ..ActionRequest::default()
+        });
+    }
+    let count = requests.len();
+    for request in requests {
+        store.enqueue(&request.into_action(config)?).await?;
+    }
+    Ok(count)
+}
