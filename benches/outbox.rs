@@ -124,7 +124,7 @@ async fn run_case(
         .graas()
         .stats(&account.account_number)
         .unwrap_or_default();
-    let requests = after.requests - before.requests;
+    let requests = after.traffic.requests - before.traffic.requests;
     let request_rate = requests as f64 / drain_time.as_secs_f64();
     let limit = match case.limit_per_sec {
         Some(limit) => format!(

@@ -174,19 +174,22 @@ async fn faults_lose_nothing_and_the_limiter_holds(db: TestDb) {
         .graas()
         .stats(&spec.graas[0].account_number)
         .unwrap();
-    assert!(stats.requests > 60, "too few requests to judge: {stats:?}");
     assert!(
-        stats.server_errors > 0 && stats.truncated > 0 && stats.slow > 0,
+        stats.traffic.requests > 60,
+        "too few requests to judge: {stats:?}"
+    );
+    assert!(
+        stats.traffic.server_errors > 0 && stats.traffic.truncated > 0 && stats.traffic.slow > 0,
         "faults did not fire: {stats:?}"
     );
     // 20/s, evenly spaced: a sliding second can hold one more at its edges, never more.
     assert!(
-        stats.max_per_second <= 21,
+        stats.traffic.max_per_second <= 21,
         "limiter let {} requests into one second",
-        stats.max_per_second
+        stats.traffic.max_per_second
     );
     assert_eq!(
-        stats.over_limit, 0,
+        stats.traffic.over_limit, 0,
         "requests went over the upstream's limit: {stats:?}"
     );
     store.close().await;
@@ -219,14 +222,14 @@ async fn rate_limited_answers_are_honoured(db: TestDb) {
         .stats(&spec.graas[0].account_number)
         .unwrap();
     assert!(
-        stats.over_limit > 0,
+        stats.traffic.over_limit > 0,
         "the sandbox never answered 429: {stats:?}"
     );
     // Each 429 pauses the account for its Retry-After (1s): at most about one refusal a second.
     assert!(
-        stats.over_limit <= elapsed + 2,
+        stats.traffic.over_limit <= elapsed + 2,
         "{} refusals in {elapsed}s: Retry-After was not honoured",
-        stats.over_limit
+        stats.traffic.over_limit
     );
     store.close().await;
     sandbox.stop().await;
@@ -357,7 +360,7 @@ async fn a_malformed_single_order_fails_at_once_naming_the_field() {
         .stats(&spec.graas[0].account_number)
         .unwrap();
     assert_eq!(
-        stats.requests, 1,
+        stats.traffic.requests, 1,
         "a record that cannot be stored was asked for again"
     );
     assert!(

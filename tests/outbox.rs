@@ -153,8 +153,8 @@ async fn drain_500_actions_at_the_rate_limit(db: TestDb) {
     let mut requests = 0;
     for acct in &spec.graas {
         let stats = sandbox.graas().stats(&acct.account_number).unwrap();
-        assert_eq!(stats.over_limit, 0, "{stats:?}");
-        requests = requests.max(stats.requests);
+        assert_eq!(stats.traffic.over_limit, 0, "{stats:?}");
+        requests = requests.max(stats.traffic.requests);
         let received = sandbox.graas().received(&acct.account_number);
         assert_eq!(received.len(), 250, "each action sent exactly once");
         assert!(applied(&received).values().all(|n| *n == 1));
@@ -255,17 +255,22 @@ async fn faults_end_every_action_final(db: TestDb) {
         .graas()
         .stats(&spec.graas[0].account_number)
         .unwrap();
-    assert!(stats.over_limit > 0, "no 429 was provoked: {stats:?}");
-    assert!(stats.server_errors > 0 && stats.slow > 0 && stats.truncated > 0);
+    assert!(
+        stats.traffic.over_limit > 0,
+        "no 429 was provoked: {stats:?}"
+    );
+    assert!(
+        stats.traffic.server_errors > 0 && stats.traffic.slow > 0 && stats.traffic.truncated > 0
+    );
     // An item is applied twice only when its answer was lost: a timeout or a cut-off body.
     let received = sandbox.graas().received(&spec.graas[0].account_number);
     let repeats: usize = applied(&received).values().map(|n| n - 1).sum();
-    let lost_answers = (stats.slow + stats.truncated) as usize;
+    let lost_answers = (stats.traffic.slow + stats.traffic.truncated) as usize;
     println!(
         "{} items received, {repeats} applied twice, {lost_answers} answers lost to timeouts or truncation, {} 429s, {} 5xx",
         received.len(),
-        stats.over_limit,
-        stats.server_errors
+        stats.traffic.over_limit,
+        stats.traffic.server_errors
     );
     assert!(
         repeats <= lost_answers * 4,

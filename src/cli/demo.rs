@@ -98,10 +98,10 @@ fn print_verdict(verdict: &Verdict, started: Instant) {
             p.requests,
             p.runs,
             p.failed_runs,
-            stats.over_limit,
-            stats.server_errors,
-            stats.truncated,
-            stats.slow,
+            stats.traffic.over_limit,
+            stats.traffic.server_errors,
+            stats.traffic.truncated,
+            stats.traffic.slow,
         );
     }
     print_action_counts(&verdict.actions);

@@ -7,6 +7,7 @@ mod writes;
 
 pub use writes::Received;
 
+use super::faults::{Admission, FaultGate, TrafficStats};
 use super::{Faults, Mutations, SandboxConfig};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -17,10 +18,10 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use serde_json::{Value, json};
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const CHANNELS: [(&str, &str); 3] = [
     ("Lazada", "lazada-1"),
@@ -77,15 +78,10 @@ pub struct TruthOrder {
 /// What one account's API saw.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct AccountStats {
-    pub requests: u64,
-    /// Requests answered 429 because they went over `rate_limit_per_sec`.
-    pub over_limit: u64,
-    pub server_errors: u64,
-    pub slow: u64,
-    pub truncated: u64,
+    /// Requests and the faults they met.
+    #[serde(flatten)]
+    pub traffic: TrafficStats,
     pub unauthorized: u64,
-    /// The most requests seen within any one second.
-    pub max_per_second: u64,
     /// Status changes the mutation loop made (each one a new order version).
     pub changes: u64,
 }
@@ -98,7 +94,7 @@ struct SimAccount {
     /// (timeLastUpdated, index) in order, for window queries.
     by_updated: BTreeSet<(i64, usize)>,
     by_key: HashMap<(String, String), usize>,
-    recent: VecDeque<Instant>,
+    faults: FaultGate,
     stats: AccountStats,
     next_id: u64,
 }
@@ -159,22 +155,6 @@ impl SimAccount {
         order.updated = updated;
         self.by_updated.insert((updated, index));
     }
-
-    /// Counts the request in the sliding second; true when it goes over `limit`.
-    fn count_request(&mut self, limit: Option<u32>) -> bool {
-        let now = Instant::now();
-        while self
-            .recent
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
-        {
-            self.recent.pop_front();
-        }
-        self.recent.push_back(now);
-        self.stats.requests += 1;
-        self.stats.max_per_second = self.stats.max_per_second.max(self.recent.len() as u64);
-        limit.is_some_and(|limit| self.recent.len() > limit as usize)
-    }
 }
 
 impl GraasSim {
@@ -191,7 +171,7 @@ impl GraasSim {
                 orders: Vec::with_capacity(spec.orders),
                 by_updated: BTreeSet::new(),
                 by_key: HashMap::with_capacity(spec.orders),
-                recent: VecDeque::new(),
+                faults: FaultGate::default(),
                 stats: AccountStats::default(),
                 next_id: 0,
             };
@@ -528,43 +508,30 @@ fn admit_now(sim: &GraasSim, headers: &HeaderMap) -> Result<Admitted, Box<Respon
         let Some(index) = state.accounts.iter().position(|a| a.number == number) else {
             return Err(Box::new(error(StatusCode::UNAUTHORIZED, "Unauthorized")));
         };
-        let faults = state.faults.clone();
         let account = &mut state.accounts[index];
         if account.key != key {
             account.stats.unauthorized += 1;
             return Err(Box::new(error(StatusCode::UNAUTHORIZED, "Unauthorized")));
         }
-        if account.count_request(faults.rate_limit_per_sec) {
-            account.stats.over_limit += 1;
-            let mut response = error(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests");
-            if let Ok(value) = faults.retry_after_secs.to_string().parse() {
-                response.headers_mut().insert(header::RETRY_AFTER, value);
-            }
-            return Err(Box::new(response));
-        }
-        if state
-            .rng
-            .random_bool(faults.server_error_ratio.clamp(0.0, 1.0))
+        match account
+            .faults
+            .admit(&state.faults, &mut account.stats.traffic, &mut state.rng)
         {
-            state.accounts[index].stats.server_errors += 1;
-            return Err(Box::new(error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Service Unavailable",
-            )));
+            Admission::Served { slow, truncate } => (index, slow, truncate),
+            Admission::RateLimited { retry_after_secs } => {
+                let mut response = error(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests");
+                if let Ok(value) = retry_after_secs.to_string().parse() {
+                    response.headers_mut().insert(header::RETRY_AFTER, value);
+                }
+                return Err(Box::new(response));
+            }
+            Admission::ServerError => {
+                return Err(Box::new(error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Service Unavailable",
+                )));
+            }
         }
-        let slow = state.rng.random_bool(faults.slow_ratio.clamp(0.0, 1.0));
-        if slow {
-            state.accounts[index].stats.slow += 1;
-        }
-        let truncate = state.rng.random_bool(faults.truncate_ratio.clamp(0.0, 1.0));
-        if truncate {
-            state.accounts[index].stats.truncated += 1;
-        }
-        (
-            index,
-            slow.then(|| Duration::from_millis(faults.slow_ms)),
-            truncate,
-        )
     };
     Ok(Admitted {
         index,

@@ -1,6 +1,7 @@
 //! Simulated provider APIs on loopback, for `ordersync demo`, `ordersync sandbox` and the tests.
 //! Data is deterministic for a seed; faults and mutations are switched on per run.
 
+pub mod faults;
 pub mod graas;
 
 use serde::{Deserialize, Serialize};
