@@ -356,3 +356,39 @@ async fn status_reports_each_stream(db: TestDb) {
     s.sandbox.stop().await;
 }
 on_both_backends!(status_reports_each_stream);
+
+/// A script that reads only the sandbox's address and closes the pipe must not kill it.
+#[test]
+fn the_sandbox_outlives_a_reader_that_stops_reading() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut child = Command::new(BIN)
+        .args(["sandbox", "--listen", "127.0.0.1:0", "--orders", "10"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut first = String::new();
+    BufReader::new(stdout).read_line(&mut first).unwrap();
+    let url = first
+        .trim()
+        .strip_prefix("sandbox listening on http://")
+        .expect("the address comes first")
+        .to_owned();
+    // The reader is gone now; the sandbox keeps serving.
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(child.try_wait().unwrap().is_none(), "the sandbox died");
+        let mut conn = std::net::TcpStream::connect(&url).expect("the sandbox listens");
+        write!(
+            conn,
+            "GET /_sandbox/graas/stats HTTP/1.1\r\nHost: {url}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

@@ -16,6 +16,7 @@ use ordersync::server::admin::{self, AdminState};
 use ordersync::store::{self, Store};
 use ordersync::sync::health::{self, Health};
 use ordersync::sync::{self};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -451,17 +452,24 @@ async fn sandbox(args: SandboxArgs) -> anyhow::Result<ExitCode> {
     let sandbox = Sandbox::start(args.listen, config)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    println!("sandbox listening on {}", sandbox.base_url());
+    // A reader that stopped reading (a script that only wanted the address) must not kill the
+    // sandbox: println! would panic on the closed pipe, so write errors are ignored.
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "sandbox listening on {}", sandbox.base_url());
     for account in &accounts {
-        println!(
+        let _ = writeln!(
+            out,
             "graas account_number={} app_key={} orders={}",
             account.account_number, account.app_key, account.orders
         );
     }
-    println!(
+    let _ = writeln!(
+        out,
         "statistics: GET {0}/_sandbox/graas/stats   faults: PUT {0}/_sandbox/graas/faults",
         sandbox.base_url()
     );
+    let _ = out.flush();
+    drop(out);
     shutdown_signal().await;
     sandbox.stop().await;
     Ok(ExitCode::SUCCESS)
