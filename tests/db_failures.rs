@@ -13,7 +13,6 @@ use common::{
 };
 use ordersync::app::App;
 use ordersync::model::{ProviderKind, StreamKey};
-use ordersync::outbox::request::ActionRequest;
 use ordersync::sandbox::{Mutations, SandboxConfig};
 use ordersync::store::{ActionFilter, Store, StreamStatus};
 use sqlx::Connection;
@@ -178,19 +177,7 @@ async fn terminated_connections_never_strand_an_action() {
     .await;
     let store = open_store(&s.config).await;
     let number = s.spec.graas[0].account_number.clone();
-    for order in s.sandbox.graas().truth(&number).iter().take(ACTIONS) {
-        let request = ActionRequest {
-            account: account_name(0),
-            kind: "accept".into(),
-            channel: Some(order.channel.clone()),
-            order_id: Some(order.order_id.clone()),
-            ..ActionRequest::default()
-        };
-        store
-            .enqueue(&request.into_action(&s.config).unwrap())
-            .await
-            .unwrap();
-    }
+    common::enqueue_accepts(&s, &store, ACTIONS).await;
     let mut daemon = spawn_run_logged(&s.config_path, &s.log());
     // The dispatcher's statements take a millisecond, too short to hit by chance. So each round
     // holds a lock on `actions` until a claim or record waits on it, then terminates every

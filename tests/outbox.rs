@@ -60,16 +60,7 @@ async fn one_quiet_account(
     (spec, sandbox, config, store)
 }
 
-fn order_request(account: usize, kind: &str, order: &TruthOrder) -> ActionRequest {
-    ActionRequest {
-        account: account_name(account),
-        kind: kind.into(),
-        channel: Some(order.channel.clone()),
-        order_id: Some(order.order_id.clone()),
-        reason: (kind == "cancel").then(|| "OUT_OF_STOCK".to_owned()),
-        ..ActionRequest::default()
-    }
-}
+use common::order_request;
 
 async fn enqueue(
     store: &Arc<dyn Store>,

@@ -4,11 +4,10 @@
 mod common;
 
 use common::{
-    AccountToml, Backend, Setup, TestDb, account_name, open_store, spawn_run, spawn_run_logged,
-    wait_for_log, wait_until,
+    AccountToml, Backend, Setup, TestDb, open_store, spawn_run, spawn_run_logged, wait_for_log,
+    wait_until,
 };
 use ordersync::model::Action;
-use ordersync::outbox::request::ActionRequest;
 use ordersync::sandbox::graas::Received;
 use ordersync::sandbox::{Faults, SandboxConfig};
 use ordersync::store::{ActionFilter, Store};
@@ -60,23 +59,7 @@ impl OutboxSetup {
 
     /// Queues an accept for each of the first `count` orders.
     async fn enqueue_accepts(&self, count: usize) {
-        for order in self
-            .sandbox
-            .graas()
-            .truth(self.account_number())
-            .iter()
-            .take(count)
-        {
-            let request = ActionRequest {
-                account: account_name(0),
-                kind: "accept".into(),
-                channel: Some(order.channel.clone()),
-                order_id: Some(order.order_id.clone()),
-                ..ActionRequest::default()
-            };
-            let action = request.into_action(&self.config).unwrap();
-            self.store.enqueue(&action).await.unwrap();
-        }
+        common::enqueue_accepts(&self.base, &self.store, count).await;
     }
 
     async fn actions(&self) -> Vec<Action> {

@@ -616,3 +616,31 @@ impl Setup {
         );
     }
 }
+
+/// An accept or cancel (with the default reason) of a sandbox order, for the first account
+/// `account` (0-based).
+pub fn order_request(
+    account: usize,
+    kind: &str,
+    order: &ordersync::sandbox::graas::TruthOrder,
+) -> ordersync::outbox::request::ActionRequest {
+    ordersync::outbox::request::ActionRequest {
+        account: account_name(account),
+        kind: kind.into(),
+        channel: Some(order.channel.clone()),
+        order_id: Some(order.order_id.clone()),
+        reason: (kind == "cancel").then(|| "OUT_OF_STOCK".to_owned()),
+        ..Default::default()
+    }
+}
+
+/// Queues an accept for each of the first `count` orders of the first sandbox account.
+pub async fn enqueue_accepts(setup: &Setup, store: &Arc<dyn Store>, count: usize) {
+    let number = &setup.spec.graas[0].account_number;
+    for order in setup.sandbox.graas().truth(number).iter().take(count) {
+        let action = order_request(0, "accept", order)
+            .into_action(&setup.config)
+            .expect("a valid accept");
+        store.enqueue(&action).await.expect("enqueue");
+    }
+}
