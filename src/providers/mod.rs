@@ -6,6 +6,7 @@
 //! - webhooks verified and parsed from raw bytes (Get It Done, Grafterr, Lagerkoll) and
 //!   scheduled snapshots (KassaForte) get their interfaces with the providers that need them.
 
+pub mod getitdone;
 pub mod graas;
 pub mod http;
 

@@ -2,14 +2,16 @@
 //! (`GET /v1/order/{nickNameID}/{orderID}`); accept/cancel (`PUT /v1/orders`) and ASNs
 //! (`/v1/asn`). What ordersync speaks to Graas: `docs/providers/graas.md`.
 
+pub mod config;
 pub mod outbound;
 pub mod wire;
 
 use super::http::{HttpClient, RateGate, Response};
 use super::{OrderLookup, ProviderError, TimeWindow, WindowPage, WindowSource};
-use crate::config::{GraasAccount, Secret};
+use crate::config::Secret;
 use crate::model::{Order, ProviderKind, Quarantined, StreamKey};
 use async_trait::async_trait;
+use config::GraasAccount;
 use outbound::{AsnStatus, ItemResult, OrderUpdate};
 use serde_json::value::RawValue;
 use std::sync::Arc;

@@ -4,7 +4,8 @@
 //! keys are checked there); [`RawConfig::validate`] then parses every value into its typed form and
 //! collects *all* problems, each with its key path, so a user fixes a file in one pass.
 
-use chrono::{DateTime, Utc};
+pub use crate::providers::getitdone::config::{GetItDoneAccount, RawGetItDoneAccount};
+pub use crate::providers::graas::config::{GraasAccount, RawGraasAccount};
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use serde::Deserialize;
@@ -167,7 +168,147 @@ pub struct RawConfig {
     #[serde(default)]
     pub daemon: RawDaemon,
     #[serde(default)]
-    pub graas: Vec<RawGraasAccount>,
+    pub webhooks: RawWebhooks,
+    #[serde(default)]
+    pub graas: Vec<Entry<RawGraasAccount>>,
+    #[serde(default)]
+    pub getitdone: Vec<Entry<RawGetItDoneAccount>>,
+}
+
+/// One `[[section]]` entry as read, with its position in the file for messages.
+#[derive(Debug)]
+pub struct Entry<R> {
+    pub index: usize,
+    pub raw: R,
+}
+
+impl<'de, R: Deserialize<'de>> Deserialize<'de> for Entry<R> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        R::deserialize(deserializer).map(|raw| Entry { index: 0, raw })
+    }
+}
+
+/// A provider's list of accounts (`[[graas]]`, `[[getitdone]]`, …): its type lives next to its
+/// provider; reading, env overrides, names and key paths are shared here.
+pub trait AccountSection: Sized {
+    /// The section's name in the file and in `ORDERSYNC_<SECTION>__<n>__<KEY>`.
+    const SECTION: &'static str;
+    /// The entry as written (serde checks types and unknown keys).
+    type Raw: serde::de::DeserializeOwned + fmt::Debug;
+
+    fn name(raw: &Self::Raw) -> &str;
+
+    /// Parses one entry's values; `None` when it is too broken to use (its problems are in `p`).
+    fn validate(raw: Self::Raw, at: &KeyPath, p: &mut Problems) -> Option<Self>;
+}
+
+/// Where one account's keys live in the file: `graas[1]`.
+pub struct KeyPath {
+    pub section: &'static str,
+    pub index: usize,
+}
+
+impl KeyPath {
+    /// `graas[1].key`
+    pub fn key(&self, key: &str) -> String {
+        format!("{}[{}].{key}", self.section, self.index)
+    }
+}
+
+/// Checks the names of one section's accounts (well-formed, unique), then each account.
+fn validate_accounts<T: AccountSection>(entries: Vec<Entry<T::Raw>>, p: &mut Problems) -> Vec<T> {
+    let mut names = HashSet::new();
+    let mut accounts = Vec::with_capacity(entries.len());
+    for Entry { index, raw } in entries {
+        let at = KeyPath {
+            section: T::SECTION,
+            index,
+        };
+        let name = T::name(&raw).to_owned();
+        if !is_valid_name(&name) {
+            p.push(
+                at.key("name"),
+                format!("`{name}` must be 1-64 characters of letters, digits, `-`, `_` or `.`"),
+            );
+        }
+        if !names.insert(name.clone()) {
+            p.push(
+                at.key("name"),
+                format!(
+                    "`{name}` is used by another [[{}]] account; names must be unique",
+                    T::SECTION
+                ),
+            );
+        }
+        accounts.extend(T::validate(raw, &at, p));
+    }
+    accounts
+}
+
+/// `[webhooks]`: the listener that providers push to. It faces the internet, so it is not
+/// the admin API's listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebhooks {
+    #[serde(default = "default_webhooks_listen")]
+    pub listen: String,
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    #[serde(default = "default_timestamp_tolerance")]
+    pub timestamp_tolerance: String,
+}
+
+impl Default for RawWebhooks {
+    fn default() -> Self {
+        RawWebhooks {
+            listen: default_webhooks_listen(),
+            max_body_bytes: default_max_body_bytes(),
+            timestamp_tolerance: default_timestamp_tolerance(),
+        }
+    }
+}
+
+fn default_webhooks_listen() -> String {
+    "127.0.0.1:8322".to_owned()
+}
+fn default_max_body_bytes() -> usize {
+    1024 * 1024
+}
+fn default_timestamp_tolerance() -> String {
+    "300s".to_owned()
+}
+
+impl RawWebhooks {
+    fn validate(self, p: &mut Problems) -> WebhooksConfig {
+        let listen = p.socket_addr("webhooks.listen", &self.listen, "127.0.0.1:8322");
+        if !(1_024..=64 * 1024 * 1024).contains(&self.max_body_bytes) {
+            p.push(
+                "webhooks.max_body_bytes",
+                "must be between 1024 and 67108864 (64 MiB)",
+            );
+        }
+        let timestamp_tolerance = p.duration(
+            "webhooks.timestamp_tolerance".into(),
+            &self.timestamp_tolerance,
+        );
+        if timestamp_tolerance < Duration::from_secs(1) {
+            p.push("webhooks.timestamp_tolerance", "must be at least 1s");
+        }
+        WebhooksConfig {
+            listen,
+            max_body_bytes: self.max_body_bytes,
+            timestamp_tolerance,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct WebhooksConfig {
+    pub listen: std::net::SocketAddr,
+    /// Larger deliveries are answered 413 and not stored.
+    pub max_body_bytes: usize,
+    /// How far a signed timestamp may be from our clock, either way.
+    pub timestamp_tolerance: Duration,
 }
 
 #[derive(Debug, Deserialize)]
@@ -217,6 +358,10 @@ impl Default for RawOutbox {
             max_backoff: default_action_max_backoff(),
         }
     }
+}
+
+pub(crate) fn default_true() -> bool {
+    true
 }
 
 fn default_outbox_poll() -> String {
@@ -369,77 +514,6 @@ fn default_max_backoff() -> String {
     "60s".to_owned()
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawGraasAccount {
-    pub name: String,
-    pub base_url: String,
-    pub account_number: String,
-    pub app_key: String,
-    #[serde(default = "default_graas_schedule")]
-    pub schedule: String,
-    #[serde(default = "default_lookback")]
-    pub lookback: String,
-    #[serde(default = "default_settle")]
-    pub settle: String,
-    #[serde(default = "default_page_size")]
-    pub page_size: u32,
-    pub start_from: String,
-    #[serde(default = "default_max_window")]
-    pub max_window: String,
-    #[serde(default = "default_graas_rate")]
-    pub rate_limit: String,
-    #[serde(default = "default_true")]
-    pub enabled: bool,
-    #[serde(default = "default_action_batch_size")]
-    pub action_batch_size: u32,
-    #[serde(default = "default_cancel_reasons")]
-    pub cancel_reasons: Vec<String>,
-    #[serde(default = "default_asn_schedule")]
-    pub asn_schedule: String,
-    #[serde(default = "default_asn_final_statuses")]
-    pub asn_final_statuses: Vec<String>,
-    /// Position in the file, for messages (set after reading).
-    #[serde(skip)]
-    pub index: usize,
-}
-
-fn default_graas_schedule() -> String {
-    "*/30 * * * * *".to_owned()
-}
-fn default_lookback() -> String {
-    "10m".to_owned()
-}
-fn default_settle() -> String {
-    "30s".to_owned()
-}
-fn default_page_size() -> u32 {
-    100
-}
-fn default_max_window() -> String {
-    "1d".to_owned()
-}
-fn default_graas_rate() -> String {
-    "5/s".to_owned()
-}
-fn default_true() -> bool {
-    true
-}
-fn default_action_batch_size() -> u32 {
-    50
-}
-fn default_cancel_reasons() -> Vec<String> {
-    vec!["OUT_OF_STOCK".to_owned()]
-}
-fn default_asn_schedule() -> String {
-    "0 */5 * * * *".to_owned()
-}
-fn default_asn_final_statuses() -> Vec<String> {
-    ["received", "closed", "completed", "cancelled"]
-        .map(str::to_owned)
-        .to_vec()
-}
-
 // ---------------------------------------------------------------------------------------------
 // The validated, typed configuration.
 
@@ -451,7 +525,9 @@ pub struct Config {
     pub outbox: OutboxConfig,
     pub admin: AdminConfig,
     pub daemon: DaemonConfig,
+    pub webhooks: WebhooksConfig,
     pub graas: Vec<GraasAccount>,
+    pub getitdone: Vec<GetItDoneAccount>,
 }
 
 #[derive(Debug, Clone)]
@@ -463,6 +539,10 @@ pub struct DaemonConfig {
 impl Config {
     pub fn graas_account(&self, name: &str) -> Option<&GraasAccount> {
         self.graas.iter().find(|a| a.name == name)
+    }
+
+    pub fn getitdone_account(&self, name: &str) -> Option<&GetItDoneAccount> {
+        self.getitdone.iter().find(|a| a.name == name)
     }
 }
 
@@ -548,26 +628,6 @@ pub struct HttpConfig {
     pub max_backoff: Duration,
 }
 
-#[derive(Debug, Clone)]
-pub struct GraasAccount {
-    pub name: String,
-    pub base_url: Url,
-    pub account_number: String,
-    pub app_key: Secret,
-    pub schedule: String,
-    pub lookback: Duration,
-    pub settle: Duration,
-    pub page_size: u32,
-    pub start_from: DateTime<Utc>,
-    pub max_window: Duration,
-    pub rate_limit: RateLimit,
-    pub enabled: bool,
-    pub action_batch_size: u32,
-    pub cancel_reasons: Vec<String>,
-    pub asn_schedule: String,
-    pub asn_final_statuses: Vec<String>,
-}
-
 impl Config {
     /// Reads `path` (when given) and the `ORDERSYNC_…` environment, then validates.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
@@ -609,7 +669,9 @@ impl Config {
             outbox: Option<figment::value::Value>,
             admin: Option<figment::value::Value>,
             daemon: Option<figment::value::Value>,
+            webhooks: Option<figment::value::Value>,
             graas: Option<figment::value::Value>,
+            getitdone: Option<figment::value::Value>,
         }
         let mut problems = ConfigError::from_figment_at(&[], figment.extract::<Sections>().err());
         let raw = RawConfig {
@@ -619,7 +681,9 @@ impl Config {
             outbox: extract_section(&figment, "outbox", &mut problems),
             admin: extract_section(&figment, "admin", &mut problems),
             daemon: extract_section(&figment, "daemon", &mut problems),
-            graas: extract_accounts(&figment, "graas", account_env, &mut problems),
+            webhooks: extract_section(&figment, "webhooks", &mut problems),
+            graas: extract_accounts::<GraasAccount>(&figment, account_env, &mut problems),
+            getitdone: extract_accounts::<GetItDoneAccount>(&figment, account_env, &mut problems),
         };
         match raw.validate() {
             Ok(config) if problems.is_empty() => Ok(config),
@@ -652,12 +716,12 @@ fn extract_section<T: serde::de::DeserializeOwned + Default>(
 
 /// Each `[[name]]` entry read on its own; entries that do not read are reported and left out,
 /// the others keep their position for later messages.
-fn extract_accounts(
+fn extract_accounts<T: AccountSection>(
     figment: &Figment,
-    name: &str,
     account_env: &[AccountOverride],
     problems: &mut Vec<ConfigProblem>,
-) -> Vec<RawGraasAccount> {
+) -> Vec<Entry<T::Raw>> {
+    let name = T::SECTION;
     let value = figment
         .find_value(name)
         .unwrap_or_else(|_| figment::value::Value::from(Vec::<figment::value::Value>::new()));
@@ -688,11 +752,8 @@ fn extract_accounts(
     entries
         .into_iter()
         .enumerate()
-        .filter_map(|(i, entry)| match RawGraasAccount::deserialize(&entry) {
-            Ok(account) => Some(RawGraasAccount {
-                index: i,
-                ..account
-            }),
+        .filter_map(|(i, entry)| match T::Raw::deserialize(&entry) {
+            Ok(raw) => Some(Entry { index: i, raw }),
             Err(error) => {
                 problems.extend(ConfigError::from_figment_at(
                     &[format!("{name}[{i}]")],
@@ -725,7 +786,7 @@ impl ConfigError {
 }
 
 /// Sections whose entries are a list (`[[graas]]`): their keys are overridden per position.
-const LIST_SECTIONS: [&str; 1] = ["graas"];
+const LIST_SECTIONS: [&str; 2] = [GraasAccount::SECTION, GetItDoneAccount::SECTION];
 
 /// `ORDERSYNC_…` variables as config keys. `ORDERSYNC_CONFIG` (the file's path) and
 /// `ORDERSYNC_TEST_…` (the test suite's) are not keys; any other unknown one is an error, so a
@@ -776,19 +837,64 @@ fn account_overrides() -> Vec<AccountOverride> {
         .collect()
 }
 
-/// Collects problems while values are parsed, so one run reports all of them.
+/// Collects problems while values are parsed, so one run reports all of them. A value that
+/// does not parse is reported and replaced by a harmless one, so parsing goes on.
 #[derive(Default)]
-struct Problems(Vec<ConfigProblem>);
+pub struct Problems(Vec<ConfigProblem>);
 
 impl Problems {
-    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.0.push(ConfigProblem {
             path: path.into(),
             message: message.into(),
         });
     }
 
-    fn duration(&mut self, path: String, text: &str) -> Duration {
+    pub fn into_problems(self) -> Vec<ConfigProblem> {
+        self.0
+    }
+
+    pub fn schedule(&mut self, path: String, expr: &str) {
+        if let Err(message) = check_schedule(expr) {
+            self.push(path, message);
+        }
+    }
+
+    pub fn rate_limit(&mut self, path: String, text: &str) -> RateLimit {
+        RateLimit::parse(text).unwrap_or_else(|message| {
+            self.push(path, message);
+            RateLimit {
+                requests: NonZeroU32::MIN,
+                per: Duration::from_secs(1),
+            }
+        })
+    }
+
+    /// An http(s) URL with a host; `None` (and a problem) otherwise.
+    pub fn http_url(&mut self, path: String, text: &str, example: &str) -> Option<Url> {
+        match Url::parse(text.trim()) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => Some(url),
+            Ok(_) | Err(_) => {
+                self.push(
+                    path,
+                    format!("`{text}` is not an http(s) URL; write e.g. `{example}`"),
+                );
+                None
+            }
+        }
+    }
+
+    pub fn socket_addr(&mut self, path: &str, text: &str, example: &str) -> std::net::SocketAddr {
+        text.trim().parse().unwrap_or_else(|_| {
+            self.push(
+                path,
+                format!("`{text}` is not an address; write IP:PORT, e.g. `{example}`"),
+            );
+            std::net::SocketAddr::from(([127, 0, 0, 1], 0))
+        })
+    }
+
+    pub fn duration(&mut self, path: String, text: &str) -> Duration {
         humantime::parse_duration(text.trim()).unwrap_or_else(|e| {
             self.push(
                 path,
@@ -798,7 +904,7 @@ impl Problems {
         })
     }
 
-    fn secret(&mut self, path: String, text: &str) -> Secret {
+    pub fn secret(&mut self, path: String, text: &str) -> Secret {
         match resolve_secret(text) {
             Ok(secret) => secret,
             Err(message) => {
@@ -849,7 +955,7 @@ pub fn check_schedule(expr: &str) -> Result<(), String> {
         })
 }
 
-fn is_valid_name(name: &str) -> bool {
+pub fn is_valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name
@@ -992,16 +1098,7 @@ impl RawConfig {
         }
 
         let admin = AdminConfig {
-            listen: self.admin.listen.trim().parse().unwrap_or_else(|_| {
-                p.push(
-                    "admin.listen",
-                    format!(
-                        "`{}` is not an address; write IP:PORT, e.g. `127.0.0.1:8321`",
-                        self.admin.listen
-                    ),
-                );
-                std::net::SocketAddr::from(([127, 0, 0, 1], 8321))
-            }),
+            listen: p.socket_addr("admin.listen", &self.admin.listen, "127.0.0.1:8321"),
             token: self.admin.token.as_deref().map(|text| {
                 let token = p.secret("admin.token".into(), text);
                 if !token.expose().is_empty() && token.expose().len() < 16 {
@@ -1014,111 +1111,9 @@ impl RawConfig {
             }),
         };
 
-        let mut names = HashSet::new();
-        let mut graas = Vec::with_capacity(self.graas.len());
-        for raw in self.graas {
-            let i = raw.index;
-            let at = |key: &str| format!("graas[{i}].{key}");
-            if !is_valid_name(&raw.name) {
-                p.push(
-                    at("name"),
-                    format!(
-                        "`{}` must be 1-64 characters of letters, digits, `-`, `_` or `.`",
-                        raw.name
-                    ),
-                );
-            }
-            if !names.insert(raw.name.clone()) {
-                p.push(
-                    at("name"),
-                    format!(
-                        "`{}` is used by another [[graas]] account; names must be unique",
-                        raw.name
-                    ),
-                );
-            }
-            let base_url = match Url::parse(raw.base_url.trim()) {
-                Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => Some(url),
-                Ok(_) | Err(_) => {
-                    p.push(
-                        at("base_url"),
-                        format!(
-                            "`{}` is not an http(s) URL; write e.g. `https://api.graas.example`",
-                            raw.base_url
-                        ),
-                    );
-                    None
-                }
-            };
-            if raw.account_number.trim().is_empty() {
-                p.push(
-                    at("account_number"),
-                    "is empty; set the Graas account number",
-                );
-            }
-            let app_key = p.secret(at("app_key"), &raw.app_key);
-            if let Err(message) = check_schedule(&raw.schedule) {
-                p.push(at("schedule"), message);
-            }
-            let lookback = p.duration(at("lookback"), &raw.lookback);
-            let settle = p.duration(at("settle"), &raw.settle);
-            let max_window = p.duration(at("max_window"), &raw.max_window);
-            if max_window < Duration::from_secs(2) {
-                p.push(at("max_window"), "must be at least 2s");
-            }
-            if raw.page_size == 0 || raw.page_size > 10_000 {
-                p.push(at("page_size"), "must be between 1 and 10000");
-            }
-            let start_from = match DateTime::parse_from_rfc3339(raw.start_from.trim()) {
-                Ok(t) => t.with_timezone(&Utc),
-                Err(e) => {
-                    p.push(
-                        at("start_from"),
-                        format!(
-                            "`{}` is not an RFC 3339 time ({e}); write e.g. `2024-01-01T00:00:00Z`",
-                            raw.start_from
-                        ),
-                    );
-                    DateTime::<Utc>::UNIX_EPOCH
-                }
-            };
-            let rate_limit = RateLimit::parse(&raw.rate_limit).unwrap_or_else(|message| {
-                p.push(at("rate_limit"), message);
-                RateLimit {
-                    requests: NonZeroU32::MIN,
-                    per: Duration::from_secs(1),
-                }
-            });
-            if raw.action_batch_size == 0 || raw.action_batch_size > 1_000 {
-                p.push(at("action_batch_size"), "must be between 1 and 1000");
-            }
-            if raw.cancel_reasons.iter().any(|r| r.trim().is_empty()) {
-                p.push(at("cancel_reasons"), "must not contain an empty reason");
-            }
-            if let Err(message) = check_schedule(&raw.asn_schedule) {
-                p.push(at("asn_schedule"), message);
-            }
-            // With no URL there is already a problem recorded, so the account is not needed.
-            let Some(base_url) = base_url else { continue };
-            graas.push(GraasAccount {
-                name: raw.name,
-                base_url,
-                account_number: raw.account_number.trim().to_owned(),
-                app_key,
-                schedule: raw.schedule,
-                lookback,
-                settle,
-                page_size: raw.page_size.clamp(1, 10_000),
-                start_from,
-                max_window,
-                rate_limit,
-                enabled: raw.enabled,
-                action_batch_size: raw.action_batch_size.clamp(1, 1_000),
-                cancel_reasons: raw.cancel_reasons,
-                asn_schedule: raw.asn_schedule,
-                asn_final_statuses: raw.asn_final_statuses,
-            });
-        }
+        let graas = validate_accounts(self.graas, &mut p);
+        let getitdone = validate_accounts(self.getitdone, &mut p);
+        let webhooks = self.webhooks.validate(&mut p);
 
         if p.0.is_empty() {
             Ok(Config {
@@ -1128,7 +1123,9 @@ impl RawConfig {
                 outbox,
                 admin,
                 daemon,
+                webhooks,
                 graas,
+                getitdone,
             })
         } else {
             Err(ConfigError { problems: p.0 })
