@@ -134,16 +134,32 @@ pub enum ActionKind {
     Accept,
     Cancel,
     Asn,
+    /// Attach our order id to the upstream order (Get It Done `UpdateOrderExternalId`).
+    Link,
+    /// Attach our invoicing id (Get It Done `UpdateOrderInvoicingExternalId`).
+    LinkInvoicing,
+    /// Ask the upstream to send the order's state again (Get It Done `RefreshOrder`).
+    Refresh,
 }
 
 impl ActionKind {
-    pub const ALL: [ActionKind; 3] = [ActionKind::Accept, ActionKind::Cancel, ActionKind::Asn];
+    pub const ALL: [ActionKind; 6] = [
+        ActionKind::Accept,
+        ActionKind::Cancel,
+        ActionKind::Asn,
+        ActionKind::Link,
+        ActionKind::LinkInvoicing,
+        ActionKind::Refresh,
+    ];
 
     pub const fn as_str(self) -> &'static str {
         match self {
             ActionKind::Accept => "accept",
             ActionKind::Cancel => "cancel",
             ActionKind::Asn => "asn",
+            ActionKind::Link => "link",
+            ActionKind::LinkInvoicing => "link_invoicing",
+            ActionKind::Refresh => "refresh",
         }
     }
 }
@@ -155,25 +171,32 @@ impl std::str::FromStr for ActionKind {
         ActionKind::ALL
             .into_iter()
             .find(|kind| kind.as_str() == text)
-            .ok_or_else(|| format!("unknown action kind `{text}`; one of accept, cancel, asn"))
+            .ok_or_else(|| {
+                format!(
+                    "unknown action kind `{text}`; one of accept, cancel, asn, link, link_invoicing, refresh"
+                )
+            })
     }
 }
 
-/// Where an action is in its life. `failed` is final (the upstream refused it); `dead` ran out
-/// of attempts on transient errors and can be retried by a person.
+/// Where an action is in its life. `sent` is a command the upstream took whose outcome comes
+/// later (Get It Done); `failed` is final (the upstream refused it); `dead` ran out of attempts
+/// on transient errors and can be retried by a person.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ActionState {
     Pending,
     InFlight,
+    Sent,
     Succeeded,
     Failed,
     Dead,
 }
 
 impl ActionState {
-    pub const ALL: [ActionState; 5] = [
+    pub const ALL: [ActionState; 6] = [
         ActionState::Pending,
         ActionState::InFlight,
+        ActionState::Sent,
         ActionState::Succeeded,
         ActionState::Failed,
         ActionState::Dead,
@@ -183,6 +206,7 @@ impl ActionState {
         match self {
             ActionState::Pending => "pending",
             ActionState::InFlight => "in_flight",
+            ActionState::Sent => "sent",
             ActionState::Succeeded => "succeeded",
             ActionState::Failed => "failed",
             ActionState::Dead => "dead",
@@ -206,7 +230,7 @@ impl std::str::FromStr for ActionState {
             .find(|state| state.as_str() == text)
             .ok_or_else(|| {
                 format!(
-                    "unknown state `{text}`; one of pending, in_flight, succeeded, failed, dead"
+                    "unknown state `{text}`; one of pending, in_flight, sent, succeeded, failed, dead"
                 )
             })
     }
@@ -283,6 +307,11 @@ pub struct Action {
 pub enum ActionOutcome {
     Succeeded {
         result: serde_json::Value,
+    },
+    /// The upstream took it and tells the outcome later: wait for it until `confirm_by`.
+    Sent {
+        result: serde_json::Value,
+        confirm_by: DateTime<Utc>,
     },
     /// The upstream refused it for good (e.g. `Record Not Found`).
     Failed {

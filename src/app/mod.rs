@@ -2,6 +2,7 @@
 //! by that account's poller, outbox dispatcher and ASN follower (providers count every request
 //! of an account together), all run on cron schedules or loops until shutdown.
 
+mod getitdone;
 mod graas;
 mod tasks;
 
@@ -9,10 +10,11 @@ use crate::config::Config;
 use crate::model::ProviderKind;
 use crate::outbox::{Dispatcher, Executor, worker_id};
 use crate::providers::http::{ClientBuildError, HttpClient, RateGate};
+use crate::server::webhooks::Hook;
 use crate::store::{GateState, Store};
 use crate::sync::asn::AsnFollower;
 use crate::sync::job::ScheduledJob;
-use crate::sync::{DaemonError, StreamRunner};
+use crate::sync::{DaemonError, StreamRunner, Worker};
 use chrono::Utc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +32,12 @@ pub struct App {
     pub runners: Vec<Arc<StreamRunner>>,
     pub dispatchers: Vec<Arc<Dispatcher>>,
     pub asn_followers: Vec<Arc<AsnFollower>>,
+    /// Every other job on a schedule (re-polls, feeds, confirmation sweeps).
+    pub scheduled: Vec<Arc<dyn ScheduledJob>>,
+    /// Loops that are not scheduled (inbox workers).
+    pub workers: Vec<Arc<dyn Worker>>,
+    /// Accounts that receive webhooks, for the webhook listener.
+    pub hooks: Vec<Hook>,
     /// Every account's rate gate, for the status report.
     pub gates: Vec<AccountGate>,
     /// Wakes idle dispatchers when the admin API queues an action.
@@ -47,7 +55,7 @@ impl From<Vec<Arc<StreamRunner>>> for App {
 }
 
 impl App {
-    /// Every scheduled job: the window readers, then the follow-ups.
+    /// Every scheduled job: the window readers, the follow-ups, then the others.
     pub fn jobs(&self) -> Vec<Arc<dyn ScheduledJob>> {
         let runners = self
             .runners
@@ -57,7 +65,10 @@ impl App {
             .asn_followers
             .iter()
             .map(|f| f.clone() as Arc<dyn ScheduledJob>);
-        runners.chain(followers).collect()
+        runners
+            .chain(followers)
+            .chain(self.scheduled.iter().cloned())
+            .collect()
     }
 
     /// `run --once`: every job once, all at once (window readers until caught up), then every
@@ -75,6 +86,15 @@ impl App {
             };
             line["stream"] = serde_json::Value::String(stream.to_string());
             lines.push(line);
+        }
+        for worker in &self.workers {
+            match worker.drain(shutdown).await {
+                Ok(line) => lines.push(line),
+                Err(error) => {
+                    failed = true;
+                    lines.push(serde_json::json!({ "worker": worker.name(), "error": error }));
+                }
+            }
         }
         for dispatcher in &self.dispatchers {
             let (line, ok) = dispatcher.drain(shutdown).await;
@@ -101,6 +121,7 @@ impl App {
             ..App::default()
         };
         graas::assemble(&assembly, &mut app);
+        getitdone::assemble(&assembly, &mut app);
         Ok(app)
     }
 }
@@ -181,6 +202,11 @@ impl Daemon {
                 Box::pin(async {})
             })?;
             scheduler.add(job).await?;
+        }
+        for worker in &app.workers {
+            let (worker, shutdown) = (worker.clone(), shutdown.clone());
+            let name = worker.name();
+            tasks.spawn(name, async move { worker.run(&shutdown).await });
         }
         for dispatcher in &app.dispatchers {
             let (dispatcher, shutdown) = (dispatcher.clone(), shutdown.clone());

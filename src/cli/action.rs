@@ -17,10 +17,28 @@ pub enum ActionCommand {
     Cancel {
         #[command(flatten)]
         order: OrderActionArgs,
-        /// One of the account's `cancel_reasons`, e.g. OUT_OF_STOCK.
+        /// Graas: one of the account's `cancel_reasons`, e.g. OUT_OF_STOCK (required).
+        /// Get It Done: a cancellation-reason name (default: the account's cancellation_reason).
         #[arg(long)]
-        reason: String,
+        reason: Option<String>,
     },
+    /// Get It Done: attach your order id to the order (UpdateOrderExternalId; it appends).
+    Link {
+        #[command(flatten)]
+        order: OrderActionArgs,
+        /// Your id to attach.
+        #[arg(long)]
+        link_id: String,
+    },
+    /// Get It Done: attach your invoicing id to the order (UpdateOrderInvoicingExternalId).
+    LinkInvoicing {
+        #[command(flatten)]
+        order: OrderActionArgs,
+        #[arg(long)]
+        link_id: String,
+    },
+    /// Get It Done: ask for the order's state to be sent again (RefreshOrder).
+    Refresh(OrderActionArgs),
     /// Queue an ASN (`POST /v1/asn`) from a JSON file.
     Asn {
         #[command(flatten)]
@@ -85,9 +103,10 @@ pub struct CommonArgs {
 pub struct OrderActionArgs {
     #[command(flatten)]
     common: CommonArgs,
-    /// The marketplace connection (`site.nickNameID`), e.g. `lazada-1`.
+    /// Graas: the marketplace connection (`site.nickNameID`), e.g. `lazada-1`. Get It Done
+    /// orders have none.
     #[arg(long)]
-    channel: String,
+    channel: Option<String>,
     #[arg(long)]
     order: String,
     /// Only this item, as ORDER_ITEM_ID:SELLER_SKU (repeat for more; Lazada only).
@@ -100,9 +119,20 @@ pub async fn run(command: ActionCommand) -> anyhow::Result<ExitCode> {
         ActionCommand::Accept(order) => enqueue(order.request("accept"), &order.common).await,
         ActionCommand::Cancel { order, reason } => {
             let mut request = order.request("cancel");
-            request.reason = Some(reason);
+            request.reason = reason;
             enqueue(request, &order.common).await
         }
+        ActionCommand::Link { order, link_id } => {
+            let mut request = order.request("link");
+            request.link_id = Some(link_id);
+            enqueue(request, &order.common).await
+        }
+        ActionCommand::LinkInvoicing { order, link_id } => {
+            let mut request = order.request("link_invoicing");
+            request.link_id = Some(link_id);
+            enqueue(request, &order.common).await
+        }
+        ActionCommand::Refresh(order) => enqueue(order.request("refresh"), &order.common).await,
         ActionCommand::Asn { common, file } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("--file: cannot read {}", file.display()))?;
@@ -177,7 +207,7 @@ impl OrderActionArgs {
         ActionRequest {
             account: self.common.account.clone(),
             kind: kind.into(),
-            channel: Some(self.channel.clone()),
+            channel: self.channel.clone(),
             order_id: Some(self.order.clone()),
             items: self.items.clone(),
             ..ActionRequest::default()

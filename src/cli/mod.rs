@@ -13,6 +13,7 @@ use ordersync::providers::http::{HttpClient, RateGate};
 use ordersync::sandbox::{Mutations, Sandbox, SandboxConfig};
 use ordersync::server::Server;
 use ordersync::server::admin::{self, AdminState};
+use ordersync::server::webhooks;
 use ordersync::store::{self, Store};
 use ordersync::sync::health::{self, Health};
 use ordersync::sync::{self};
@@ -211,7 +212,7 @@ async fn run(config: ConfigArg, once: bool) -> anyhow::Result<ExitCode> {
     init_logging(&config.log);
     let store = open_store(&config).await?;
     let app = App::build(&config, &store)?;
-    if app.runners.is_empty() {
+    if app.jobs().is_empty() {
         tracing::warn!("no enabled accounts in the configuration; nothing to sync");
     }
     let failed = if once {
@@ -256,6 +257,21 @@ async fn run_daemon(config: &Config, store: &Arc<dyn Store>, app: App) -> anyhow
             None
         }
     };
+    let webhooks = if app.hooks.is_empty() {
+        None
+    } else {
+        let router = webhooks::router(app.hooks.clone(), store.clone(), &config.webhooks);
+        let server = Server::start(config.webhooks.listen, router)
+            .await
+            .with_context(|| {
+                format!(
+                    "webhooks.listen: cannot listen on {}; choose a free address",
+                    config.webhooks.listen
+                )
+            })?;
+        tracing::info!(listen = %server.addr(), accounts = app.hooks.len(), "webhook listener up");
+        Some(server)
+    };
     let daemon = Daemon::start(app).await?;
     tracing::info!(
         jobs = daemon.jobs().len(),
@@ -270,12 +286,14 @@ async fn run_daemon(config: &Config, store: &Arc<dyn Store>, app: App) -> anyhow
         timeout = %humantime::format_duration(timeout),
         "shutting down: finishing the current transactions and batches"
     );
-    if let Some(admin) = admin
-        && tokio::time::timeout_at(deadline, admin.stop())
-            .await
-            .is_err()
-    {
-        tracing::warn!("admin API requests still open at the shutdown deadline; dropped");
+    for (name, server) in [("admin API", admin), ("webhook listener", webhooks)] {
+        if let Some(server) = server
+            && tokio::time::timeout_at(deadline, server.stop())
+                .await
+                .is_err()
+        {
+            tracing::warn!("{name}: requests still open at the shutdown deadline; dropped");
+        }
     }
     let abandoned = daemon.shutdown(deadline).await;
     if !abandoned.is_empty() {
@@ -342,9 +360,10 @@ fn check_config(config: ConfigArg) -> ExitCode {
     match Config::load(config.config.as_deref()) {
         Ok(config) => {
             println!(
-                "configuration is valid: {:?} database, {} Graas account(s)",
+                "configuration is valid: {:?} database, {} Graas account(s), {} Get It Done account(s)",
                 config.database.backend,
-                config.graas.len()
+                config.graas.len(),
+                config.getitdone.len()
             );
             ExitCode::SUCCESS
         }
@@ -361,6 +380,7 @@ async fn status(config: ConfigArg) -> anyhow::Result<ExitCode> {
     let streams = store.streams().await?;
     let counts = store.action_counts().await?;
     let gates = store.gates().await?;
+    let inboxes = store.delivery_stats().await?;
     store.close().await;
     let now = Utc::now();
     let ago = |t: Option<DateTime<Utc>>| {
@@ -396,8 +416,8 @@ async fn status(config: ConfigArg) -> anyhow::Result<ExitCode> {
     }
     println!();
     println!(
-        "{:<24} {:>8} {:>9} {:>10} {:>7} {:>5} {:>12}  rate gate",
-        "actions", "pending", "in_flight", "succeeded", "failed", "dead", "429s"
+        "{:<24} {:>8} {:>9} {:>6} {:>10} {:>7} {:>5} {:>12}  rate gate",
+        "actions", "pending", "in_flight", "sent", "succeeded", "failed", "dead", "429s"
     );
     for account_gate in &app.gates {
         let (provider, account) = (account_gate.provider.as_str(), &account_gate.account);
@@ -420,15 +440,50 @@ async fn status(config: ConfigArg) -> anyhow::Result<ExitCode> {
             _ => "open".into(),
         };
         println!(
-            "{:<24} {:>8} {:>9} {:>10} {:>7} {:>5} {:>12}  {}",
+            "{:<24} {:>8} {:>9} {:>6} {:>10} {:>7} {:>5} {:>12}  {}",
             format!("{provider}/{account}"),
             count("pending"),
             count("in_flight"),
+            count("sent"),
             count("succeeded"),
             count("failed"),
             count("dead"),
             gate.map_or(0, |g| g.rate_limited),
             pause
+        );
+    }
+    if !config.getitdone.is_empty() {
+        println!();
+        println!(
+            "{:<24} {:>14} {:>8} {:>7}  note",
+            "webhook inbox", "last delivery", "pending", "failed"
+        );
+    }
+    for account in config.getitdone.iter().filter(|a| a.enabled) {
+        let stat = inboxes
+            .iter()
+            .find(|s| s.provider == "getitdone" && s.account == account.name);
+        let last = stat.and_then(|s| s.last_received_at);
+        let silent_for = last.map(|t| (now - t).to_std().unwrap_or_default());
+        let note = match silent_for {
+            None => "no delivery yet: give Get It Done the webhook URL (see README)".to_owned(),
+            Some(silence) if silence > account.silence_alert => {
+                healthy = false;
+                format!(
+                    "WARNING: silent for {} (silence_alert {}); check the webhook registration and the listener. Orders never delivered cannot be discovered without discovery = \"feed\"",
+                    humantime::format_duration(Duration::from_secs(silence.as_secs())),
+                    humantime::format_duration(account.silence_alert)
+                )
+            }
+            Some(_) => String::new(),
+        };
+        println!(
+            "{:<24} {:>14} {:>8} {:>7}  {}",
+            format!("getitdone/{}", account.name),
+            ago(last),
+            stat.map_or(0, |s| s.pending),
+            stat.map_or(0, |s| s.failed),
+            note
         );
     }
     // Non-zero when any stream needs a look, so monitoring can run this command as it is.

@@ -240,6 +240,12 @@ impl Executor for GraasExecutor {
                     }
                 }
                 Ok(ActionKind::Asn) => verdicts[slot] = Some(self.asn(action).await),
+                Ok(other) => {
+                    verdicts[slot] = Some(Verdict::Refused(format!(
+                        "kind: Graas has no `{other}` command; it takes accept, cancel and asn",
+                        other = other.as_str()
+                    )))
+                }
                 Err(error) => verdicts[slot] = Some(Verdict::Refused(format!("kind: {error}"))),
             }
         }

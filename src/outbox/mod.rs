@@ -2,6 +2,7 @@
 //! sent through that account's rate gate (the one its poller uses) and recorded with their
 //! outcome. Delivery is at-least-once: see `docs/actions.md`.
 
+pub mod getitdone;
 pub mod graas;
 pub mod request;
 
@@ -22,6 +23,8 @@ use tokio_util::sync::CancellationToken;
 pub enum Verdict {
     /// Done upstream; the result to keep (e.g. the `asnID`).
     Done(serde_json::Value),
+    /// Taken upstream, outcome to follow (a Get It Done command): wait for it until the time.
+    Sent(serde_json::Value, chrono::DateTime<Utc>),
     /// The upstream (or ordersync, for a row it cannot read) refused it for good.
     Refused(String),
     /// Worth another attempt later.
@@ -58,6 +61,8 @@ pub fn worker_id() -> String {
 pub struct DispatchStats {
     pub sent: AtomicU64,
     pub succeeded: AtomicU64,
+    /// Sent and waiting for their outcome.
+    pub awaiting: AtomicU64,
     pub failed: AtomicU64,
     pub retried: AtomicU64,
     /// Results dropped because the claim had expired and someone else holds the action.
@@ -159,6 +164,7 @@ impl Dispatcher {
             "outbox": format!("{}/{}", self.provider, self.account),
             "attempts": handled,
             "succeeded": self.stats.succeeded.load(Ordering::Relaxed),
+            "awaiting_outcome": self.stats.awaiting.load(Ordering::Relaxed),
             "failed": self.stats.failed.load(Ordering::Relaxed),
             "retried": self.stats.retried.load(Ordering::Relaxed),
             "error": error,
@@ -200,6 +206,7 @@ impl Dispatcher {
             let outcome = self.outcome(action, verdict);
             let counter = match &outcome {
                 ActionOutcome::Succeeded { .. } => &self.stats.succeeded,
+                ActionOutcome::Sent { .. } => &self.stats.awaiting,
                 ActionOutcome::Failed { .. } => &self.stats.failed,
                 ActionOutcome::RetryAt { .. } => &self.stats.retried,
             };
@@ -213,6 +220,9 @@ impl Dispatcher {
                 }
                 ActionOutcome::Succeeded { .. } => {
                     tracing::debug!(action = action.id, kind = %action.kind, account = %self.account, "action succeeded")
+                }
+                ActionOutcome::Sent { confirm_by, .. } => {
+                    tracing::debug!(action = action.id, kind = %action.kind, account = %self.account, %confirm_by, "action sent; waiting for its outcome")
                 }
             }
             outcomes.push((action.id, outcome));
@@ -259,6 +269,7 @@ impl Dispatcher {
     fn outcome(&self, action: &Action, verdict: Verdict) -> ActionOutcome {
         match verdict {
             Verdict::Done(result) => ActionOutcome::Succeeded { result },
+            Verdict::Sent(result, confirm_by) => ActionOutcome::Sent { result, confirm_by },
             Verdict::Refused(error) => ActionOutcome::Failed { error },
             Verdict::Transient(error) => ActionOutcome::RetryAt {
                 error,

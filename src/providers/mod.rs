@@ -109,3 +109,33 @@ pub trait OrderLookup: Send + Sync {
     async fn order(&self, channel: &str, external_id: &str)
     -> Result<Option<Order>, ProviderError>;
 }
+
+/// Why a pushed delivery is refused; nothing of it is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// 401: not signed by the account's secret, stale, or for no account we serve.
+    Unauthenticated(String),
+    /// 400: not an event.
+    Malformed(String),
+}
+
+/// A delivery that passed its checks: what the inbox stores.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcceptedDelivery {
+    pub event_id: Option<String>,
+    pub event_type: Option<String>,
+    pub object_id: Option<String>,
+}
+
+/// One account's webhook: checks a delivery on its raw bytes (signature, freshness) and reads
+/// the few fields the inbox keeps in columns. Never touches the database.
+pub trait PushReceiver: Send + Sync {
+    fn provider(&self) -> crate::model::ProviderKind;
+    fn account(&self) -> &str;
+    fn accept(
+        &self,
+        headers: &reqwest::header::HeaderMap,
+        body: &[u8],
+        now: i64,
+    ) -> Result<AcceptedDelivery, Refusal>;
+}

@@ -4,8 +4,9 @@
 //! timeout can, so no run or batch waits on the database forever.
 
 use super::{
-    ActionCount, ActionFilter, AsnRow, AsnUpdate, Batch, BatchOutcome, Claim, GateState, NewAsn,
-    RetryFilter, StatusChange, Store, StoreError, StoredOrder, StreamStatus,
+    ActionCount, ActionFilter, AsnRow, AsnUpdate, Batch, BatchOutcome, Claim, Delivery,
+    DeliveryDone, DeliveryStat, GateState, NewAsn, NewDelivery, RetryFilter, StatusChange, Store,
+    StoreError, StoredOrder, StreamStatus,
 };
 use crate::model::{Action, ActionOutcome, NewAction, OrderKey, StreamKey};
 use async_trait::async_trait;
@@ -187,6 +188,75 @@ impl Store for Bounded {
     async fn retry_actions(&self, filter: &RetryFilter) -> Result<u64, StoreError> {
         self.within("retrying actions", self.inner.retry_actions(filter))
             .await
+    }
+
+    async fn sent_actions(
+        &self,
+        provider: &str,
+        account: &str,
+        limit: i64,
+    ) -> Result<Vec<Action>, StoreError> {
+        self.within(
+            "reading sent commands",
+            self.inner.sent_actions(provider, account, limit),
+        )
+        .await
+    }
+
+    async fn settle_sent(&self, outcomes: &[(i64, ActionOutcome)]) -> Result<Vec<i64>, StoreError> {
+        self.within("settling sent commands", self.inner.settle_sent(outcomes))
+            .await
+    }
+
+    async fn record_deliveries(
+        &self,
+        deliveries: &[NewDelivery],
+        cursor: Option<(&StreamKey, &str)>,
+    ) -> Result<Vec<bool>, StoreError> {
+        self.within(
+            "storing deliveries",
+            self.inner.record_deliveries(deliveries, cursor),
+        )
+        .await
+    }
+
+    async fn pending_deliveries(
+        &self,
+        provider: &str,
+        account: &str,
+        limit: i64,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        self.within(
+            "reading pending deliveries",
+            self.inner.pending_deliveries(provider, account, limit),
+        )
+        .await
+    }
+
+    async fn finish_deliveries(&self, done: &[DeliveryDone]) -> Result<(), StoreError> {
+        self.within(
+            "recording processed deliveries",
+            self.inner.finish_deliveries(done),
+        )
+        .await
+    }
+
+    async fn delivery_stats(&self) -> Result<Vec<DeliveryStat>, StoreError> {
+        self.within("reading the inbox's state", self.inner.delivery_stats())
+            .await
+    }
+
+    async fn open_orders(
+        &self,
+        provider: &str,
+        account: &str,
+        terminal: &[String],
+    ) -> Result<Vec<String>, StoreError> {
+        self.within(
+            "reading open orders",
+            self.inner.open_orders(provider, account, terminal),
+        )
+        .await
     }
 
     /// Waits for borrowed connections at most `limit`; a connection stuck on a silent peer is

@@ -212,7 +212,126 @@ pub trait Store: Send + Sync {
     /// Puts `dead` or `failed` actions back to `pending` with fresh attempts; returns how many.
     async fn retry_actions(&self, filter: &RetryFilter) -> Result<u64, StoreError>;
 
+    /// Commands of one account that were sent and wait for their outcome, oldest first.
+    async fn sent_actions(
+        &self,
+        provider: &str,
+        account: &str,
+        limit: i64,
+    ) -> Result<Vec<Action>, StoreError>;
+
+    /// Settles `sent` actions: succeeded, failed, or (`RetryAt`) back to `pending` to be sent
+    /// again. Returns the ids settled; an action no longer `sent` is left as it is.
+    async fn settle_sent(&self, outcomes: &[(i64, ActionOutcome)]) -> Result<Vec<i64>, StoreError>;
+
+    /// Stores deliveries (and, for a feed page, the feed's cursor) in one transaction. Returns
+    /// for each whether it is new; one whose event id is stored already is not stored again.
+    async fn record_deliveries(
+        &self,
+        deliveries: &[NewDelivery],
+        cursor: Option<(&StreamKey, &str)>,
+    ) -> Result<Vec<bool>, StoreError>;
+
+    /// Pending deliveries of one account, oldest first.
+    async fn pending_deliveries(
+        &self,
+        provider: &str,
+        account: &str,
+        limit: i64,
+    ) -> Result<Vec<Delivery>, StoreError>;
+
+    /// Records how deliveries were processed.
+    async fn finish_deliveries(&self, done: &[DeliveryDone]) -> Result<(), StoreError>;
+
+    /// Per account: the last delivery and how many wait or failed.
+    async fn delivery_stats(&self) -> Result<Vec<DeliveryStat>, StoreError>;
+
+    /// The ids of an account's stored orders whose status is not one of `terminal`.
+    async fn open_orders(
+        &self,
+        provider: &str,
+        account: &str,
+        terminal: &[String],
+    ) -> Result<Vec<String>, StoreError>;
+
     async fn close(&self);
+}
+
+/// A delivery to store in `webhook_deliveries`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewDelivery {
+    pub provider: ProviderKind,
+    pub account: String,
+    pub source: DeliverySource,
+    /// The upstream's event id, which makes a repeat a duplicate.
+    pub event_id: Option<String>,
+    pub event_type: Option<String>,
+    /// The object the event is about (an order id).
+    pub object_id: Option<String>,
+    pub body: String,
+    pub received_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliverySource {
+    Webhook,
+    Feed,
+}
+
+impl DeliverySource {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DeliverySource::Webhook => "webhook",
+            DeliverySource::Feed => "feed",
+        }
+    }
+}
+
+/// A stored delivery waiting to be processed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    pub id: i64,
+    pub event_id: Option<String>,
+    pub event_type: Option<String>,
+    pub object_id: Option<String>,
+    pub body: String,
+    pub received_at: DateTime<Utc>,
+}
+
+/// How one delivery was processed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeliveryDone {
+    pub id: i64,
+    pub state: DeliveryState,
+    /// Why it was ignored or failed.
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryState {
+    Processed,
+    Ignored,
+    Failed,
+}
+
+impl DeliveryState {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Processed => "processed",
+            DeliveryState::Ignored => "ignored",
+            DeliveryState::Failed => "failed",
+        }
+    }
+}
+
+/// One account's inbox, for `status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryStat {
+    pub provider: String,
+    pub account: String,
+    pub last_received_at: Option<DateTime<Utc>>,
+    pub pending: i64,
+    pub failed: i64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -277,6 +396,9 @@ pub(crate) fn outcome_columns(
 ) {
     match outcome {
         ActionOutcome::Succeeded { result } => ("succeeded", Some(result.to_string()), None, None),
+        ActionOutcome::Sent { result, confirm_by } => {
+            ("sent", Some(result.to_string()), None, Some(*confirm_by))
+        }
         ActionOutcome::Failed { error } => ("failed", None, Some(error.as_str()), None),
         ActionOutcome::RetryAt { error, at } => ("retry", None, Some(error.as_str()), Some(*at)),
     }

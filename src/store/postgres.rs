@@ -3,9 +3,9 @@
 use super::outcome_columns;
 use super::sqlite::provider_from_db;
 use super::{
-    ActionCount, ActionFilter, AsnRow, AsnUpdate, Batch, BatchOutcome, Claim, GateState, NewAsn,
-    RetryFilter, StatusChange, Store, StoreError, StoredOrder, StreamStatus, body_sha256,
-    newest_per_key,
+    ActionCount, ActionFilter, AsnRow, AsnUpdate, Batch, BatchOutcome, Claim, Delivery,
+    DeliveryDone, DeliveryStat, GateState, NewAsn, NewDelivery, RetryFilter, StatusChange, Store,
+    StoreError, StoredOrder, StreamStatus, body_sha256, newest_per_key,
 };
 use crate::config::DatabaseConfig;
 use crate::model::{Action, ActionOutcome, NewAction, Order, OrderKey, StreamKey};
@@ -63,8 +63,9 @@ impl PostgresStore {
 
 /// One statement for a whole batch: the columns travel as arrays, so the statement text never
 /// changes and is prepared once per connection, however many orders a batch holds.
-/// Newer wins; an equal time wins only when the body differs (the later read), so the lookback's
-/// re-reads of unchanged orders write nothing. JSON has no equality, so bodies compare as text.
+/// A copy wins when it is not older and its body differs: the lookback's re-reads of unchanged
+/// orders, and polled snapshots identical to the stored one, write nothing. JSON has no
+/// equality, so bodies compare as text.
 const UPSERT_ORDERS: &str = "INSERT INTO orders (provider, account, channel, external_id, status, \
      payment_status, shipping_status, total_minor, currency, upstream_created_at, \
      upstream_updated_at, payload, first_seen_at, synced_at) \
@@ -80,9 +81,8 @@ const UPSERT_ORDERS: &str = "INSERT INTO orders (provider, account, channel, ext
      currency = excluded.currency, upstream_created_at = excluded.upstream_created_at, \
      upstream_updated_at = excluded.upstream_updated_at, payload = excluded.payload, \
      synced_at = excluded.synced_at \
-     WHERE excluded.upstream_updated_at > orders.upstream_updated_at \
-     OR (excluded.upstream_updated_at = orders.upstream_updated_at \
-         AND excluded.payload::text <> orders.payload::text)";
+     WHERE excluded.upstream_updated_at >= orders.upstream_updated_at \
+     AND excluded.payload::text <> orders.payload::text";
 
 fn upsert_orders<'a>(
     orders: &[&'a Order],
@@ -113,10 +113,11 @@ fn upsert_orders<'a>(
 const FINISH_BATCH: &str = "UPDATE actions AS a SET \
      state = CASE WHEN u.kind <> 'retry' THEN u.kind \
                   WHEN a.attempts >= a.max_attempts THEN 'dead' ELSE 'pending' END, \
-     result = CASE WHEN u.kind = 'succeeded' THEN u.result::json ELSE a.result END, \
+     result = CASE WHEN u.kind IN ('succeeded', 'sent') THEN u.result::json ELSE a.result END, \
      last_error = u.error, \
      next_attempt_at = COALESCE(u.next_at, a.next_attempt_at), \
-     finished_at = CASE WHEN u.kind <> 'retry' OR a.attempts >= a.max_attempts THEN $7 END, \
+     finished_at = CASE WHEN u.kind = 'sent' THEN NULL \
+                        WHEN u.kind <> 'retry' OR a.attempts >= a.max_attempts THEN $7 END, \
      claimed_until = NULL, updated_at = $7 \
      FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::text[], $5::timestamptz[]) \
        AS u (id, kind, result, error, next_at) \
@@ -614,6 +615,199 @@ impl Store for PostgresStore {
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected())
+    }
+
+    async fn sent_actions(
+        &self,
+        provider: &str,
+        account: &str,
+        limit: i64,
+    ) -> Result<Vec<Action>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            action_columns!(),
+            " FROM actions WHERE state = 'sent' AND provider = $1 AND account = $2 \
+             ORDER BY id LIMIT $3"
+        ))
+        .bind(provider)
+        .bind(account)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(action_from_row).collect()
+    }
+
+    async fn settle_sent(&self, outcomes: &[(i64, ActionOutcome)]) -> Result<Vec<i64>, StoreError> {
+        if outcomes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut ids = Vec::with_capacity(outcomes.len());
+        let (mut kinds, mut results, mut errors, mut next) = (vec![], vec![], vec![], vec![]);
+        for (id, outcome) in outcomes {
+            let (kind, result, error, at) = outcome_columns(outcome);
+            ids.push(*id);
+            kinds.push(kind);
+            results.push(result);
+            errors.push(error);
+            next.push(at);
+        }
+        Ok(sqlx::query_scalar(
+            "UPDATE actions AS a SET \
+             state = CASE WHEN u.kind = 'retry' THEN 'pending' ELSE u.kind END, \
+             result = CASE WHEN u.kind IN ('succeeded', 'sent') THEN u.result::json \
+                           ELSE a.result END, \
+             last_error = u.error, \
+             next_attempt_at = COALESCE(u.next_at, a.next_attempt_at), \
+             finished_at = CASE WHEN u.kind IN ('succeeded', 'failed') THEN $6 END, \
+             updated_at = $6 \
+             FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::text[], $5::timestamptz[]) \
+               AS u (id, kind, result, error, next_at) \
+             WHERE a.id = u.id AND a.state = 'sent' \
+             RETURNING a.id",
+        )
+        .bind(ids)
+        .bind(kinds)
+        .bind(results)
+        .bind(errors)
+        .bind(next)
+        .bind(Utc::now())
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn record_deliveries(
+        &self,
+        deliveries: &[NewDelivery],
+        cursor: Option<(&StreamKey, &str)>,
+    ) -> Result<Vec<bool>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mut stored = Vec::with_capacity(deliveries.len());
+        for delivery in deliveries {
+            let id: Option<i64> = sqlx::query_scalar(
+                "INSERT INTO webhook_deliveries (provider, account, source, event_id, event_type, \
+                 object_id, body, body_sha256, received_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                 ON CONFLICT DO NOTHING RETURNING id",
+            )
+            .bind(delivery.provider.as_str())
+            .bind(&delivery.account)
+            .bind(delivery.source.as_str())
+            .bind(&delivery.event_id)
+            .bind(&delivery.event_type)
+            .bind(&delivery.object_id)
+            .bind(&delivery.body)
+            .bind(body_sha256(&delivery.body))
+            .bind(delivery.received_at)
+            .fetch_optional(&mut *tx)
+            .await?;
+            stored.push(id.is_some());
+        }
+        if let Some((stream, cursor)) = cursor {
+            sqlx::query(
+                "INSERT INTO sync_cursors (provider, account, resource, cursor, cursor_updated_at) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (provider, account, resource) DO UPDATE \
+                 SET cursor = excluded.cursor, cursor_updated_at = excluded.cursor_updated_at",
+            )
+            .bind(stream.provider.as_str())
+            .bind(&stream.account)
+            .bind(&stream.resource)
+            .bind(cursor)
+            .bind(Utc::now())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(stored)
+    }
+
+    async fn pending_deliveries(
+        &self,
+        provider: &str,
+        account: &str,
+        limit: i64,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, event_id, event_type, object_id, body, received_at \
+             FROM webhook_deliveries WHERE provider = $1 AND account = $2 AND state = 'pending' \
+             ORDER BY id LIMIT $3",
+        )
+        .bind(provider)
+        .bind(account)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Delivery {
+                    id: row.try_get(0)?,
+                    event_id: row.try_get(1)?,
+                    event_type: row.try_get(2)?,
+                    object_id: row.try_get(3)?,
+                    body: row.try_get(4)?,
+                    received_at: row.try_get(5)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn finish_deliveries(&self, done: &[DeliveryDone]) -> Result<(), StoreError> {
+        if done.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<i64> = done.iter().map(|d| d.id).collect();
+        let states: Vec<&str> = done.iter().map(|d| d.state.as_str()).collect();
+        let notes: Vec<Option<&str>> = done.iter().map(|d| d.note.as_deref()).collect();
+        sqlx::query(
+            "UPDATE webhook_deliveries AS w SET state = u.state, error = u.note, processed_at = $4 \
+             FROM UNNEST($1::int8[], $2::text[], $3::text[]) AS u (id, state, note) \
+             WHERE w.id = u.id",
+        )
+        .bind(ids)
+        .bind(states)
+        .bind(notes)
+        .bind(Utc::now())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn delivery_stats(&self) -> Result<Vec<DeliveryStat>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT provider, account, max(received_at), \
+                    count(*) FILTER (WHERE state = 'pending'), \
+                    count(*) FILTER (WHERE state = 'failed') \
+             FROM webhook_deliveries GROUP BY provider, account ORDER BY provider, account",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(DeliveryStat {
+                    provider: row.try_get(0)?,
+                    account: row.try_get(1)?,
+                    last_received_at: row.try_get(2)?,
+                    pending: row.try_get(3)?,
+                    failed: row.try_get(4)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn open_orders(
+        &self,
+        provider: &str,
+        account: &str,
+        terminal: &[String],
+    ) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT external_id FROM orders WHERE provider = $1 AND account = $2 \
+             AND (status IS NULL OR NOT status = ANY($3)) ORDER BY external_id",
+        )
+        .bind(provider)
+        .bind(account)
+        .bind(terminal)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     async fn close(&self) {

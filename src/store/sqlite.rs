@@ -2,9 +2,9 @@
 
 use super::outcome_columns;
 use super::{
-    ActionCount, ActionFilter, AsnRow, AsnUpdate, Batch, BatchOutcome, Claim, GateState, NewAsn,
-    ROWS_PER_STATEMENT, RetryFilter, StatusChange, Store, StoreError, StoredOrder, StreamStatus,
-    body_sha256, newest_per_key,
+    ActionCount, ActionFilter, AsnRow, AsnUpdate, Batch, BatchOutcome, Claim, Delivery,
+    DeliveryDone, DeliveryStat, GateState, NewAsn, NewDelivery, ROWS_PER_STATEMENT, RetryFilter,
+    StatusChange, Store, StoreError, StoredOrder, StreamStatus, body_sha256, newest_per_key,
 };
 use crate::config::DatabaseConfig;
 use crate::model::{Action, ActionOutcome, NewAction, OrderKey, StreamKey};
@@ -124,8 +124,8 @@ impl Store for SqliteStore {
                     .push_bind(&seen)
                     .push_bind(&seen);
             });
-            // Newer wins; an equal time wins only when the body differs (the later read), so the
-            // lookback's re-reads of unchanged orders write nothing.
+            // A copy wins when it is not older and its body differs: the lookback's re-reads of
+            // unchanged orders, and polled snapshots identical to the stored one, write nothing.
             query.push(
                 " ON CONFLICT (provider, account, channel, external_id) DO UPDATE SET \
                  status = excluded.status, payment_status = excluded.payment_status, \
@@ -133,9 +133,8 @@ impl Store for SqliteStore {
                  currency = excluded.currency, upstream_created_at = excluded.upstream_created_at, \
                  upstream_updated_at = excluded.upstream_updated_at, payload = excluded.payload, \
                  synced_at = excluded.synced_at \
-                 WHERE excluded.upstream_updated_at > orders.upstream_updated_at \
-                 OR (excluded.upstream_updated_at = orders.upstream_updated_at \
-                     AND excluded.payload <> orders.payload)",
+                 WHERE excluded.upstream_updated_at >= orders.upstream_updated_at \
+                 AND excluded.payload <> orders.payload",
             );
             let done = query.build().execute(&mut *tx).await?;
             outcome.written += done.rows_affected();
@@ -419,10 +418,11 @@ impl Store for SqliteStore {
             "UPDATE actions AS a SET \
              state = CASE WHEN u.kind <> 'retry' THEN u.kind \
                           WHEN a.attempts >= a.max_attempts THEN 'dead' ELSE 'pending' END, \
-             result = CASE WHEN u.kind = 'succeeded' THEN u.result ELSE a.result END, \
+             result = CASE WHEN u.kind IN ('succeeded', 'sent') THEN u.result ELSE a.result END, \
              last_error = u.error, \
              next_attempt_at = COALESCE(u.next_at, a.next_attempt_at), \
-             finished_at = CASE WHEN u.kind <> 'retry' OR a.attempts >= a.max_attempts \
+             finished_at = CASE WHEN u.kind = 'sent' THEN NULL \
+                                WHEN u.kind <> 'retry' OR a.attempts >= a.max_attempts \
                                 THEN ?3 END, \
              claimed_until = NULL, updated_at = ?3 \
              FROM (SELECT value ->> '$.id' AS id, value ->> '$.kind' AS kind, \
@@ -617,6 +617,195 @@ impl Store for SqliteStore {
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected())
+    }
+
+    async fn sent_actions(
+        &self,
+        provider: &str,
+        account: &str,
+        limit: i64,
+    ) -> Result<Vec<Action>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            action_columns!(),
+            " FROM actions WHERE state = 'sent' AND provider = ?1 AND account = ?2 \
+             ORDER BY id LIMIT ?3"
+        ))
+        .bind(provider)
+        .bind(account)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(action_from_row).collect()
+    }
+
+    async fn settle_sent(&self, outcomes: &[(i64, ActionOutcome)]) -> Result<Vec<i64>, StoreError> {
+        if outcomes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<serde_json::Value> = outcomes
+            .iter()
+            .map(|(id, outcome)| {
+                let (kind, result, error, at) = outcome_columns(outcome);
+                serde_json::json!({
+                    "id": id, "kind": kind, "result": result, "error": error,
+                    "next_at": at.map(ts),
+                })
+            })
+            .collect();
+        Ok(sqlx::query_scalar(
+            "UPDATE actions AS a SET \
+             state = CASE WHEN u.kind = 'retry' THEN 'pending' ELSE u.kind END, \
+             result = CASE WHEN u.kind IN ('succeeded', 'sent') THEN u.result ELSE a.result END, \
+             last_error = u.error, \
+             next_attempt_at = COALESCE(u.next_at, a.next_attempt_at), \
+             finished_at = CASE WHEN u.kind IN ('succeeded', 'failed') THEN ?2 END, \
+             updated_at = ?2 \
+             FROM (SELECT value ->> '$.id' AS id, value ->> '$.kind' AS kind, \
+                          value ->> '$.result' AS result, value ->> '$.error' AS error, \
+                          value ->> '$.next_at' AS next_at FROM json_each(?1)) AS u \
+             WHERE a.id = u.id AND a.state = 'sent' \
+             RETURNING id",
+        )
+        .bind(serde_json::Value::Array(rows).to_string())
+        .bind(ts(Utc::now()))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn record_deliveries(
+        &self,
+        deliveries: &[NewDelivery],
+        cursor: Option<(&StreamKey, &str)>,
+    ) -> Result<Vec<bool>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mut stored = Vec::with_capacity(deliveries.len());
+        for delivery in deliveries {
+            let id: Option<i64> = sqlx::query_scalar(
+                "INSERT INTO webhook_deliveries (provider, account, source, event_id, event_type, \
+                 object_id, body, body_sha256, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT DO NOTHING RETURNING id",
+            )
+            .bind(delivery.provider.as_str())
+            .bind(&delivery.account)
+            .bind(delivery.source.as_str())
+            .bind(&delivery.event_id)
+            .bind(&delivery.event_type)
+            .bind(&delivery.object_id)
+            .bind(&delivery.body)
+            .bind(body_sha256(&delivery.body))
+            .bind(ts(delivery.received_at))
+            .fetch_optional(&mut *tx)
+            .await?;
+            stored.push(id.is_some());
+        }
+        if let Some((stream, cursor)) = cursor {
+            sqlx::query(
+                "INSERT INTO sync_cursors (provider, account, resource, cursor, cursor_updated_at) \
+                 VALUES (?, ?, ?, ?, ?) ON CONFLICT (provider, account, resource) DO UPDATE SET \
+                 cursor = excluded.cursor, cursor_updated_at = excluded.cursor_updated_at",
+            )
+            .bind(stream.provider.as_str())
+            .bind(&stream.account)
+            .bind(&stream.resource)
+            .bind(cursor)
+            .bind(ts(Utc::now()))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(stored)
+    }
+
+    async fn pending_deliveries(
+        &self,
+        provider: &str,
+        account: &str,
+        limit: i64,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, event_id, event_type, object_id, body, received_at \
+             FROM webhook_deliveries WHERE provider = ?1 AND account = ?2 AND state = 'pending' \
+             ORDER BY id LIMIT ?3",
+        )
+        .bind(provider)
+        .bind(account)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Delivery {
+                    id: row.try_get(0)?,
+                    event_id: row.try_get(1)?,
+                    event_type: row.try_get(2)?,
+                    object_id: row.try_get(3)?,
+                    body: row.try_get(4)?,
+                    received_at: parse_ts(&row.try_get::<String, _>(5)?)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn finish_deliveries(&self, done: &[DeliveryDone]) -> Result<(), StoreError> {
+        if done.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<serde_json::Value> = done
+            .iter()
+            .map(|d| serde_json::json!({"id": d.id, "state": d.state.as_str(), "note": d.note}))
+            .collect();
+        sqlx::query(
+            "UPDATE webhook_deliveries AS w SET state = u.state, error = u.note, processed_at = ?2 \
+             FROM (SELECT value ->> '$.id' AS id, value ->> '$.state' AS state, \
+                          value ->> '$.note' AS note FROM json_each(?1)) AS u \
+             WHERE w.id = u.id",
+        )
+        .bind(serde_json::Value::Array(rows).to_string())
+        .bind(ts(Utc::now()))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn delivery_stats(&self) -> Result<Vec<DeliveryStat>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT provider, account, max(received_at), \
+                    sum(CASE WHEN state = 'pending' THEN 1 ELSE 0 END), \
+                    sum(CASE WHEN state = 'failed' THEN 1 ELSE 0 END) \
+             FROM webhook_deliveries GROUP BY provider, account ORDER BY provider, account",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(DeliveryStat {
+                    provider: row.try_get(0)?,
+                    account: row.try_get(1)?,
+                    last_received_at: parse_opt_ts(row.try_get(2)?)?,
+                    pending: row.try_get(3)?,
+                    failed: row.try_get(4)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn open_orders(
+        &self,
+        provider: &str,
+        account: &str,
+        terminal: &[String],
+    ) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT external_id FROM orders WHERE provider = ?1 AND account = ?2 \
+             AND (status IS NULL OR status NOT IN (SELECT value FROM json_each(?3))) \
+             ORDER BY external_id",
+        )
+        .bind(provider)
+        .bind(account)
+        .bind(serde_json::Value::from(terminal.to_vec()).to_string())
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     async fn close(&self) {

@@ -2,6 +2,7 @@
 //! return through the store.
 
 pub mod asn;
+pub mod getitdone;
 pub mod health;
 pub mod job;
 pub mod progress;
@@ -87,4 +88,15 @@ pub async fn refresh_order(
         })
         .await?;
     Ok(Some((order, outcome)))
+}
+
+/// Work that runs in a loop rather than on a schedule (an inbox worker).
+#[async_trait::async_trait]
+pub trait Worker: Send + Sync {
+    /// For logs and the shutdown report.
+    fn name(&self) -> String;
+    /// Works until `shutdown`.
+    async fn run(&self, shutdown: &CancellationToken);
+    /// Does everything there is to do now, without waiting for more (`run --once`).
+    async fn drain(&self, shutdown: &CancellationToken) -> Result<serde_json::Value, String>;
 }

@@ -71,6 +71,15 @@ pub(super) fn check(asked: ActionRequest, config: &Config) -> Result<Checked, In
             }
             (Some(channel), Some(order_id), request)
         }
+        ActionKind::Link | ActionKind::LinkInvoicing | ActionKind::Refresh => {
+            return Err(invalid(
+                "kind",
+                format!(
+                    "Graas has no `{}` command; it takes accept, cancel and asn",
+                    kind.as_str()
+                ),
+            ));
+        }
         ActionKind::Asn => {
             let Some(asn) = asked.asn else {
                 return Err(invalid("asn", "is required for asn: the POST /v1/asn body"));

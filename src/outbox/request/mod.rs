@@ -2,6 +2,7 @@
 //! turned into a [`NewAction`]. Every refusal names the field and the fix; nothing half-checked
 //! reaches the queue.
 
+mod getitdone;
 mod graas;
 
 use crate::config::Config;
@@ -33,6 +34,9 @@ pub struct ActionRequest {
     /// For asn: the `POST /v1/asn` body.
     #[serde(default)]
     pub asn: Option<Value>,
+    /// For link and link_invoicing (Get It Done): our id to attach to the order.
+    #[serde(default)]
+    pub link_id: Option<String>,
     #[serde(default)]
     pub idempotency_key: Option<String>,
     #[serde(default)]
@@ -60,6 +64,16 @@ impl ItemSelector {
                 "`{text}` is not ORDER_ITEM_ID:SELLER_SKU, e.g. `41003:SKU-0042`"
             )),
         }
+    }
+}
+
+/// The configured names of one section, for "configured: …" in a refusal.
+pub(crate) fn known_names<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    let names: Vec<&str> = names.collect();
+    if names.is_empty() {
+        "none".to_owned()
+    } else {
+        names.join(", ")
     }
 }
 
@@ -98,16 +112,30 @@ pub(crate) struct Checked {
     pub request: Value,
 }
 
+/// The provider of a named account, when the request does not say: account names are unique
+/// within a provider's section, so only a name used in two sections needs `provider`.
+fn provider_of(config: &Config, account: &str) -> Result<ProviderKind, InvalidAction> {
+    let graas = config.graas_account(account).is_some();
+    let getitdone = config.getitdone_account(account).is_some();
+    match (graas, getitdone) {
+        (true, true) => Err(invalid(
+            "provider",
+            format!("`{account}` names a Graas and a Get It Done account; say which with provider"),
+        )),
+        (false, true) => Ok(ProviderKind::GetItDone),
+        // Graas, or nobody's: Graas's check names the configured accounts.
+        _ => Ok(ProviderKind::Graas),
+    }
+}
+
 impl ActionRequest {
     /// Checks the request against the configuration and builds the action to queue. What is the
     /// same for every provider is checked here; the rest by the provider's own check.
     pub fn into_action(self, config: &Config) -> Result<NewAction, InvalidAction> {
-        let provider: ProviderKind = self
-            .provider
-            .as_deref()
-            .unwrap_or(ProviderKind::Graas.as_str())
-            .parse()
-            .map_err(|e: String| invalid("provider", e))?;
+        let provider = match self.provider.as_deref() {
+            Some(text) => text.parse().map_err(|e: String| invalid("provider", e))?,
+            None => provider_of(config, &self.account)?,
+        };
         let max_attempts = self.max_attempts.unwrap_or(config.outbox.max_attempts);
         if !(1..=1_000).contains(&max_attempts) {
             return Err(invalid("max_attempts", "must be between 1 and 1000"));
@@ -123,10 +151,11 @@ impl ActionRequest {
         let idempotency_key = self.idempotency_key.clone();
         let checked = match provider {
             ProviderKind::Graas => graas::check(self, config)?,
+            ProviderKind::GetItDone => getitdone::check(self, config)?,
             other => {
                 return Err(invalid(
                     "provider",
-                    format!("`{other}` takes no actions yet; only `graas` does"),
+                    format!("`{other}` takes no actions yet; `graas` and `getitdone` do"),
                 ));
             }
         };

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod config;
 pub mod contract;
 pub mod signature;
+pub mod webhook;
 pub mod wire;
 
 use super::http::{HttpClient, RateGate, Response};
