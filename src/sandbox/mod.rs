@@ -2,6 +2,7 @@
 //! Data is deterministic for a seed; faults and mutations are switched on per run.
 
 pub mod faults;
+pub mod getitdone;
 pub mod graas;
 
 use serde::{Deserialize, Serialize};
@@ -75,6 +76,11 @@ pub struct SandboxConfig {
     pub malformed_every: Option<usize>,
     pub faults: Faults,
     pub mutations: Option<Mutations>,
+    /// Simulated Get It Done accounts.
+    #[serde(default)]
+    pub getitdone: Vec<getitdone::GetItDoneAccountSpec>,
+    #[serde(default)]
+    pub getitdone_options: getitdone::GetItDoneOptions,
 }
 
 impl SandboxConfig {
@@ -93,7 +99,24 @@ impl SandboxConfig {
             malformed_every: None,
             faults: Faults::default(),
             mutations: None,
+            getitdone: Vec::new(),
+            getitdone_options: getitdone::GetItDoneOptions::default(),
         }
+    }
+
+    /// Adds `accounts` Get It Done accounts of `orders` each, named `gid-1…`.
+    pub fn with_getitdone(mut self, accounts: usize, orders: usize) -> Self {
+        self.getitdone = (1..=accounts)
+            .map(|i| getitdone::GetItDoneAccountSpec {
+                name: format!("gid-{i}"),
+                client_id: format!("gid-client-{i}"),
+                client_secret: format!("gid-secret-{i}"),
+                webhook_secret: format!("gid-hook-secret-{i}"),
+                orders,
+                webhook_url: None,
+            })
+            .collect();
+        self
     }
 }
 
@@ -101,6 +124,7 @@ impl SandboxConfig {
 pub struct Sandbox {
     addr: SocketAddr,
     graas: Arc<graas::GraasSim>,
+    getitdone: Arc<getitdone::GetItDoneSim>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -112,7 +136,14 @@ impl Sandbox {
         let graas = Arc::new(graas::GraasSim::new(&config));
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
-        let app = graas::router(graas.clone());
+        let getitdone = Arc::new(getitdone::GetItDoneSim::new(
+            &config.getitdone,
+            config.getitdone_options.clone(),
+            config.faults.clone(),
+            config.seed,
+        ));
+        let app = graas::router(graas.clone()).merge(getitdone::router(getitdone.clone()));
+        tasks.spawn(getitdone.clone().deliver(shutdown.clone()));
         let stop = shutdown.clone();
         tasks.spawn(async move {
             let served = axum::serve(listener, app)
@@ -123,7 +154,18 @@ impl Sandbox {
             }
         });
         if let Some(mutations) = config.mutations.clone() {
-            let (sim, stop) = (graas.clone(), shutdown.clone());
+            let (sim, stop, graas_mutations) = (graas.clone(), shutdown.clone(), mutations.clone());
+            tasks.spawn(async move {
+                let mut tick =
+                    tokio::time::interval(Duration::from_millis(graas_mutations.every_ms.max(10)));
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tick.tick() => sim.mutate(&graas_mutations),
+                    }
+                }
+            });
+            let (sim, stop, mutations) = (getitdone.clone(), shutdown.clone(), mutations.clone());
             tasks.spawn(async move {
                 let mut tick =
                     tokio::time::interval(Duration::from_millis(mutations.every_ms.max(10)));
@@ -139,6 +181,7 @@ impl Sandbox {
         Ok(Sandbox {
             addr,
             graas,
+            getitdone,
             shutdown,
             tasks,
         })
@@ -154,6 +197,10 @@ impl Sandbox {
 
     pub fn graas(&self) -> &Arc<graas::GraasSim> {
         &self.graas
+    }
+
+    pub fn getitdone(&self) -> &Arc<getitdone::GetItDoneSim> {
+        &self.getitdone
     }
 
     pub async fn stop(self) {

@@ -391,6 +391,37 @@ pub async fn execute_sql(db: &TestDb, statements: &[&str]) {
     }
 }
 
+/// The first column of the first row of `query`, as text.
+pub async fn execute_scalar(db: &TestDb, query: &str) -> String {
+    use sqlx::Connection;
+    match &db.schema {
+        None => {
+            let mut conn = sqlx::SqliteConnection::connect(&db.url)
+                .await
+                .expect("connect to SQLite");
+            sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(query.to_string()))
+                .fetch_one(&mut conn)
+                .await
+                .expect("SQL query")
+        }
+        Some(schema) => {
+            let mut conn = sqlx::PgConnection::connect(&db.url)
+                .await
+                .expect("connect to Postgres");
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "SET search_path TO \"{schema}\""
+            )))
+            .execute(&mut conn)
+            .await
+            .expect("search_path");
+            sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(query.to_string()))
+                .fetch_one(&mut conn)
+                .await
+                .expect("SQL query")
+        }
+    }
+}
+
 /// Starts `ordersync run` with this config at `[log] level = "info"` (the default), its log
 /// (stderr) written to `log`.
 pub fn spawn_run_logged(config: &std::path::Path, log: &std::path::Path) -> Daemon {

@@ -113,8 +113,9 @@ impl TokenSource {
             .map(Duration::from_secs)
             .or_else(|| jwt_lifetime(&response.access_token))
             .unwrap_or(UNKNOWN_LIFETIME);
-        // Refresh with a tenth of the lifetime left, at most a minute early.
-        let margin = (lifetime / 10).min(Duration::from_secs(60));
+        // Refresh a minute early, or a quarter of a short lifetime early: a request may wait
+        // at the rate gate between taking the token and sending it.
+        let margin = (lifetime / 4).min(Duration::from_secs(60));
         let generation = 1 + self
             .generation
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
