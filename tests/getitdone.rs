@@ -543,3 +543,94 @@ async fn commands_are_confirmed_by_event_or_status_and_never_resent_blindly(db: 
     sandbox.stop().await;
 }
 on_both_backends!(commands_are_confirmed_by_event_or_status_and_never_resent_blindly);
+
+async fn the_feed_discovers_orders_no_webhook_announced(db: TestDb) {
+    let mut spec = SandboxConfig::graas(0, 0).with_getitdone(1, 300);
+    // Not one delivery arrives: only the feed can tell of these orders.
+    spec.getitdone_options.deliveries = DeliveryFaults {
+        drop_ratio: 1.0,
+        ..DeliveryFaults::default()
+    };
+    let sandbox = start_sandbox(&spec).await;
+    let extra = "discovery = \"feed\"\nfeed_schedule = \"0 0 0 1 1 *\"\nfeed_page_size = 50\nrate_limit = \"100/s\"";
+    let config = Config::from_toml(&config_text(&db, &sandbox, &spec, extra)).expect("config");
+    let running = Running::start(&config, &sandbox).await;
+    let sim = sandbox.getitdone().clone();
+    sim.announce_all();
+    sim.mutate(&Mutations {
+        per_tick: 40,
+        new_per_tick: 5,
+        ..Mutations::default()
+    });
+    let feed = running.job("events");
+    // The daemon's first run may still be going (a tick then returns nothing); one run that
+    // starts after the events exist reads the rest from the committed cursor.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match feed.tick(&CancellationToken::new()).await {
+            Some(Ok(_)) => break,
+            Some(Err(error)) => panic!("feed run: {error}"),
+            None if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            None => panic!("the feed job never ran"),
+        }
+    }
+    let store = running.store.clone();
+    wait_until(Duration::from_secs(30), "the inbox processed", || {
+        let store = store.clone();
+        async move { inbox_settled(&store).await }
+    })
+    .await;
+    let truth: BTreeMap<String, String> = sim
+        .truth(ACCOUNT)
+        .into_iter()
+        .map(|o| (o.order_id, o.status))
+        .collect();
+    assert_eq!(truth.len(), 305);
+    assert_eq!(stored(&store).await, truth);
+    // The cursor moved with what it covers: a second run finds nothing new.
+    match feed.tick(&CancellationToken::new()).await {
+        Some(Ok(report)) => assert_eq!(report["new"], 0, "{report}"),
+        other => panic!("feed run: {other:?}"),
+    }
+    running.stop().await.close().await;
+    sandbox.stop().await;
+}
+on_both_backends!(the_feed_discovers_orders_no_webhook_announced);
+
+async fn polls_and_commands_share_the_account_rate_limit(db: TestDb) {
+    let mut spec = SandboxConfig::graas(0, 0).with_getitdone(1, 40);
+    spec.faults = Faults {
+        rate_limit_per_sec: Some(10),
+        retry_after_secs: 1,
+        ..Faults::default()
+    };
+    let sandbox = start_sandbox(&spec).await;
+    // 9/s against a limit of 10 in any one second: the margin absorbs network jitter, which
+    // can bring two requests sent 111 ms apart within one second of each other at the sandbox.
+    let config = Config::from_toml(&config_text(&db, &sandbox, &spec, "rate_limit = \"9/s\""))
+        .expect("config");
+    let running = Running::start(&config, &sandbox).await;
+    let (sim, store) = (sandbox.getitdone().clone(), running.store.clone());
+    sim.announce_all();
+    let mut actions = Vec::new();
+    for n in 0..20 {
+        let order = format!("{ACCOUNT}-job-{n:06}");
+        actions.push(enqueue(&config, &store, "refresh", &order, |_| {}).await);
+    }
+    for id in actions {
+        wait_for_state(&store, id, ActionState::Succeeded).await;
+    }
+    wait_until(Duration::from_secs(30), "40 orders stored", || {
+        let store = store.clone();
+        async move { stored(&store).await.len() == 40 && inbox_settled(&store).await }
+    })
+    .await;
+    let stats = sim.stats(ACCOUNT).expect("stats");
+    assert!(stats.commands >= 20 && stats.polls >= 40, "{stats:?}");
+    assert_eq!(stats.traffic.over_limit, 0, "{stats:?}");
+    running.stop().await.close().await;
+    sandbox.stop().await;
+}
+on_both_backends!(polls_and_commands_share_the_account_rate_limit);
