@@ -634,3 +634,97 @@ async fn polls_and_commands_share_the_account_rate_limit(db: TestDb) {
     sandbox.stop().await;
 }
 on_both_backends!(polls_and_commands_share_the_account_rate_limit);
+
+async fn every_acknowledged_delivery_survives_kill_9(db: TestDb) {
+    let mut spec = SandboxConfig::graas(0, 0).with_getitdone(1, 400);
+    // Deliveries refused while the daemon is down are tried again, a second apart.
+    spec.getitdone_options.delivery_attempts = 30;
+    let sandbox = start_sandbox(&spec).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let text = config_text(&db, &sandbox, &spec, "rate_limit = \"100/s\"").replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:{port}\""),
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config_path = dir.path().join("ordersync.toml");
+    std::fs::write(&config_path, &text).expect("config");
+    let sim = sandbox.getitdone().clone();
+    sim.set_webhook_url(
+        ACCOUNT,
+        &format!("http://127.0.0.1:{port}/webhooks/getitdone/{ACCOUNT}"),
+    );
+
+    let log = dir.path().join("first.log");
+    let mut daemon = common::spawn_run_logged(&config_path, &log);
+    common::wait_for_log(&log, "webhook listener up", Duration::from_secs(30)).await;
+    sim.announce_all();
+    let pour = {
+        let sim = sim.clone();
+        tokio::spawn(async move {
+            for _ in 0..20 {
+                sim.mutate(&Mutations {
+                    per_tick: 30,
+                    new_per_tick: 3,
+                    ..Mutations::default()
+                });
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let acknowledged_before_kill = sim.acknowledged(ACCOUNT).len();
+    daemon.0.kill().expect("kill -9");
+    let _ = daemon.0.wait();
+    assert!(
+        acknowledged_before_kill > 0,
+        "deliveries were flowing when it died"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let log = dir.path().join("second.log");
+    let _daemon = common::spawn_run_logged(&config_path, &log);
+    pour.await.expect("mutations");
+    wait_until(Duration::from_secs(90), "every delivery sent", || {
+        let sim = sim.clone();
+        async move { sim.undelivered() == 0 }
+    })
+    .await;
+    let config = Config::from_toml(&text).expect("config");
+    let store = open_store(&config).await;
+    wait_until(Duration::from_secs(60), "the inbox processed", || {
+        let store = store.clone();
+        async move { inbox_settled(&store).await }
+    })
+    .await;
+    let list = match db.backend {
+        common::Backend::Sqlite => {
+            "SELECT coalesce(group_concat(event_id, ','), '') FROM webhook_deliveries"
+        }
+        common::Backend::Postgres => {
+            "SELECT coalesce(string_agg(event_id, ','), '') FROM webhook_deliveries"
+        }
+    };
+    let stored_ids: HashSet<String> = common::execute_scalar(&db, list)
+        .await
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let acknowledged = sim.acknowledged(ACCOUNT);
+    let missing: Vec<&String> = acknowledged.difference(&stored_ids).collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged but not stored: {missing:?}"
+    );
+    assert!(acknowledged.len() > acknowledged_before_kill);
+    // And what they told is in the orders.
+    let announced = sim.announced(ACCOUNT);
+    let synced = stored(&store).await;
+    assert_eq!(synced.len(), announced.len());
+    store.close().await;
+    sandbox.stop().await;
+}
+on_both_backends!(every_acknowledged_delivery_survives_kill_9);
