@@ -7,9 +7,14 @@ use crate::config::{Config, ConfigError};
 use crate::model::ProviderKind;
 use crate::outbox::request::{ActionRequest, InvalidAction};
 use crate::providers::http::ClientBuildError;
+use crate::sandbox::getitdone::{DeliveryFaults, GetItDoneStats};
 use crate::sandbox::graas::AccountStats;
 use crate::sandbox::{Faults, Mutations, Sandbox, SandboxConfig};
+use crate::server::Server;
+use crate::server::webhooks;
 use crate::store::{self, ActionCount, Store, StoreError, StoredOrder};
+use crate::sync::Worker;
+use crate::sync::job::ScheduledJob;
 use crate::sync::progress::ProgressSnapshot;
 use crate::sync::{self, DaemonError, StreamRunner};
 use chrono::Utc;
@@ -38,6 +43,8 @@ pub enum DemoError {
     Daemon(#[from] DaemonError),
     #[error("demo action: {0}")]
     Action(#[from] InvalidAction),
+    #[error("cannot start the webhook listener: {0}")]
+    Webhooks(#[source] std::io::Error),
 }
 
 /// What the user asked of the demo.
@@ -57,8 +64,12 @@ pub struct Demo {
     pub sandbox: Sandbox,
     spec: SandboxConfig,
     runners: Vec<Arc<StreamRunner>>,
+    /// Get It Done's inbox workers and re-polls, for the final catch-up.
+    gid_workers: Vec<Arc<dyn Worker>>,
+    gid_repolls: Vec<Arc<dyn ScheduledJob>>,
     /// Taken when the demo finishes.
     daemon: Option<Daemon>,
+    webhooks: Option<Server>,
     database: PathBuf,
     /// Keeps a temporary database alive until the demo ends.
     _temp: tempfile::TempDir,
@@ -86,10 +97,31 @@ impl AccountVerdict {
     }
 }
 
+/// One Get It Done account's line in the verdict.
+#[derive(Debug, Clone)]
+pub struct GidVerdict {
+    pub account: String,
+    pub stored: usize,
+    /// Orders at least one acknowledged delivery told of: the ones ordersync can know.
+    pub announced: usize,
+    /// All the sandbox holds (some were never announced: every delivery about them dropped).
+    pub truth: usize,
+    /// Announced orders missing from the database or with another status there.
+    pub differing: usize,
+    pub sandbox: GetItDoneStats,
+}
+
+impl GidVerdict {
+    pub fn matches(&self) -> bool {
+        self.differing == 0 && self.stored == self.announced
+    }
+}
+
 /// What the demo found at the end.
 #[derive(Debug, Clone)]
 pub struct Verdict {
     pub accounts: Vec<AccountVerdict>,
+    pub getitdone: Vec<GidVerdict>,
     /// Final catch-up runs that failed: (stream, error).
     pub failed_runs: Vec<(String, String)>,
     /// Actions by (provider, account, state) at the end.
@@ -101,6 +133,7 @@ pub struct Verdict {
 impl Verdict {
     pub fn all_match(&self) -> bool {
         self.accounts.iter().all(AccountVerdict::matches)
+            && self.getitdone.iter().all(GidVerdict::matches)
     }
 }
 
@@ -108,9 +141,17 @@ impl Demo {
     /// Starts the sandbox (faults and live changes on), opens the database, queues the demo's
     /// actions and starts the daemon.
     pub async fn start(options: &DemoOptions) -> Result<Demo, DemoError> {
-        let mut spec = SandboxConfig::graas(options.accounts, options.orders);
+        let mut spec = SandboxConfig::graas(options.accounts, options.orders)
+            .with_getitdone(1, (options.orders / 5).max(10));
         spec.malformed_every = Some(997);
         spec.mutations = Some(Mutations::default());
+        spec.getitdone_options.deliveries = DeliveryFaults {
+            drop_ratio: 0.05,
+            duplicate_ratio: 0.05,
+            reorder_ratio: 0.05,
+            bad_signature_ratio: 0.01,
+            ..DeliveryFaults::default()
+        };
         if options.faults {
             spec.faults = Faults {
                 rate_limit_per_sec: Some(50),
@@ -136,15 +177,41 @@ impl Demo {
         store.migrate().await?;
         let app = App::build(&config, &store)?;
         let runners = app.runners.clone();
+        let gid_workers = app.workers.clone();
+        let gid_repolls = app
+            .scheduled
+            .iter()
+            .filter(|j| {
+                j.stream().provider == ProviderKind::GetItDone
+                    && j.stream().resource == crate::providers::getitdone::ORDERS_RESOURCE
+            })
+            .cloned()
+            .collect();
+        let router = webhooks::router(app.hooks.clone(), store.clone(), &config.webhooks);
+        let server = Server::start(config.webhooks.listen, router)
+            .await
+            .map_err(DemoError::Webhooks)?;
+        for hook in &app.hooks {
+            let account = hook.receiver.account();
+            sandbox.getitdone().set_webhook_url(
+                account,
+                &format!("http://{}/webhooks/getitdone/{account}", server.addr()),
+            );
+        }
         let queued = queue_actions(&config, &store, &sandbox, &spec).await?;
         let daemon = Daemon::start(app).await?;
+        // Get It Done tells of its orders by webhook: every existing one once, then changes.
+        sandbox.getitdone().announce_all();
         Ok(Demo {
             config,
             store,
             sandbox,
             spec,
             runners,
+            gid_workers,
+            gid_repolls,
             daemon: Some(daemon),
+            webhooks: Some(server),
             database,
             _temp: temp,
             queued,
@@ -168,6 +235,16 @@ impl Demo {
     /// database with the sandbox. Returns what was abandoned at shutdown (if anything) and the
     /// verdict.
     pub async fn finish(mut self) -> Result<(Vec<String>, Verdict), DemoError> {
+        // Get It Done's last deliveries go out while the listener still answers.
+        let gid = self.sandbox.getitdone().clone();
+        gid.set_mutating(false);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while gid.undelivered() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if let Some(server) = self.webhooks.take() {
+            server.stop().await;
+        }
         let abandoned = match self.daemon.take() {
             Some(daemon) => {
                 daemon
@@ -191,6 +268,22 @@ impl Demo {
                 failed_runs.push((stream.to_string(), error.to_string()));
             }
         }
+        // Get It Done: the inbox drained, then one re-poll heals what dropped deliveries left.
+        let cancel = CancellationToken::new();
+        for worker in &self.gid_workers {
+            if let Err(error) = worker.drain(&cancel).await {
+                failed_runs.push((worker.name(), error));
+            }
+        }
+        for job in &self.gid_repolls {
+            if let Some(Err(error)) = job.tick(&cancel).await {
+                failed_runs.push((job.stream().to_string(), error));
+            }
+        }
+        let mut getitdone = Vec::new();
+        for account in &self.spec.getitdone {
+            getitdone.push(self.gid_verdict(&account.name).await?);
+        }
         let mut accounts = Vec::new();
         for (runner, account) in self.runners.iter().zip(&self.spec.graas) {
             accounts.push(
@@ -201,7 +294,7 @@ impl Demo {
         let actions = self.store.action_counts().await?;
         let open_actions = actions
             .iter()
-            .filter(|c| c.state == "pending" || c.state == "in_flight")
+            .filter(|c| matches!(c.state.as_str(), "pending" | "in_flight" | "sent"))
             .map(|c| c.count)
             .sum();
         self.store.close().await;
@@ -210,11 +303,42 @@ impl Demo {
             abandoned,
             Verdict {
                 accounts,
+                getitdone,
                 failed_runs,
                 actions,
                 open_actions,
             },
         ))
+    }
+
+    async fn gid_verdict(&self, name: &str) -> Result<GidVerdict, DemoError> {
+        let sim = self.sandbox.getitdone();
+        let stored: HashMap<String, Option<String>> = self
+            .store
+            .orders_of(ProviderKind::GetItDone.as_str(), name)
+            .await?
+            .into_iter()
+            .map(|o| (o.external_id, o.status))
+            .collect();
+        let truth = sim.truth(name);
+        let announced = sim.announced(name);
+        let differing = truth
+            .iter()
+            .filter(|t| announced.contains(&t.order_id))
+            .filter(|t| {
+                stored
+                    .get(&t.order_id)
+                    .is_none_or(|s| s.as_deref() != Some(t.status.as_str()))
+            })
+            .count();
+        Ok(GidVerdict {
+            account: name.to_owned(),
+            stored: stored.len(),
+            announced: announced.len(),
+            truth: truth.len(),
+            differing,
+            sandbox: sim.stats(name).unwrap_or_default(),
+        })
     }
 
     async fn account_verdict(
@@ -270,6 +394,17 @@ fn config_toml(sandbox: &Sandbox, spec: &SandboxConfig, database_url: &str) -> S
     let mut text = format!(
         "[database]\nurl = \"{database_url}\"\n\n[log]\nlevel = \"error\"\n\n[http]\nrequest_timeout = \"2s\"\nmin_backoff = \"100ms\"\nmax_backoff = \"2s\"\n\n[outbox]\npoll_interval = \"200ms\"\nmin_backoff = \"500ms\"\nmax_backoff = \"5s\"\n"
     );
+    text.push_str("\n[webhooks]\nlisten = \"127.0.0.1:0\"\n");
+    for account in &spec.getitdone {
+        text.push_str(&format!(
+            "\n[[getitdone]]\nname = \"{name}\"\nbase_url = \"{url}\"\nclient_id = \"{id}\"\nclient_secret = \"{secret}\"\nwebhook_secrets = [\"{hook}\"]\ndebounce = \"500ms\"\nrepoll_schedule = \"*/20 * * * * *\"\nconfirm_schedule = \"*/5 * * * * *\"\nrate_limit = \"40/s\"\n",
+            name = account.name,
+            url = sandbox.base_url(),
+            id = account.client_id,
+            secret = account.client_secret,
+            hook = account.webhook_secret,
+        ));
+    }
     for (i, account) in spec.graas.iter().enumerate() {
         text.push_str(&format!(
             "\n[[graas]]\nname = \"shop-{n}\"\nbase_url = \"{url}\"\naccount_number = \"{number}\"\napp_key = \"{key}\"\nschedule = \"*/2 * * * * *\"\nlookback = \"1m\"\nsettle = \"2s\"\npage_size = 200\nstart_from = \"{start}\"\nmax_window = \"1d\"\nrate_limit = \"40/s\"\n",
@@ -330,6 +465,35 @@ async fn queue_actions(
             })),
             ..ActionRequest::default()
         });
+    }
+    // Get It Done: link our ids to some orders, refresh one, cancel one with a reason Get It
+    // Done refuses (it ends `failed` with the upstream's code).
+    for account in &spec.getitdone {
+        for (n, order) in sandbox
+            .getitdone()
+            .truth(&account.name)
+            .iter()
+            .take(12)
+            .enumerate()
+        {
+            let (kind, link_id, reason) = match n {
+                10 => ("refresh", None, None),
+                11 => (
+                    "cancel",
+                    None,
+                    Some(crate::sandbox::getitdone::REFUSED_REASON.to_owned()),
+                ),
+                _ => ("link", Some(format!("OS-{n:04}")), None),
+            };
+            requests.push(ActionRequest {
+                account: account.name.clone(),
+                kind: kind.into(),
+                order_id: Some(order.order_id.clone()),
+                link_id,
+                reason,
+                ..ActionRequest::default()
+            });
+        }
     }
     let count = requests.len();
     for request in requests {

@@ -18,15 +18,16 @@ pub(super) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let demo = Demo::start(&options).await?;
     init_logging(&demo.config.log);
     println!(
-        "ordersync demo: {} sandbox Graas account(s) of {} orders at {} (faults {}), database {}",
+        "ordersync demo: {} sandbox Graas account(s) of {} orders and 1 Get It Done account of {} (signed webhooks, some dropped, repeated, reordered or forged) at {} (faults {}), database {}",
         args.accounts,
         args.orders,
+        (args.orders / 5).max(10),
         demo.sandbox.base_url(),
         if options.faults { "on" } else { "off" },
         demo.database().display()
     );
     println!(
-        "{} actions queued: accepts and cancels of sandbox orders, 2 per account for orders Graas does not have, one ASN per account",
+        "{} actions queued: Graas accepts and cancels of sandbox orders, 2 per account for orders Graas does not have, one ASN per account; Get It Done links, a refresh and a cancel it refuses",
         demo.queued
     );
     println!("Ctrl-C to stop.\n");
@@ -102,6 +103,33 @@ fn print_verdict(verdict: &Verdict, started: Instant) {
             stats.traffic.server_errors,
             stats.traffic.truncated,
             stats.traffic.slow,
+        );
+    }
+    for account in &verdict.getitdone {
+        let stats = &account.sandbox;
+        println!(
+            "  {}: {} orders stored of {} announced ({} in the sandbox; the rest only had dropped deliveries): {}",
+            account.account,
+            account.stored,
+            account.announced,
+            account.truth,
+            if account.matches() {
+                "database matches".to_owned()
+            } else {
+                format!("{} missing or different", account.differing)
+            },
+        );
+        println!(
+            "  {}: {} events, {} deliveries acknowledged, {} dropped, {} repeated, {} forged and refused; {} polls, {} commands, {} answered 429",
+            account.account,
+            stats.events,
+            stats.deliveries_acknowledged,
+            stats.deliveries_dropped,
+            stats.deliveries_duplicated,
+            stats.bad_signatures_refused,
+            stats.polls,
+            stats.commands,
+            stats.traffic.over_limit,
         );
     }
     print_action_counts(&verdict.actions);

@@ -102,6 +102,12 @@ struct SandboxArgs {
     /// Serve every n-th order malformed.
     #[arg(long)]
     malformed_every: Option<usize>,
+    /// Get It Done accounts to simulate (named gid-1…).
+    #[arg(long, default_value_t = 1)]
+    getitdone_accounts: usize,
+    /// Get It Done orders per account at start.
+    #[arg(long, default_value_t = 500)]
+    getitdone_orders: usize,
 }
 
 #[derive(Debug, Args)]
@@ -499,11 +505,13 @@ async fn sandbox(args: SandboxArgs) -> anyhow::Result<ExitCode> {
         level: "info".into(),
         format: LogFormat::Text,
     });
-    let mut config = SandboxConfig::graas(args.accounts, args.orders);
+    let mut config = SandboxConfig::graas(args.accounts, args.orders)
+        .with_getitdone(args.getitdone_accounts, args.getitdone_orders);
     config.seed = args.seed;
     config.malformed_every = args.malformed_every;
     config.mutations = args.mutate.then(Mutations::default);
     let accounts = config.graas.clone();
+    let gid_accounts = config.getitdone.clone();
     let sandbox = Sandbox::start(args.listen, config)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -518,9 +526,25 @@ async fn sandbox(args: SandboxArgs) -> anyhow::Result<ExitCode> {
             account.account_number, account.app_key, account.orders
         );
     }
+    for account in &gid_accounts {
+        let _ = writeln!(
+            out,
+            "getitdone name={} client_id={} client_secret={} webhook_secret={} orders={}",
+            account.name,
+            account.client_id,
+            account.client_secret,
+            account.webhook_secret,
+            account.orders
+        );
+    }
     let _ = writeln!(
         out,
         "statistics: GET {0}/_sandbox/graas/stats   faults: PUT {0}/_sandbox/graas/faults",
+        sandbox.base_url()
+    );
+    let _ = writeln!(
+        out,
+        "getitdone: PUT {0}/_sandbox/getitdone/NAME/webhook {{\"url\": \"http://127.0.0.1:8322/webhooks/getitdone/NAME\"}}, then POST {0}/_sandbox/getitdone/announce",
         sandbox.base_url()
     );
     let _ = out.flush();

@@ -180,6 +180,8 @@ pub struct GetItDoneSim {
     outgoing: Notify,
     /// Deliveries taken from the queue and not finished yet.
     sending: std::sync::atomic::AtomicUsize,
+    /// The live changes ([`GetItDoneSim::mutate`]) are off while false.
+    mutating: std::sync::atomic::AtomicBool,
 }
 
 /// What the sandbox holds for one order: what a synced database must end up with.
@@ -233,6 +235,7 @@ impl GetItDoneSim {
             }),
             outgoing: Notify::new(),
             sending: std::sync::atomic::AtomicUsize::new(0),
+            mutating: std::sync::atomic::AtomicBool::new(true),
         }
     }
 
@@ -367,8 +370,16 @@ impl GetItDoneSim {
         self.outgoing.notify_waiters();
     }
 
+    /// Stops or resumes the live changes.
+    pub fn set_mutating(&self, on: bool) {
+        self.mutating.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// One tick of a live marketplace: new orders and status changes, each an event.
     pub fn mutate(&self, mutations: &Mutations) {
+        if !self.mutating.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
         let mut guard = self.lock();
         let state = &mut *guard;
         for account in &mut state.accounts {
@@ -632,6 +643,11 @@ pub fn router(sim: Arc<GetItDoneSim>) -> Router {
         .route("/v3/commands", post(command))
         .route("/v3/events", get(events))
         .route("/_sandbox/getitdone/{account}/stats", get(stats_route))
+        .route(
+            "/_sandbox/getitdone/{account}/webhook",
+            axum::routing::put(webhook_route),
+        )
+        .route("/_sandbox/getitdone/announce", post(announce_route))
         .with_state(sim)
 }
 
@@ -1001,4 +1017,29 @@ async fn stats_route(
         Some(stats) => Json(stats).into_response(),
         None => error(StatusCode::NOT_FOUND, "not_found", "no such account"),
     }
+}
+
+#[derive(Deserialize)]
+struct WebhookTarget {
+    url: String,
+}
+
+/// `PUT {"url": "…"}`: where the account's deliveries go (the sandbox's stand-in for the
+/// webhook registration).
+async fn webhook_route(
+    State(sim): State<Arc<GetItDoneSim>>,
+    Path(account): Path<String>,
+    Json(target): Json<WebhookTarget>,
+) -> Response {
+    if sim.stats(&account).is_none() {
+        return error(StatusCode::NOT_FOUND, "not_found", "no such account");
+    }
+    sim.set_webhook_url(&account, &target.url);
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// Sends an OrderStatusEvent for every order of every account.
+async fn announce_route(State(sim): State<Arc<GetItDoneSim>>) -> Response {
+    sim.announce_all();
+    StatusCode::ACCEPTED.into_response()
 }
