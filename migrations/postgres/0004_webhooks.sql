@@ -30,4 +30,7 @@ CREATE UNIQUE INDEX webhook_deliveries_event ON webhook_deliveries (provider, ac
     WHERE event_id IS NOT NULL;
 CREATE INDEX webhook_deliveries_pending ON webhook_deliveries (provider, account, id)
     WHERE state = 'pending';
+-- One poll answers every pending event about its object.
+CREATE INDEX webhook_deliveries_pending_object
+    ON webhook_deliveries (provider, account, object_id, received_at) WHERE state = 'pending';
 CREATE INDEX webhook_deliveries_received ON webhook_deliveries (provider, account, received_at);

@@ -5,7 +5,7 @@
 
 use super::{
     ActionCount, ActionFilter, AsnRow, AsnUpdate, Batch, BatchOutcome, Claim, Delivery,
-    DeliveryDone, DeliveryStat, GateState, NewAsn, NewDelivery, RetryFilter, StatusChange, Store,
+    DeliveryDone, DeliveryStat, GateState, NewAsn, NewDelivery, ObjectDone, RetryFilter, StatusChange, Store,
     StoreError, StoredOrder, StreamStatus,
 };
 use crate::model::{Action, ActionOutcome, NewAction, OrderKey, StreamKey};
@@ -237,6 +237,21 @@ impl Store for Bounded {
         self.within(
             "recording processed deliveries",
             self.inner.finish_deliveries(done),
+        )
+        .await
+    }
+
+    async fn finish_object_deliveries(
+        &self,
+        provider: &str,
+        account: &str,
+        event_type: &str,
+        done: &[ObjectDone],
+    ) -> Result<u64, StoreError> {
+        self.within(
+            "recording processed deliveries",
+            self.inner
+                .finish_object_deliveries(provider, account, event_type, done),
         )
         .await
     }

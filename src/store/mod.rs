@@ -243,6 +243,17 @@ pub trait Store: Send + Sync {
     /// Records how deliveries were processed.
     async fn finish_deliveries(&self, done: &[DeliveryDone]) -> Result<(), StoreError>;
 
+    /// Records every pending delivery of an account of one event type about one object,
+    /// received before a time, as processed (one poll taken after them answers them all).
+    /// Returns how many.
+    async fn finish_object_deliveries(
+        &self,
+        provider: &str,
+        account: &str,
+        event_type: &str,
+        done: &[ObjectDone],
+    ) -> Result<u64, StoreError>;
+
     /// Per account: the last delivery and how many wait or failed.
     async fn delivery_stats(&self) -> Result<Vec<DeliveryStat>, StoreError>;
 
@@ -304,6 +315,15 @@ pub struct DeliveryDone {
     pub id: i64,
     pub state: DeliveryState,
     /// Why it was ignored or failed.
+    pub note: Option<String>,
+}
+
+/// Pending deliveries about `object_id` received before `before` end in `state`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObjectDone {
+    pub object_id: String,
+    pub before: DateTime<Utc>,
+    pub state: DeliveryState,
     pub note: Option<String>,
 }
 

@@ -4,7 +4,7 @@ use super::outcome_columns;
 use super::sqlite::provider_from_db;
 use super::{
     ActionCount, ActionFilter, AsnRow, AsnUpdate, Batch, BatchOutcome, Claim, Delivery,
-    DeliveryDone, DeliveryStat, GateState, NewAsn, NewDelivery, RetryFilter, StatusChange, Store,
+    DeliveryDone, DeliveryStat, GateState, NewAsn, NewDelivery, ObjectDone, RetryFilter, StatusChange, Store,
     StoreError, StoredOrder, StreamStatus, body_sha256, newest_per_key,
 };
 use crate::config::DatabaseConfig;
@@ -681,27 +681,38 @@ impl Store for PostgresStore {
         cursor: Option<(&StreamKey, &str)>,
     ) -> Result<Vec<bool>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let mut stored = Vec::with_capacity(deliveries.len());
-        for delivery in deliveries {
-            let id: Option<i64> = sqlx::query_scalar(
-                "INSERT INTO webhook_deliveries (provider, account, source, event_id, event_type, \
-                 object_id, body, body_sha256, received_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-                 ON CONFLICT DO NOTHING RETURNING id",
-            )
-            .bind(delivery.provider.as_str())
-            .bind(&delivery.account)
-            .bind(delivery.source.as_str())
-            .bind(&delivery.event_id)
-            .bind(&delivery.event_type)
-            .bind(&delivery.object_id)
-            .bind(&delivery.body)
-            .bind(body_sha256(&delivery.body))
-            .bind(delivery.received_at)
-            .fetch_optional(&mut *tx)
-            .await?;
-            stored.push(id.is_some());
-        }
+        // One statement for the whole group: a delivery is new when its event id came back
+        // (the first of equal ids in the group), or when it has none.
+        let column = |f: fn(&NewDelivery) -> Option<&str>| -> Vec<Option<&str>> {
+            deliveries.iter().map(f).collect()
+        };
+        let inserted: Vec<Option<String>> = sqlx::query_scalar(
+            "INSERT INTO webhook_deliveries (provider, account, source, event_id, event_type, \
+             object_id, body, body_sha256, received_at) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+                                  $6::text[], $7::text[], $8::text[], $9::timestamptz[]) \
+             ON CONFLICT DO NOTHING RETURNING event_id",
+        )
+        .bind(column(|d| Some(d.provider.as_str())))
+        .bind(column(|d| Some(d.account.as_str())))
+        .bind(column(|d| Some(d.source.as_str())))
+        .bind(column(|d| d.event_id.as_deref()))
+        .bind(column(|d| d.event_type.as_deref()))
+        .bind(column(|d| d.object_id.as_deref()))
+        .bind(column(|d| Some(d.body.as_str())))
+        .bind(deliveries.iter().map(|d| body_sha256(&d.body)).collect::<Vec<_>>())
+        .bind(deliveries.iter().map(|d| d.received_at).collect::<Vec<_>>())
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut new_ids: std::collections::HashSet<String> =
+            inserted.into_iter().flatten().collect();
+        let stored: Vec<bool> = deliveries
+            .iter()
+            .map(|d| match &d.event_id {
+                Some(id) => new_ids.remove(id),
+                None => true,
+            })
+            .collect();
         if let Some((stream, cursor)) = cursor {
             sqlx::query(
                 "INSERT INTO sync_cursors (provider, account, resource, cursor, cursor_updated_at) \
@@ -769,6 +780,40 @@ impl Store for PostgresStore {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    async fn finish_object_deliveries(
+        &self,
+        provider: &str,
+        account: &str,
+        event_type: &str,
+        done: &[ObjectDone],
+    ) -> Result<u64, StoreError> {
+        if done.is_empty() {
+            return Ok(0);
+        }
+        let objects: Vec<&str> = done.iter().map(|d| d.object_id.as_str()).collect();
+        let before: Vec<DateTime<Utc>> = done.iter().map(|d| d.before).collect();
+        let states: Vec<&str> = done.iter().map(|d| d.state.as_str()).collect();
+        let notes: Vec<Option<&str>> = done.iter().map(|d| d.note.as_deref()).collect();
+        let updated = sqlx::query(
+            "UPDATE webhook_deliveries AS w SET state = u.state, error = u.note, processed_at = $7 \
+             FROM UNNEST($3::text[], $4::timestamptz[], $5::text[], $6::text[]) \
+               AS u (object, before, state, note) \
+             WHERE w.provider = $1 AND w.account = $2 AND w.state = 'pending' \
+               AND w.object_id = u.object AND w.event_type = $8 AND w.received_at < u.before",
+        )
+        .bind(provider)
+        .bind(account)
+        .bind(objects)
+        .bind(before)
+        .bind(states)
+        .bind(notes)
+        .bind(Utc::now())
+        .bind(event_type)
+        .execute(&self.pool)
+        .await?;
+        Ok(updated.rows_affected())
     }
 
     async fn delivery_stats(&self) -> Result<Vec<DeliveryStat>, StoreError> {

@@ -3,7 +3,7 @@
 use super::outcome_columns;
 use super::{
     ActionCount, ActionFilter, AsnRow, AsnUpdate, Batch, BatchOutcome, Claim, Delivery,
-    DeliveryDone, DeliveryStat, GateState, NewAsn, NewDelivery, ROWS_PER_STATEMENT, RetryFilter,
+    DeliveryDone, DeliveryStat, GateState, NewAsn, NewDelivery, ObjectDone, ROWS_PER_STATEMENT, RetryFilter,
     StatusChange, Store, StoreError, StoredOrder, StreamStatus, body_sha256, newest_per_key,
 };
 use crate::config::DatabaseConfig;
@@ -18,6 +18,11 @@ use std::str::FromStr;
 
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// SQLite takes one writer at a time; a writer that finds the lock taken sleeps in steps of
+    /// up to 100 ms (its busy handler) before it tries again. Writers of this process queue
+    /// here instead, so one follows the other at once; the busy timeout is left for writers
+    /// of other processes (the CLI).
+    writer: tokio::sync::Mutex<()>,
 }
 
 /// One fixed-width text form, so stored times sort and compare correctly as text.
@@ -73,7 +78,10 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(|error| StoreError::OpenSqlite { path, error })?;
-        Ok(SqliteStore { pool })
+        Ok(SqliteStore {
+            pool,
+            writer: tokio::sync::Mutex::new(()),
+        })
     }
 }
 
@@ -97,6 +105,7 @@ impl Store for SqliteStore {
     }
 
     async fn commit_batch(&self, batch: &Batch<'_>) -> Result<BatchOutcome, StoreError> {
+        let _writing = self.writer.lock().await;
         let seen = ts(batch.seen_at);
         let orders = newest_per_key(batch.orders);
         let mut outcome = BatchOutcome::default();
@@ -182,6 +191,7 @@ impl Store for SqliteStore {
     }
 
     async fn run_started(&self, stream: &StreamKey, at: DateTime<Utc>) -> Result<(), StoreError> {
+        let _writing = self.writer.lock().await;
         sqlx::query(
             "INSERT INTO sync_cursors (provider, account, resource, last_run_started_at) \
              VALUES (?, ?, ?, ?) ON CONFLICT (provider, account, resource) DO UPDATE SET \
@@ -202,6 +212,7 @@ impl Store for SqliteStore {
         at: DateTime<Utc>,
         error: Option<&str>,
     ) -> Result<(), StoreError> {
+        let _writing = self.writer.lock().await;
         sqlx::query(
             "UPDATE sync_cursors SET last_run_finished_at = ?1, \
              last_success_at = CASE WHEN ?2 IS NULL THEN ?1 ELSE last_success_at END, \
@@ -323,6 +334,7 @@ impl Store for SqliteStore {
     }
 
     async fn enqueue(&self, action: &NewAction) -> Result<(Action, bool), StoreError> {
+        let _writing = self.writer.lock().await;
         let now = ts(Utc::now());
         let key = action.key();
         let inserted = sqlx::query(
@@ -356,6 +368,7 @@ impl Store for SqliteStore {
     }
 
     async fn claim(&self, claim: &Claim<'_>) -> Result<Vec<Action>, StoreError> {
+        let _writing = self.writer.lock().await;
         let rows = sqlx::query(concat!(
             "UPDATE actions SET state = 'in_flight', claimed_by = ?1, claimed_until = ?2, \
              attempts = attempts + 1, updated_at = ?3 \
@@ -403,6 +416,7 @@ impl Store for SqliteStore {
         worker: &str,
         outcomes: &[(i64, ActionOutcome)],
     ) -> Result<Vec<i64>, StoreError> {
+        let _writing = self.writer.lock().await;
         let rows: Vec<serde_json::Value> = outcomes
             .iter()
             .map(|(id, outcome)| {
@@ -444,6 +458,7 @@ impl Store for SqliteStore {
         worker: &str,
         until: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
+        let _writing = self.writer.lock().await;
         let ids = serde_json::Value::from(ids.to_vec()).to_string();
         let done = sqlx::query(
             "UPDATE actions SET claimed_until = ?1 WHERE state = 'in_flight' AND claimed_by = ?2 \
@@ -458,6 +473,7 @@ impl Store for SqliteStore {
     }
 
     async fn record_asn(&self, asn: &NewAsn) -> Result<(), StoreError> {
+        let _writing = self.writer.lock().await;
         sqlx::query(
             "INSERT INTO asns (provider, account, asn_id, warehouse_id, supplier_id, supplier_ref, \
              action_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
@@ -499,6 +515,7 @@ impl Store for SqliteStore {
     }
 
     async fn record_gate(&self, gate: &GateState) -> Result<(), StoreError> {
+        let _writing = self.writer.lock().await;
         sqlx::query(
             "INSERT INTO account_gates (provider, account, paused_until, rate_limited, updated_at) \
              VALUES (?, ?, ?, ?, ?) ON CONFLICT (provider, account) DO UPDATE SET \
@@ -554,6 +571,7 @@ impl Store for SqliteStore {
     }
 
     async fn update_asn(&self, update: &AsnUpdate) -> Result<(), StoreError> {
+        let _writing = self.writer.lock().await;
         sqlx::query(
             "UPDATE asns SET status = ?, received_quantity = ?, payload = ?, is_final = ?, \
              checked_at = ? WHERE provider = ? AND account = ? AND asn_id = ?",
@@ -599,6 +617,7 @@ impl Store for SqliteStore {
     }
 
     async fn retry_actions(&self, filter: &RetryFilter) -> Result<u64, StoreError> {
+        let _writing = self.writer.lock().await;
         let now = ts(Utc::now());
         let (id, account, all_dead) = match filter {
             RetryFilter::One(id) => (Some(*id), None, false),
@@ -640,6 +659,7 @@ impl Store for SqliteStore {
     }
 
     async fn settle_sent(&self, outcomes: &[(i64, ActionOutcome)]) -> Result<Vec<i64>, StoreError> {
+        let _writing = self.writer.lock().await;
         if outcomes.is_empty() {
             return Ok(Vec::new());
         }
@@ -678,6 +698,7 @@ impl Store for SqliteStore {
         deliveries: &[NewDelivery],
         cursor: Option<(&StreamKey, &str)>,
     ) -> Result<Vec<bool>, StoreError> {
+        let _writing = self.writer.lock().await;
         let mut tx = self.pool.begin().await?;
         let mut stored = Vec::with_capacity(deliveries.len());
         for delivery in deliveries {
@@ -748,6 +769,7 @@ impl Store for SqliteStore {
     }
 
     async fn finish_deliveries(&self, done: &[DeliveryDone]) -> Result<(), StoreError> {
+        let _writing = self.writer.lock().await;
         if done.is_empty() {
             return Ok(());
         }
@@ -766,6 +788,44 @@ impl Store for SqliteStore {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    async fn finish_object_deliveries(
+        &self,
+        provider: &str,
+        account: &str,
+        event_type: &str,
+        done: &[ObjectDone],
+    ) -> Result<u64, StoreError> {
+        let _writing = self.writer.lock().await;
+        if done.is_empty() {
+            return Ok(0);
+        }
+        // One indexed statement per object in one transaction: joined with json_each in one
+        // statement, SQLite's planner scanned every pending delivery once per object.
+        let now = ts(Utc::now());
+        let mut tx = self.pool.begin().await?;
+        let mut updated = 0;
+        for object in done {
+            updated += sqlx::query(
+                "UPDATE webhook_deliveries SET state = ?1, error = ?2, processed_at = ?3 \
+                 WHERE provider = ?4 AND account = ?5 AND state = 'pending' \
+                   AND object_id = ?6 AND event_type = ?7 AND received_at < ?8",
+            )
+            .bind(object.state.as_str())
+            .bind(&object.note)
+            .bind(&now)
+            .bind(provider)
+            .bind(account)
+            .bind(&object.object_id)
+            .bind(event_type)
+            .bind(ts(object.before))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        tx.commit().await?;
+        Ok(updated)
     }
 
     async fn delivery_stats(&self) -> Result<Vec<DeliveryStat>, StoreError> {

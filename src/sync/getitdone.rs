@@ -10,7 +10,8 @@ use crate::providers::ProviderError;
 use crate::providers::getitdone::wire::{self, Envelope};
 use crate::providers::getitdone::{EVENTS_RESOURCE, GetItDoneClient};
 use crate::store::{
-    Batch, Delivery, DeliveryDone, DeliverySource, DeliveryState, NewDelivery, Store, StoreError,
+    Batch, Delivery, DeliveryDone, DeliverySource, DeliveryState, NewDelivery, ObjectDone, Store,
+    StoreError,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -138,6 +139,8 @@ struct Round {
     failed: usize,
     /// Deliveries left pending (debounced, or waiting for their action's send to be recorded).
     waiting: usize,
+    /// Deliveries of this round answered by a poll.
+    answered: usize,
     /// When the earliest debounced order is due.
     next_due: Option<DateTime<Utc>>,
     error: Option<InboundError>,
@@ -239,14 +242,16 @@ impl InboxWorker {
             .map(|(order_id, deliveries)| {
                 let poller = self.poller.clone();
                 async move {
+                    let started = Utc::now();
                     let result = poller.poll(&order_id).await;
-                    (order_id, deliveries, result)
+                    (order_id, deliveries, started, result)
                 }
             })
             .buffer_unordered(CONCURRENT_POLLS)
             .collect()
             .await;
-        for (order_id, deliveries, result) in results {
+        let mut answered = Vec::new();
+        for (order_id, deliveries, started, result) in results {
             round.polled += 1;
             let (state, note) = match result {
                 Ok(Polled::Stored { written }) => {
@@ -270,13 +275,18 @@ impl InboxWorker {
                     continue;
                 }
             };
-            for id in deliveries {
-                done.push(DeliveryDone {
-                    id,
-                    state,
-                    note: note.clone(),
-                });
+            // The poll answers every event about the order that came before it, including
+            // those beyond this round.
+            round.answered += deliveries.len();
+            if state == DeliveryState::Failed {
+                round.failed += deliveries.len();
             }
+            answered.push(ObjectDone {
+                object_id: order_id,
+                before: started,
+                state,
+                note,
+            });
         }
         for d in &done {
             match d.state {
@@ -286,6 +296,18 @@ impl InboxWorker {
             }
         }
         if let Err(error) = self.store().finish_deliveries(&done).await {
+            round.error.get_or_insert(error.into());
+        }
+        if let Err(error) = self
+            .store()
+            .finish_object_deliveries(
+                ProviderKind::GetItDone.as_str(),
+                &self.account,
+                wire::ORDER_STATUS_EVENT,
+                &answered,
+            )
+            .await
+        {
             round.error.get_or_insert(error.into());
         }
         round
