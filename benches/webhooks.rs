@@ -51,8 +51,17 @@ fn free_port() -> Result<u16, String> {
 fn start_sandbox() -> Result<(Process, String), String> {
     let port = free_port()?;
     let mut child = Command::new(BIN)
-        .args(["sandbox", "--listen", &format!("127.0.0.1:{port}"), "--accounts", "0"])
-        .args(["--getitdone-orders", &(BURST_ORDERS + LATENCY_ORDERS).to_string()])
+        .args([
+            "sandbox",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--accounts",
+            "0",
+        ])
+        .args([
+            "--getitdone-orders",
+            &(BURST_ORDERS + LATENCY_ORDERS).to_string(),
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -106,7 +115,10 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// Delivery received → order first seen, for the latency phase's orders, from the database.
-async fn snapshot_delays(database_url: &str, schema: Option<&str>) -> Result<Vec<Duration>, String> {
+async fn snapshot_delays(
+    database_url: &str,
+    schema: Option<&str>,
+) -> Result<Vec<Duration>, String> {
     use sqlx::Connection;
     let query = "SELECT d.received_at, o.first_seen_at FROM webhook_deliveries d \
                  JOIN orders o ON o.provider = d.provider AND o.account = d.account \
@@ -195,7 +207,12 @@ async fn bench(
         .build()
         .map_err(|e| e.to_string())?;
     let ready = Instant::now();
-    while client.get(format!("http://127.0.0.1:{port}/")).send().await.is_err() {
+    while client
+        .get(format!("http://127.0.0.1:{port}/"))
+        .send()
+        .await
+        .is_err()
+    {
         if ready.elapsed() > Duration::from_secs(30) {
             return Err("the daemon's webhook listener did not come up".into());
         }
@@ -238,7 +255,10 @@ async fn bench(
     // Latency to the snapshot: wait for the burst's polls, then announce new orders one by
     // one below the rate limit.
     let settle = Instant::now();
-    tokio::time::sleep(Duration::from_secs_f64(BURST_ORDERS as f64 / rate as f64 + 2.0)).await;
+    tokio::time::sleep(Duration::from_secs_f64(
+        BURST_ORDERS as f64 / rate as f64 + 2.0,
+    ))
+    .await;
     let pace = Duration::from_secs_f64(2.0 / rate as f64);
     for i in 0..LATENCY_ORDERS {
         let body = String::from_utf8_lossy(&event(i, BURST_ORDERS + i))
@@ -256,7 +276,10 @@ async fn bench(
         }
     }
     if delays.len() != LATENCY_ORDERS {
-        return Err(format!("only {} of {LATENCY_ORDERS} orders were polled", delays.len()));
+        return Err(format!(
+            "only {} of {LATENCY_ORDERS} orders were polled",
+            delays.len()
+        ));
     }
     println!(
         "{label:<9} delivery to polled snapshot ({LATENCY_ORDERS} orders at {:.0}/s, rate_limit {rate}/s, debounce 200ms, after {:.0} s of burst polls): p50 {:.0} ms, p99 {:.0} ms",
@@ -293,7 +316,8 @@ fn main() {
     };
     let sqlite_url = format!("sqlite://{}/bench.db", dir.path().display());
     let sqlite = format!("[database]\nurl = \"{sqlite_url}\"\n");
-    if let Err(error) = runtime.block_on(bench("sqlite", &sqlite, &sqlite_url, None, &sandbox_url)) {
+    if let Err(error) = runtime.block_on(bench("sqlite", &sqlite, &sqlite_url, None, &sandbox_url))
+    {
         eprintln!("sqlite: {error}");
         failed = true;
     }
@@ -322,7 +346,11 @@ fn main() {
                 failed = true;
             }
             let _ = Command::new("psql")
-                .args([url.as_str(), "-qc", &format!("DROP SCHEMA IF EXISTS {schema} CASCADE")])
+                .args([
+                    url.as_str(),
+                    "-qc",
+                    &format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
+                ])
                 .status();
         }
         None => println!("postgres  skipped: set ORDERSYNC_TEST_PG or ORDERSYNC_BENCH_PG"),

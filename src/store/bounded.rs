@@ -5,8 +5,8 @@
 
 use super::{
     ActionCount, ActionFilter, AsnRow, AsnUpdate, Batch, BatchOutcome, Claim, Delivery,
-    DeliveryDone, DeliveryStat, GateState, NewAsn, NewDelivery, ObjectDone, RetryFilter, StatusChange, Store,
-    StoreError, StoredOrder, StreamStatus,
+    DeliveryDone, DeliveryStat, GateState, NewAsn, NewDelivery, ObjectDone, RetryFilter,
+    StatusChange, Store, StoreError, StoredOrder, StreamStatus,
 };
 use crate::model::{Action, ActionOutcome, NewAction, OrderKey, StreamKey};
 use async_trait::async_trait;

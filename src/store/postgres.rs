@@ -4,8 +4,8 @@ use super::outcome_columns;
 use super::sqlite::provider_from_db;
 use super::{
     ActionCount, ActionFilter, AsnRow, AsnUpdate, Batch, BatchOutcome, Claim, Delivery,
-    DeliveryDone, DeliveryStat, GateState, NewAsn, NewDelivery, ObjectDone, RetryFilter, StatusChange, Store,
-    StoreError, StoredOrder, StreamStatus, body_sha256, newest_per_key,
+    DeliveryDone, DeliveryStat, GateState, NewAsn, NewDelivery, ObjectDone, RetryFilter,
+    StatusChange, Store, StoreError, StoredOrder, StreamStatus, body_sha256, newest_per_key,
 };
 use crate::config::DatabaseConfig;
 use crate::model::{Action, ActionOutcome, NewAction, Order, OrderKey, StreamKey};
@@ -700,7 +700,12 @@ impl Store for PostgresStore {
         .bind(column(|d| d.event_type.as_deref()))
         .bind(column(|d| d.object_id.as_deref()))
         .bind(column(|d| Some(d.body.as_str())))
-        .bind(deliveries.iter().map(|d| body_sha256(&d.body)).collect::<Vec<_>>())
+        .bind(
+            deliveries
+                .iter()
+                .map(|d| body_sha256(&d.body))
+                .collect::<Vec<_>>(),
+        )
         .bind(deliveries.iter().map(|d| d.received_at).collect::<Vec<_>>())
         .fetch_all(&mut *tx)
         .await?;

@@ -3,8 +3,9 @@
 use super::outcome_columns;
 use super::{
     ActionCount, ActionFilter, AsnRow, AsnUpdate, Batch, BatchOutcome, Claim, Delivery,
-    DeliveryDone, DeliveryStat, GateState, NewAsn, NewDelivery, ObjectDone, ROWS_PER_STATEMENT, RetryFilter,
-    StatusChange, Store, StoreError, StoredOrder, StreamStatus, body_sha256, newest_per_key,
+    DeliveryDone, DeliveryStat, GateState, NewAsn, NewDelivery, ObjectDone, ROWS_PER_STATEMENT,
+    RetryFilter, StatusChange, Store, StoreError, StoredOrder, StreamStatus, body_sha256,
+    newest_per_key,
 };
 use crate::config::DatabaseConfig;
 use crate::model::{Action, ActionOutcome, NewAction, OrderKey, StreamKey};
@@ -699,7 +700,14 @@ impl Store for SqliteStore {
         cursor: Option<(&StreamKey, &str)>,
     ) -> Result<Vec<bool>, StoreError> {
         let _writing = self.writer.lock().await;
-        let mut tx = self.pool.begin().await?;
+        // A delivery is acknowledged once stored and never sent again, so its commit waits for
+        // the disk (FULL), where the rest of the data settles for surviving a process crash
+        // (NORMAL); the group commit keeps that to one fsync per group.
+        let mut conn = self.pool.acquire().await?;
+        sqlx::query("PRAGMA synchronous = FULL")
+            .execute(&mut *conn)
+            .await?;
+        let mut tx = conn.begin().await?;
         let mut stored = Vec::with_capacity(deliveries.len());
         for delivery in deliveries {
             let id: Option<i64> = sqlx::query_scalar(
@@ -735,6 +743,9 @@ impl Store for SqliteStore {
             .await?;
         }
         tx.commit().await?;
+        sqlx::query("PRAGMA synchronous = NORMAL")
+            .execute(&mut *conn)
+            .await?;
         Ok(stored)
     }
 
