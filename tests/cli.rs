@@ -302,6 +302,8 @@ fn the_example_config_is_valid() {
     let out = Command::new(BIN)
         .args(["check-config", "--config", example])
         .env("GRAAS_SG_KEY", "example-key")
+        .env("GID_CLIENT_SECRET", "example-secret")
+        .env("GID_HOOK_SECRET", "example-hook-secret")
         .output()
         .unwrap();
     assert!(
@@ -313,6 +315,8 @@ fn the_example_config_is_valid() {
     let out = Command::new(BIN)
         .args(["check-config", "--config", example])
         .env_remove("GRAAS_SG_KEY")
+        .env("GID_CLIENT_SECRET", "example-secret")
+        .env_remove("GID_HOOK_SECRET")
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -321,7 +325,11 @@ fn the_example_config_is_valid() {
         stderr.contains("graas[0].app_key") && stderr.contains("GRAAS_SG_KEY"),
         "{stderr}"
     );
-    assert!(!stderr.contains("example-key"));
+    assert!(
+        stderr.contains("getitdone[0].webhook_secrets[0]") && stderr.contains("GID_HOOK_SECRET"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("example-key") && !stderr.contains("example-secret"));
 }
 
 async fn status_reports_each_stream(db: TestDb) {

@@ -1322,4 +1322,71 @@ mod tests {
             Config::from_toml(&format!("{MINIMAL}\n[outbox]\nretries = 3\n")).unwrap_err();
         assert!(unknown.to_string().contains("retries"), "{unknown}");
     }
+
+    const GID: &str = r#"
+        [[getitdone]]
+        name = "gid-main"
+        client_id = "client"
+        client_secret = "literal-secret"
+        webhook_secrets = ["hook-secret"]
+    "#;
+
+    #[test]
+    fn getitdone_gets_documented_defaults() {
+        let config = Config::from_toml(GID).unwrap();
+        let account = &config.getitdone[0];
+        assert_eq!(account.base_url.as_str(), "https://api.getitdone.rocks/");
+        assert_eq!(account.api_version, "1.1.0");
+        assert_eq!(account.debounce, Duration::from_secs(2));
+        assert_eq!(account.rate_limit.per_second(), 10.0);
+        assert_eq!(account.repoll_schedule, "0 */15 * * * *");
+        assert_eq!(account.confirm_timeout, Duration::from_secs(600));
+        assert_eq!(account.api.commands_path, "/v3/commands");
+        assert_eq!(config.webhooks.listen.to_string(), "127.0.0.1:8322");
+        assert_eq!(config.webhooks.max_body_bytes, 1024 * 1024);
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("literal-secret") && !shown.contains("hook-secret"));
+    }
+
+    #[test]
+    fn getitdone_problems_are_reported_with_their_key_paths() {
+        let text = r#"
+            [webhooks]
+            listen = "everywhere"
+            [[getitdone]]
+            name = "gid main"
+            base_url = "ftp://x"
+            client_id = ""
+            client_secret = "s"
+            webhook_secrets = []
+            api_version = "2.0.0"
+            discovery = "webhook"
+            debounce = "soon"
+            confirm_timeout = "2d"
+            [getitdone.api]
+            order_poll_path = "/v3/poll/{orderId}"
+            [[getitdone]]
+            name = "b"
+            client_id = "c"
+            client_secret = "s"
+            webhook_secrets = ["a", "b", "c"]
+            discovery = "stream"
+        "#;
+        let err = Config::from_toml(text).unwrap_err();
+        let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
+        for expected in [
+            "webhooks.listen",
+            "getitdone[0].name",
+            "getitdone[0].base_url",
+            "getitdone[0].client_id",
+            "getitdone[0].webhook_secrets",
+            "getitdone[0].api_version",
+            "getitdone[0].debounce",
+            "getitdone[0].confirm_timeout",
+            "getitdone[0].api.order_poll_path",
+            "getitdone[1].discovery",
+        ] {
+            assert!(paths.contains(&expected), "{expected} missing in {paths:?}");
+        }
+    }
 }

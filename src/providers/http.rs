@@ -256,18 +256,26 @@ async fn classify(
     }
 }
 
-/// The upstream's own words: `errorMessage`/`message` from a JSON body, else the start of the text.
+/// The upstream's own words: `errorMessage`, `message`, `error` (a string, or an object with
+/// `code` and `message`) from a JSON body, else the start of the text.
 pub fn error_message(body: &[u8]) -> String {
-    #[derive(serde::Deserialize)]
-    struct ErrorBody {
-        #[serde(alias = "errorMessage", alias = "message", alias = "error")]
-        message: Option<String>,
-    }
-    if let Ok(ErrorBody {
-        message: Some(message),
-    }) = serde_json::from_slice::<ErrorBody>(body)
-    {
-        return message;
+    use serde_json::Value;
+    if let Ok(value) = serde_json::from_slice::<Value>(body) {
+        let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_owned);
+        if let Some(message) = text(value.get("errorMessage"))
+            .or_else(|| text(value.get("message")))
+            .or_else(|| text(value.get("error")))
+        {
+            return message;
+        }
+        if let Some(error) = value.get("error").filter(|e| e.is_object()) {
+            match (text(error.get("code")), text(error.get("message"))) {
+                (Some(code), Some(message)) => return format!("{code}: {message}"),
+                (None, Some(message)) => return message,
+                (Some(code), None) => return code,
+                (None, None) => {}
+            }
+        }
     }
     let text = String::from_utf8_lossy(body);
     text.chars().take(200).collect()
@@ -309,5 +317,9 @@ mod tests {
             "Time Range is mandatory"
         );
         assert_eq!(error_message(b"Bad Gateway"), "Bad Gateway");
+        assert_eq!(
+            error_message(br#"{"error":{"code":"invalid_command","message":"_cid is required"}}"#),
+            "invalid_command: _cid is required"
+        );
     }
 }
