@@ -7,6 +7,9 @@
 //!
 //! `BENCH_ACTIONS` and `BENCH_BATCH` change the size.
 
+mod common;
+
+use common::env_number;
 use ordersync::app::{App, Daemon};
 use ordersync::config::Config;
 use ordersync::outbox::request::ActionRequest;
@@ -14,13 +17,6 @@ use ordersync::sandbox::{Sandbox, SandboxConfig};
 use ordersync::store::{self, ActionFilter};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-fn env_number(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 struct Case<'a> {
     label: &'a str,

@@ -6,58 +6,11 @@
 //!
 //! `BENCH_ORDERS` and `BENCH_PAGE_SIZE` change the size.
 
-use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use common::{BIN, env_number, start_sandbox};
+use std::process::Command;
 use std::time::Instant;
-
-const BIN: &str = env!("CARGO_BIN_EXE_ordersync");
-
-fn env_number(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-struct SandboxProcess(Child);
-
-impl Drop for SandboxProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `ordersync sandbox` and returns it with its base URL once it listens.
-fn start_sandbox(orders: usize) -> Result<(SandboxProcess, String), String> {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| format!("no free port: {e}"))?
-        .port();
-    let mut child = Command::new(BIN)
-        .args([
-            "sandbox",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--accounts",
-            "1",
-        ])
-        .args(["--orders", &orders.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot start the sandbox: {e}"))?;
-    let stdout = child.stdout.take().ok_or("no sandbox stdout")?;
-    let process = SandboxProcess(child);
-    for line in BufReader::new(stdout).lines() {
-        let line = line.map_err(|e| e.to_string())?;
-        if let Some(url) = line.strip_prefix("sandbox listening on ") {
-            return Ok((process, url.trim().to_owned()));
-        }
-    }
-    Err("the sandbox exited before listening".into())
-}
 
 fn run_once(
     label: &str,
@@ -112,7 +65,8 @@ fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` would pass nothing useful either.
     let orders = env_number("BENCH_ORDERS", 100_000);
     let page_size = env_number("BENCH_PAGE_SIZE", 500);
-    let (_sandbox, base_url) = match start_sandbox(orders) {
+    let orders_arg = orders.to_string();
+    let (_sandbox, base_url) = match start_sandbox(&["--accounts", "1", "--orders", &orders_arg]) {
         Ok(started) => started,
         Err(error) => {
             eprintln!("benchmark not run: {error}");

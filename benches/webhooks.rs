@@ -9,15 +9,15 @@
 //!
 //! `BENCH_DELIVERIES`, `BENCH_SENDERS` and `BENCH_RATE` change the size.
 
+mod common;
+
+use common::{BIN, Process, env_number, free_port};
 use ordersync::providers::getitdone::signature;
-use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_ordersync");
 const ACCOUNT: &str = "gid-1";
 const SECRET: &str = "gid-hook-secret-1";
 /// Orders the throughput phase's events are about (each gets several events).
@@ -25,56 +25,9 @@ const BURST_ORDERS: usize = 2_000;
 /// Orders of the latency phase, each announced once, paced below the rate limit.
 const LATENCY_ORDERS: usize = 200;
 
-fn env_number(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> Result<u16, String> {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("no free port: {e}"))
-}
-
 fn start_sandbox() -> Result<(Process, String), String> {
-    let port = free_port()?;
-    let mut child = Command::new(BIN)
-        .args([
-            "sandbox",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--accounts",
-            "0",
-        ])
-        .args([
-            "--getitdone-orders",
-            &(BURST_ORDERS + LATENCY_ORDERS).to_string(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot start the sandbox: {e}"))?;
-    let stdout = child.stdout.take().ok_or("no sandbox stdout")?;
-    let process = Process(child);
-    for line in BufReader::new(stdout).lines() {
-        let line = line.map_err(|e| e.to_string())?;
-        if let Some(url) = line.strip_prefix("sandbox listening on ") {
-            return Ok((process, url.trim().to_owned()));
-        }
-    }
-    Err("the sandbox exited before listening".into())
+    let orders = (BURST_ORDERS + LATENCY_ORDERS).to_string();
+    common::start_sandbox(&["--accounts", "0", "--getitdone-orders", &orders])
 }
 
 fn event(n: usize, order: usize) -> Vec<u8> {

@@ -15,6 +15,7 @@ macro_rules! action_columns {
 
 mod bounded;
 mod postgres;
+mod rows;
 mod sqlite;
 
 pub use bounded::Bounded;

@@ -1,7 +1,7 @@
 //! Postgres: for shared deployments and for running several ordersync processes on one database.
 
 use super::outcome_columns;
-use super::sqlite::provider_from_db;
+use super::rows;
 use super::{
     ActionCount, ActionFilter, AsnRow, AsnUpdate, Batch, BatchOutcome, Claim, Delivery,
     DeliveryDone, DeliveryStat, GateState, NewAsn, NewDelivery, ObjectDone, RetryFilter,
@@ -11,7 +11,7 @@ use crate::config::DatabaseConfig;
 use crate::model::{Action, ActionOutcome, NewAction, Order, OrderKey, StreamKey};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgPool, Postgres, Row};
 use std::str::FromStr;
 
@@ -107,6 +107,36 @@ fn upsert_orders<'a>(
         .bind(column(orders, |o| o.upstream_updated_at))
         .bind(column(orders, |o| o.payload.as_str()))
         .bind(seen)
+}
+
+/// Outcomes as the arrays `finish_batch` and `settle_sent` unnest.
+struct OutcomeColumns<'a> {
+    ids: Vec<i64>,
+    kinds: Vec<&'static str>,
+    results: Vec<Option<String>>,
+    errors: Vec<Option<&'a str>>,
+    next: Vec<Option<DateTime<Utc>>>,
+}
+
+impl<'a> OutcomeColumns<'a> {
+    fn of(outcomes: &'a [(i64, ActionOutcome)]) -> Self {
+        let mut columns = OutcomeColumns {
+            ids: Vec::with_capacity(outcomes.len()),
+            kinds: Vec::with_capacity(outcomes.len()),
+            results: Vec::with_capacity(outcomes.len()),
+            errors: Vec::with_capacity(outcomes.len()),
+            next: Vec::with_capacity(outcomes.len()),
+        };
+        for (id, outcome) in outcomes {
+            let (kind, result, error, at) = outcome_columns(outcome);
+            columns.ids.push(*id);
+            columns.kinds.push(kind);
+            columns.results.push(result);
+            columns.errors.push(error);
+            columns.next.push(at);
+        }
+        columns
+    }
 }
 
 /// Every outcome of a batch in one statement; a retry out of attempts becomes `dead`.
@@ -245,32 +275,8 @@ impl Store for PostgresStore {
     }
 
     async fn streams(&self) -> Result<Vec<StreamStatus>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT provider, account, resource, cursor, cursor_updated_at, last_run_started_at, \
-             last_run_finished_at, last_success_at, last_error, consecutive_failures \
-             FROM sync_cursors ORDER BY provider, account, resource",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter()
-            .map(|row| {
-                let provider: String = row.try_get(0)?;
-                Ok(StreamStatus {
-                    stream: StreamKey {
-                        provider: provider_from_db(&provider)?,
-                        account: row.try_get(1)?,
-                        resource: row.try_get(2)?,
-                    },
-                    cursor: row.try_get(3)?,
-                    cursor_updated_at: row.try_get(4)?,
-                    last_run_started_at: row.try_get(5)?,
-                    last_run_finished_at: row.try_get(6)?,
-                    last_success_at: row.try_get(7)?,
-                    last_error: row.try_get(8)?,
-                    consecutive_failures: i64::from(row.try_get::<i32, _>(9)?),
-                })
-            })
-            .collect()
+        let rows = sqlx::query(rows::STREAMS).fetch_all(&self.pool).await?;
+        rows.iter().map(rows::stream_status).collect()
     }
 
     async fn orders_of(
@@ -287,18 +293,7 @@ impl Store for PostgresStore {
         .bind(account)
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter()
-            .map(|row| {
-                Ok(StoredOrder {
-                    channel: row.try_get(0)?,
-                    external_id: row.try_get(1)?,
-                    status: row.try_get(2)?,
-                    payment_status: row.try_get(3)?,
-                    shipping_status: row.try_get(4)?,
-                    upstream_updated_at: row.try_get(5)?,
-                })
-            })
-            .collect::<Result<_, StoreError>>()
+        rows.iter().map(rows::stored_order).collect()
     }
 
     async fn order_history(&self, key: &OrderKey) -> Result<Vec<StatusChange>, StoreError> {
@@ -313,15 +308,7 @@ impl Store for PostgresStore {
         .bind(&key.external_id)
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter()
-            .map(|row| {
-                Ok(StatusChange {
-                    old_status: row.try_get(0)?,
-                    new_status: row.try_get(1)?,
-                    upstream_updated_at: row.try_get(2)?,
-                })
-            })
-            .collect::<Result<_, StoreError>>()
+        rows.iter().map(rows::status_change).collect()
     }
 
     async fn quarantine_count(&self, provider: &str, account: &str) -> Result<i64, StoreError> {
@@ -368,7 +355,7 @@ impl Store for PostgresStore {
         .fetch_optional(&self.pool)
         .await?;
         if let Some(row) = inserted {
-            return Ok((action_from_row(&row)?, true));
+            return Ok((rows::action(&row)?, true));
         }
         let row = sqlx::query(concat!(
             "SELECT ",
@@ -378,7 +365,7 @@ impl Store for PostgresStore {
         .bind(&key)
         .fetch_one(&self.pool)
         .await?;
-        Ok((action_from_row(&row)?, false))
+        Ok((rows::action(&row)?, false))
     }
 
     async fn claim(&self, claim: &Claim<'_>) -> Result<Vec<Action>, StoreError> {
@@ -406,7 +393,7 @@ impl Store for PostgresStore {
         .await?;
         let mut actions = rows
             .iter()
-            .map(action_from_row)
+            .map(rows::action)
             .collect::<Result<Vec<_>, _>>()?;
         actions.sort_by_key(|a| a.id);
         Ok(actions)
@@ -417,22 +404,13 @@ impl Store for PostgresStore {
         worker: &str,
         outcomes: &[(i64, ActionOutcome)],
     ) -> Result<Vec<i64>, StoreError> {
-        let mut ids = Vec::with_capacity(outcomes.len());
-        let (mut kinds, mut results, mut errors, mut next) = (vec![], vec![], vec![], vec![]);
-        for (id, outcome) in outcomes {
-            let (kind, result, error, at) = outcome_columns(outcome);
-            ids.push(*id);
-            kinds.push(kind);
-            results.push(result);
-            errors.push(error);
-            next.push(at);
-        }
+        let columns = OutcomeColumns::of(outcomes);
         Ok(sqlx::query_scalar(FINISH_BATCH)
-            .bind(ids)
-            .bind(kinds)
-            .bind(results)
-            .bind(errors)
-            .bind(next)
+            .bind(columns.ids)
+            .bind(columns.kinds)
+            .bind(columns.results)
+            .bind(columns.errors)
+            .bind(columns.next)
             .bind(worker)
             .bind(Utc::now())
             .fetch_all(&self.pool)
@@ -484,17 +462,7 @@ impl Store for PostgresStore {
         .bind(account)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(AsnRow {
-                    asn_id: row.try_get(0)?,
-                    warehouse_id: row.try_get(1)?,
-                    status: row.try_get(2)?,
-                    received_quantity: row.try_get(3)?,
-                    is_final: row.try_get(4)?,
-                })
-            })
-            .collect()
+        rows.iter().map(rows::asn_row).collect()
     }
 
     async fn record_gate(&self, gate: &GateState) -> Result<(), StoreError> {
@@ -515,41 +483,15 @@ impl Store for PostgresStore {
     }
 
     async fn gates(&self) -> Result<Vec<GateState>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT provider, account, paused_until, rate_limited, updated_at FROM account_gates",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(GateState {
-                    provider: row.try_get(0)?,
-                    account: row.try_get(1)?,
-                    paused_until: row.try_get(2)?,
-                    rate_limited: row.try_get(3)?,
-                    updated_at: row.try_get(4)?,
-                })
-            })
-            .collect()
+        let rows = sqlx::query(rows::GATES).fetch_all(&self.pool).await?;
+        rows.iter().map(rows::gate_state).collect()
     }
 
     async fn action_counts(&self) -> Result<Vec<ActionCount>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT provider, account, state, count(*) FROM actions \
-             GROUP BY provider, account, state ORDER BY provider, account, state",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(ActionCount {
-                    provider: row.try_get(0)?,
-                    account: row.try_get(1)?,
-                    state: row.try_get(2)?,
-                    count: row.try_get(3)?,
-                })
-            })
-            .collect()
+        let rows = sqlx::query(rows::ACTION_COUNTS)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(rows::action_count).collect()
     }
 
     async fn update_asn(&self, update: &AsnUpdate) -> Result<(), StoreError> {
@@ -579,7 +521,7 @@ impl Store for PostgresStore {
         .bind(id)
         .fetch_optional(&self.pool)
         .await?;
-        row.as_ref().map(action_from_row).transpose()
+        row.as_ref().map(rows::action).transpose()
     }
 
     async fn actions(&self, filter: &ActionFilter) -> Result<Vec<Action>, StoreError> {
@@ -594,7 +536,7 @@ impl Store for PostgresStore {
         .bind(filter.limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(action_from_row).collect()
+        rows.iter().map(rows::action).collect()
     }
 
     async fn retry_actions(&self, filter: &RetryFilter) -> Result<u64, StoreError> {
@@ -634,23 +576,14 @@ impl Store for PostgresStore {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(action_from_row).collect()
+        rows.iter().map(rows::action).collect()
     }
 
     async fn settle_sent(&self, outcomes: &[(i64, ActionOutcome)]) -> Result<Vec<i64>, StoreError> {
         if outcomes.is_empty() {
             return Ok(Vec::new());
         }
-        let mut ids = Vec::with_capacity(outcomes.len());
-        let (mut kinds, mut results, mut errors, mut next) = (vec![], vec![], vec![], vec![]);
-        for (id, outcome) in outcomes {
-            let (kind, result, error, at) = outcome_columns(outcome);
-            ids.push(*id);
-            kinds.push(kind);
-            results.push(result);
-            errors.push(error);
-            next.push(at);
-        }
+        let columns = OutcomeColumns::of(outcomes);
         Ok(sqlx::query_scalar(
             "UPDATE actions AS a SET \
              state = CASE WHEN u.kind = 'retry' THEN 'pending' ELSE u.kind END, \
@@ -665,11 +598,11 @@ impl Store for PostgresStore {
              WHERE a.id = u.id AND a.state = 'sent' \
              RETURNING a.id",
         )
-        .bind(ids)
-        .bind(kinds)
-        .bind(results)
-        .bind(errors)
-        .bind(next)
+        .bind(columns.ids)
+        .bind(columns.kinds)
+        .bind(columns.results)
+        .bind(columns.errors)
+        .bind(columns.next)
         .bind(Utc::now())
         .fetch_all(&self.pool)
         .await?)
@@ -752,18 +685,7 @@ impl Store for PostgresStore {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(Delivery {
-                    id: row.try_get(0)?,
-                    event_id: row.try_get(1)?,
-                    event_type: row.try_get(2)?,
-                    object_id: row.try_get(3)?,
-                    body: row.try_get(4)?,
-                    received_at: row.try_get(5)?,
-                })
-            })
-            .collect()
+        rows.iter().map(rows::delivery).collect()
     }
 
     async fn finish_deliveries(&self, done: &[DeliveryDone]) -> Result<(), StoreError> {
@@ -830,17 +752,7 @@ impl Store for PostgresStore {
         )
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(DeliveryStat {
-                    provider: row.try_get(0)?,
-                    account: row.try_get(1)?,
-                    last_received_at: row.try_get(2)?,
-                    pending: row.try_get(3)?,
-                    failed: row.try_get(4)?,
-                })
-            })
-            .collect()
+        rows.iter().map(rows::delivery_stat).collect()
     }
 
     async fn open_orders(
@@ -863,28 +775,4 @@ impl Store for PostgresStore {
     async fn close(&self) {
         self.pool.close().await;
     }
-}
-
-fn action_from_row(row: &PgRow) -> Result<Action, StoreError> {
-    Ok(Action {
-        id: row.try_get(0)?,
-        idempotency_key: row.try_get(1)?,
-        provider: row.try_get(2)?,
-        account: row.try_get(3)?,
-        kind: row.try_get(4)?,
-        channel: row.try_get(5)?,
-        external_id: row.try_get(6)?,
-        request: row.try_get(7)?,
-        state: row.try_get(8)?,
-        attempts: row.try_get(9)?,
-        max_attempts: row.try_get(10)?,
-        next_attempt_at: row.try_get(11)?,
-        claimed_by: row.try_get(12)?,
-        claimed_until: row.try_get(13)?,
-        last_error: row.try_get(14)?,
-        result: row.try_get(15)?,
-        created_at: row.try_get(16)?,
-        updated_at: row.try_get(17)?,
-        finished_at: row.try_get(18)?,
-    })
 }

@@ -1,6 +1,7 @@
 //! The embedded default: one SQLite file in WAL mode.
 
 use super::outcome_columns;
+use super::rows;
 use super::{
     ActionCount, ActionFilter, AsnRow, AsnUpdate, Batch, BatchOutcome, Claim, Delivery,
     DeliveryDone, DeliveryStat, GateState, NewAsn, NewDelivery, ObjectDone, ROWS_PER_STATEMENT,
@@ -11,34 +12,17 @@ use crate::config::DatabaseConfig;
 use crate::model::{Action, ActionOutcome, NewAction, OrderKey, StreamKey};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Connection, QueryBuilder, Row, Sqlite, SqlitePool};
 use std::str::FromStr;
 
 pub struct SqliteStore {
     pool: SqlitePool,
-    /// SQLite takes one writer at a time; a writer that finds the lock taken sleeps in steps of
-    /// up to 100 ms (its busy handler) before it tries again. Writers of this process queue
-    /// here instead, so one follows the other at once; the busy timeout is left for writers
-    /// of other processes (the CLI).
-    writer: tokio::sync::Mutex<()>,
 }
 
 /// One fixed-width text form, so stored times sort and compare correctly as text.
 fn ts(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
-}
-
-fn parse_ts(text: &str) -> Result<DateTime<Utc>, StoreError> {
-    DateTime::parse_from_rfc3339(text)
-        .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| StoreError::Corrupt(format!("time `{text}`: {e}")))
-}
-
-fn parse_opt_ts(text: Option<String>) -> Result<Option<DateTime<Utc>>, StoreError> {
-    text.as_deref().map(parse_ts).transpose()
 }
 
 impl SqliteStore {
@@ -79,10 +63,7 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(|error| StoreError::OpenSqlite { path, error })?;
-        Ok(SqliteStore {
-            pool,
-            writer: tokio::sync::Mutex::new(()),
-        })
+        Ok(SqliteStore { pool })
     }
 }
 
@@ -106,7 +87,6 @@ impl Store for SqliteStore {
     }
 
     async fn commit_batch(&self, batch: &Batch<'_>) -> Result<BatchOutcome, StoreError> {
-        let _writing = self.writer.lock().await;
         let seen = ts(batch.seen_at);
         let orders = newest_per_key(batch.orders);
         let mut outcome = BatchOutcome::default();
@@ -192,7 +172,6 @@ impl Store for SqliteStore {
     }
 
     async fn run_started(&self, stream: &StreamKey, at: DateTime<Utc>) -> Result<(), StoreError> {
-        let _writing = self.writer.lock().await;
         sqlx::query(
             "INSERT INTO sync_cursors (provider, account, resource, last_run_started_at) \
              VALUES (?, ?, ?, ?) ON CONFLICT (provider, account, resource) DO UPDATE SET \
@@ -213,7 +192,6 @@ impl Store for SqliteStore {
         at: DateTime<Utc>,
         error: Option<&str>,
     ) -> Result<(), StoreError> {
-        let _writing = self.writer.lock().await;
         sqlx::query(
             "UPDATE sync_cursors SET last_run_finished_at = ?1, \
              last_success_at = CASE WHEN ?2 IS NULL THEN ?1 ELSE last_success_at END, \
@@ -232,32 +210,8 @@ impl Store for SqliteStore {
     }
 
     async fn streams(&self) -> Result<Vec<StreamStatus>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT provider, account, resource, cursor, cursor_updated_at, last_run_started_at, \
-             last_run_finished_at, last_success_at, last_error, consecutive_failures \
-             FROM sync_cursors ORDER BY provider, account, resource",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter()
-            .map(|row| {
-                let provider: String = row.try_get(0)?;
-                Ok(StreamStatus {
-                    stream: StreamKey {
-                        provider: provider_from_db(&provider)?,
-                        account: row.try_get(1)?,
-                        resource: row.try_get(2)?,
-                    },
-                    cursor: row.try_get(3)?,
-                    cursor_updated_at: parse_opt_ts(row.try_get(4)?)?,
-                    last_run_started_at: parse_opt_ts(row.try_get(5)?)?,
-                    last_run_finished_at: parse_opt_ts(row.try_get(6)?)?,
-                    last_success_at: parse_opt_ts(row.try_get(7)?)?,
-                    last_error: row.try_get(8)?,
-                    consecutive_failures: row.try_get(9)?,
-                })
-            })
-            .collect()
+        let rows = sqlx::query(rows::STREAMS).fetch_all(&self.pool).await?;
+        rows.iter().map(rows::stream_status).collect()
     }
 
     async fn orders_of(
@@ -274,18 +228,7 @@ impl Store for SqliteStore {
         .bind(account)
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter()
-            .map(|row| {
-                Ok(StoredOrder {
-                    channel: row.try_get(0)?,
-                    external_id: row.try_get(1)?,
-                    status: row.try_get(2)?,
-                    payment_status: row.try_get(3)?,
-                    shipping_status: row.try_get(4)?,
-                    upstream_updated_at: parse_ts(row.try_get::<&str, _>(5)?)?,
-                })
-            })
-            .collect()
+        rows.iter().map(rows::stored_order).collect()
     }
 
     async fn order_history(&self, key: &OrderKey) -> Result<Vec<StatusChange>, StoreError> {
@@ -299,15 +242,7 @@ impl Store for SqliteStore {
         .bind(&key.external_id)
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter()
-            .map(|row| {
-                Ok(StatusChange {
-                    old_status: row.try_get(0)?,
-                    new_status: row.try_get(1)?,
-                    upstream_updated_at: parse_ts(row.try_get::<&str, _>(2)?)?,
-                })
-            })
-            .collect()
+        rows.iter().map(rows::status_change).collect()
     }
 
     async fn quarantine_count(&self, provider: &str, account: &str) -> Result<i64, StoreError> {
@@ -335,7 +270,6 @@ impl Store for SqliteStore {
     }
 
     async fn enqueue(&self, action: &NewAction) -> Result<(Action, bool), StoreError> {
-        let _writing = self.writer.lock().await;
         let now = ts(Utc::now());
         let key = action.key();
         let inserted = sqlx::query(
@@ -365,11 +299,10 @@ impl Store for SqliteStore {
         .bind(&key)
         .fetch_one(&self.pool)
         .await?;
-        Ok((action_from_row(&row)?, inserted))
+        Ok((rows::action(&row)?, inserted))
     }
 
     async fn claim(&self, claim: &Claim<'_>) -> Result<Vec<Action>, StoreError> {
-        let _writing = self.writer.lock().await;
         let rows = sqlx::query(concat!(
             "UPDATE actions SET state = 'in_flight', claimed_by = ?1, claimed_until = ?2, \
              attempts = attempts + 1, updated_at = ?3 \
@@ -394,7 +327,7 @@ impl Store for SqliteStore {
         // read fails on its own, with the reason, instead of holding up the account's queue.
         let mut actions = Vec::with_capacity(rows.len());
         for row in &rows {
-            match action_from_row(row) {
+            match rows::action(row) {
                 Ok(action) => actions.push(action),
                 Err(error) => {
                     let id: i64 = row.try_get(0)?;
@@ -417,17 +350,6 @@ impl Store for SqliteStore {
         worker: &str,
         outcomes: &[(i64, ActionOutcome)],
     ) -> Result<Vec<i64>, StoreError> {
-        let _writing = self.writer.lock().await;
-        let rows: Vec<serde_json::Value> = outcomes
-            .iter()
-            .map(|(id, outcome)| {
-                let (kind, result, error, at) = outcome_columns(outcome);
-                serde_json::json!({
-                    "id": id, "kind": kind, "result": result, "error": error,
-                    "next_at": at.map(ts),
-                })
-            })
-            .collect();
         // One statement, so a batch costs one write transaction, not one per action.
         Ok(sqlx::query_scalar(
             "UPDATE actions AS a SET \
@@ -446,7 +368,7 @@ impl Store for SqliteStore {
              WHERE a.id = u.id AND a.state = 'in_flight' AND a.claimed_by = ?2 \
              RETURNING id",
         )
-        .bind(serde_json::Value::Array(rows).to_string())
+        .bind(outcome_rows(outcomes))
         .bind(worker)
         .bind(ts(Utc::now()))
         .fetch_all(&self.pool)
@@ -459,7 +381,6 @@ impl Store for SqliteStore {
         worker: &str,
         until: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
-        let _writing = self.writer.lock().await;
         let ids = serde_json::Value::from(ids.to_vec()).to_string();
         let done = sqlx::query(
             "UPDATE actions SET claimed_until = ?1 WHERE state = 'in_flight' AND claimed_by = ?2 \
@@ -474,7 +395,6 @@ impl Store for SqliteStore {
     }
 
     async fn record_asn(&self, asn: &NewAsn) -> Result<(), StoreError> {
-        let _writing = self.writer.lock().await;
         sqlx::query(
             "INSERT INTO asns (provider, account, asn_id, warehouse_id, supplier_id, supplier_ref, \
              action_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
@@ -502,21 +422,10 @@ impl Store for SqliteStore {
         .bind(account)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(AsnRow {
-                    asn_id: row.try_get(0)?,
-                    warehouse_id: row.try_get(1)?,
-                    status: row.try_get(2)?,
-                    received_quantity: row.try_get(3)?,
-                    is_final: row.try_get::<i64, _>(4)? != 0,
-                })
-            })
-            .collect::<Result<_, StoreError>>()
+        rows.iter().map(rows::asn_row).collect()
     }
 
     async fn record_gate(&self, gate: &GateState) -> Result<(), StoreError> {
-        let _writing = self.writer.lock().await;
         sqlx::query(
             "INSERT INTO account_gates (provider, account, paused_until, rate_limited, updated_at) \
              VALUES (?, ?, ?, ?, ?) ON CONFLICT (provider, account) DO UPDATE SET \
@@ -534,45 +443,18 @@ impl Store for SqliteStore {
     }
 
     async fn gates(&self) -> Result<Vec<GateState>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT provider, account, paused_until, rate_limited, updated_at FROM account_gates",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(GateState {
-                    provider: row.try_get(0)?,
-                    account: row.try_get(1)?,
-                    paused_until: parse_opt_ts(row.try_get(2)?)?,
-                    rate_limited: row.try_get(3)?,
-                    updated_at: parse_ts(row.try_get::<&str, _>(4)?)?,
-                })
-            })
-            .collect()
+        let rows = sqlx::query(rows::GATES).fetch_all(&self.pool).await?;
+        rows.iter().map(rows::gate_state).collect()
     }
 
     async fn action_counts(&self) -> Result<Vec<ActionCount>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT provider, account, state, count(*) FROM actions \
-             GROUP BY provider, account, state ORDER BY provider, account, state",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(ActionCount {
-                    provider: row.try_get(0)?,
-                    account: row.try_get(1)?,
-                    state: row.try_get(2)?,
-                    count: row.try_get(3)?,
-                })
-            })
-            .collect::<Result<_, StoreError>>()
+        let rows = sqlx::query(rows::ACTION_COUNTS)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(rows::action_count).collect()
     }
 
     async fn update_asn(&self, update: &AsnUpdate) -> Result<(), StoreError> {
-        let _writing = self.writer.lock().await;
         sqlx::query(
             "UPDATE asns SET status = ?, received_quantity = ?, payload = ?, is_final = ?, \
              checked_at = ? WHERE provider = ? AND account = ? AND asn_id = ?",
@@ -599,7 +481,7 @@ impl Store for SqliteStore {
         .bind(id)
         .fetch_optional(&self.pool)
         .await?;
-        row.as_ref().map(action_from_row).transpose()
+        row.as_ref().map(rows::action).transpose()
     }
 
     async fn actions(&self, filter: &ActionFilter) -> Result<Vec<Action>, StoreError> {
@@ -614,11 +496,10 @@ impl Store for SqliteStore {
         .bind(filter.limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(action_from_row).collect()
+        rows.iter().map(rows::action).collect()
     }
 
     async fn retry_actions(&self, filter: &RetryFilter) -> Result<u64, StoreError> {
-        let _writing = self.writer.lock().await;
         let now = ts(Utc::now());
         let (id, account, all_dead) = match filter {
             RetryFilter::One(id) => (Some(*id), None, false),
@@ -656,24 +537,13 @@ impl Store for SqliteStore {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(action_from_row).collect()
+        rows.iter().map(rows::action).collect()
     }
 
     async fn settle_sent(&self, outcomes: &[(i64, ActionOutcome)]) -> Result<Vec<i64>, StoreError> {
-        let _writing = self.writer.lock().await;
         if outcomes.is_empty() {
             return Ok(Vec::new());
         }
-        let rows: Vec<serde_json::Value> = outcomes
-            .iter()
-            .map(|(id, outcome)| {
-                let (kind, result, error, at) = outcome_columns(outcome);
-                serde_json::json!({
-                    "id": id, "kind": kind, "result": result, "error": error,
-                    "next_at": at.map(ts),
-                })
-            })
-            .collect();
         Ok(sqlx::query_scalar(
             "UPDATE actions AS a SET \
              state = CASE WHEN u.kind = 'retry' THEN 'pending' ELSE u.kind END, \
@@ -688,7 +558,7 @@ impl Store for SqliteStore {
              WHERE a.id = u.id AND a.state = 'sent' \
              RETURNING id",
         )
-        .bind(serde_json::Value::Array(rows).to_string())
+        .bind(outcome_rows(outcomes))
         .bind(ts(Utc::now()))
         .fetch_all(&self.pool)
         .await?)
@@ -699,7 +569,6 @@ impl Store for SqliteStore {
         deliveries: &[NewDelivery],
         cursor: Option<(&StreamKey, &str)>,
     ) -> Result<Vec<bool>, StoreError> {
-        let _writing = self.writer.lock().await;
         // A delivery is acknowledged once stored and never sent again, so its commit waits for
         // the disk (FULL), where the rest of the data settles for surviving a process crash
         // (NORMAL); the group commit keeps that to one fsync per group.
@@ -765,22 +634,10 @@ impl Store for SqliteStore {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(Delivery {
-                    id: row.try_get(0)?,
-                    event_id: row.try_get(1)?,
-                    event_type: row.try_get(2)?,
-                    object_id: row.try_get(3)?,
-                    body: row.try_get(4)?,
-                    received_at: parse_ts(&row.try_get::<String, _>(5)?)?,
-                })
-            })
-            .collect()
+        rows.iter().map(rows::delivery).collect()
     }
 
     async fn finish_deliveries(&self, done: &[DeliveryDone]) -> Result<(), StoreError> {
-        let _writing = self.writer.lock().await;
         if done.is_empty() {
             return Ok(());
         }
@@ -808,7 +665,6 @@ impl Store for SqliteStore {
         event_type: &str,
         done: &[ObjectDone],
     ) -> Result<u64, StoreError> {
-        let _writing = self.writer.lock().await;
         if done.is_empty() {
             return Ok(0);
         }
@@ -848,17 +704,7 @@ impl Store for SqliteStore {
         )
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(DeliveryStat {
-                    provider: row.try_get(0)?,
-                    account: row.try_get(1)?,
-                    last_received_at: parse_opt_ts(row.try_get(2)?)?,
-                    pending: row.try_get(3)?,
-                    failed: row.try_get(4)?,
-                })
-            })
-            .collect()
+        rows.iter().map(rows::delivery_stat).collect()
     }
 
     async fn open_orders(
@@ -884,9 +730,19 @@ impl Store for SqliteStore {
     }
 }
 
-/// JSON that does not parse (a row written by hand) is kept as a string for people to read.
-fn json_or_text(text: String) -> serde_json::Value {
-    serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
+/// Outcomes as the JSON array `finish_batch` and `settle_sent` read with `json_each`.
+fn outcome_rows(outcomes: &[(i64, ActionOutcome)]) -> String {
+    let rows: Vec<serde_json::Value> = outcomes
+        .iter()
+        .map(|(id, outcome)| {
+            let (kind, result, error, at) = outcome_columns(outcome);
+            serde_json::json!({
+                "id": id, "kind": kind, "result": result, "error": error,
+                "next_at": at.map(ts),
+            })
+        })
+        .collect();
+    serde_json::Value::Array(rows).to_string()
 }
 
 /// Fails an action whose row cannot be read, and puts every column into a type ordersync reads
@@ -903,32 +759,3 @@ const UNREADABLE_ACTION_FAILED: &str = "UPDATE actions SET state = 'failed', las
        THEN created_at ELSE ?2 END, \
      next_attempt_at = ?2, claimed_until = NULL, finished_at = ?2, updated_at = ?2 \
      WHERE id = ?3";
-
-fn action_from_row(row: &SqliteRow) -> Result<Action, StoreError> {
-    Ok(Action {
-        id: row.try_get(0)?,
-        idempotency_key: row.try_get(1)?,
-        provider: row.try_get(2)?,
-        account: row.try_get(3)?,
-        kind: row.try_get(4)?,
-        channel: row.try_get(5)?,
-        external_id: row.try_get(6)?,
-        request: json_or_text(row.try_get(7)?),
-        state: row.try_get(8)?,
-        attempts: row.try_get(9)?,
-        max_attempts: row.try_get(10)?,
-        next_attempt_at: parse_ts(row.try_get::<&str, _>(11)?)?,
-        claimed_by: row.try_get(12)?,
-        claimed_until: parse_opt_ts(row.try_get(13)?)?,
-        last_error: row.try_get(14)?,
-        result: row.get::<Option<String>, _>(15).map(json_or_text),
-        created_at: parse_ts(row.try_get::<&str, _>(16)?)?,
-        updated_at: parse_ts(row.try_get::<&str, _>(17)?)?,
-        finished_at: parse_opt_ts(row.try_get(18)?)?,
-    })
-}
-
-pub(super) fn provider_from_db(text: &str) -> Result<crate::model::ProviderKind, StoreError> {
-    text.parse()
-        .map_err(|_| StoreError::Corrupt(format!("provider `{text}`")))
-}
