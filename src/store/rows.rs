@@ -117,7 +117,7 @@ pub(crate) fn stream_status(row: &impl Columns) -> Result<StreamStatus, StoreErr
         last_run_finished_at: row.opt_time(6)?,
         last_success_at: row.opt_time(7)?,
         last_error: row.opt_text(8)?,
-        consecutive_failures: row.int(9)?,
+        consecutive_failures: i64::from(row.int32(9)?),
     })
 }
 
