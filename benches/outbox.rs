@@ -163,23 +163,17 @@ fn main() {
             }
         };
         let url = sandbox.base_url();
-        let pg = std::env::var("ORDERSYNC_BENCH_PG")
-            .or_else(|_| std::env::var("ORDERSYNC_TEST_PG"))
-            .ok()
-            .filter(|u| !u.is_empty());
+        let pg = common::pg_url();
+        let schema = format!("bench_outbox_{}", std::process::id());
         let mut databases = vec![(
             "sqlite",
             "[database]\nurl = \"sqlite://{dir}/bench.db\"\n".to_owned(),
         )];
-        match &pg {
-            Some(url) => databases.push((
+        if let Some(url) = &pg {
+            databases.push((
                 "postgres",
-                format!(
-                    "[database]\nurl = \"{url}\"\nschema = \"bench_outbox_{}\"\n",
-                    std::process::id()
-                ),
-            )),
-            None => println!("postgres skipped: set ORDERSYNC_TEST_PG or ORDERSYNC_BENCH_PG"),
+                format!("[database]\nurl = \"{url}\"\nschema = \"{schema}\"\n"),
+            ));
         }
         let mut failed = false;
         for (backend, database) in &databases {
@@ -206,17 +200,7 @@ fn main() {
                     && let Some(url) = &pg
                 {
                     // Each case starts from an empty queue.
-                    let _ = std::process::Command::new("psql")
-                        .args([
-                            url.as_str(),
-                            "-qc",
-                            &format!(
-                                "DROP SCHEMA IF EXISTS bench_outbox_{} CASCADE",
-                                std::process::id()
-                            ),
-                        ])
-                        .stderr(std::process::Stdio::null())
-                        .status();
+                    common::drop_schema(url, &schema);
                 }
             }
         }

@@ -79,29 +79,14 @@ fn main() {
         eprintln!("sqlite: {error}");
         failed = true;
     }
-    let pg = std::env::var("ORDERSYNC_BENCH_PG")
-        .or_else(|_| std::env::var("ORDERSYNC_TEST_PG"))
-        .ok()
-        .filter(|u| !u.is_empty());
-    match pg {
-        Some(url) => {
-            let database = format!(
-                "[database]\nurl = \"{url}\"\nschema = \"bench_{}\"\n",
-                std::process::id()
-            );
-            if let Err(error) = run_once("postgres", &database, &base_url, orders, page_size) {
-                eprintln!("postgres: {error}");
-                failed = true;
-            }
-            let _ = Command::new("psql")
-                .args([
-                    url.as_str(),
-                    "-qc",
-                    &format!("DROP SCHEMA IF EXISTS bench_{} CASCADE", std::process::id()),
-                ])
-                .status();
+    if let Some(url) = common::pg_url() {
+        let schema = format!("bench_{}", std::process::id());
+        let database = format!("[database]\nurl = \"{url}\"\nschema = \"{schema}\"\n");
+        if let Err(error) = run_once("postgres", &database, &base_url, orders, page_size) {
+            eprintln!("postgres: {error}");
+            failed = true;
         }
-        None => println!("postgres  skipped: set ORDERSYNC_TEST_PG or ORDERSYNC_BENCH_PG"),
+        common::drop_schema(&url, &schema);
     }
     if failed {
         std::process::exit(1);

@@ -274,39 +274,25 @@ fn main() {
         eprintln!("sqlite: {error}");
         failed = true;
     }
-    let pg = std::env::var("ORDERSYNC_BENCH_PG")
-        .or_else(|_| std::env::var("ORDERSYNC_TEST_PG"))
-        .ok()
-        .filter(|u| !u.is_empty());
-    match pg {
-        Some(url) => {
-            // A second sandbox: the first one's orders were polled and changed nothing, but a
-            // fresh one keeps the two runs alike.
-            let schema = format!("bench_hooks_{}", std::process::id());
-            let database = format!("[database]\nurl = \"{url}\"\nschema = \"{schema}\"\n");
-            let result = match start_sandbox() {
-                Ok((_second, second_url)) => runtime.block_on(bench(
-                    "postgres",
-                    &database,
-                    &url,
-                    Some(&schema),
-                    &second_url,
-                )),
-                Err(error) => Err(error),
-            };
-            if let Err(error) = result {
-                eprintln!("postgres: {error}");
-                failed = true;
-            }
-            let _ = Command::new("psql")
-                .args([
-                    url.as_str(),
-                    "-qc",
-                    &format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
-                ])
-                .status();
+    if let Some(url) = common::pg_url() {
+        // A second sandbox: the first one's orders were polled and changed nothing, but a
+        // fresh one keeps the two runs alike.
+        let schema = format!("bench_hooks_{}", std::process::id());
+        let database = format!("[database]\nurl = \"{url}\"\nschema = \"{schema}\"\n");
+        let result = start_sandbox().and_then(|(_second, second_url)| {
+            runtime.block_on(bench(
+                "postgres",
+                &database,
+                &url,
+                Some(&schema),
+                &second_url,
+            ))
+        });
+        if let Err(error) = result {
+            eprintln!("postgres: {error}");
+            failed = true;
         }
-        None => println!("postgres  skipped: set ORDERSYNC_TEST_PG or ORDERSYNC_BENCH_PG"),
+        common::drop_schema(&url, &schema);
     }
     if failed {
         std::process::exit(1);

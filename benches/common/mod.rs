@@ -53,3 +53,28 @@ pub fn start_sandbox(args: &[&str]) -> Result<(Process, String), String> {
     }
     Err("the sandbox exited before listening".into())
 }
+
+/// The Postgres to benchmark against (`ORDERSYNC_BENCH_PG`, else `ORDERSYNC_TEST_PG`); `None`
+/// says on stdout that Postgres is skipped.
+pub fn pg_url() -> Option<String> {
+    let url = std::env::var("ORDERSYNC_BENCH_PG")
+        .or_else(|_| std::env::var("ORDERSYNC_TEST_PG"))
+        .ok()
+        .filter(|u| !u.is_empty());
+    if url.is_none() {
+        println!("postgres  skipped: set ORDERSYNC_TEST_PG or ORDERSYNC_BENCH_PG");
+    }
+    url
+}
+
+/// Drops a benchmark's schema, so the next case (or run) starts empty.
+pub fn drop_schema(url: &str, schema: &str) {
+    let _ = Command::new("psql")
+        .args([
+            url,
+            "-qc",
+            &format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
+        ])
+        .stderr(Stdio::null())
+        .status();
+}

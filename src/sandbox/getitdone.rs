@@ -161,8 +161,6 @@ struct Account {
     gate: FaultGate,
     /// When set, `/v3` requests with a token are refused 401 this many more times.
     refuse_tokens: u32,
-    /// When set, the token endpoint refuses the credentials.
-    revoked: bool,
 }
 
 struct State_ {
@@ -220,7 +218,6 @@ impl GetItDoneSim {
                     stats: GetItDoneStats::default(),
                     gate: FaultGate::default(),
                     refuse_tokens: 0,
-                    revoked: false,
                 }
             })
             .collect();
@@ -244,109 +241,57 @@ impl GetItDoneSim {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn set_webhook_url(&self, account: &str, url: &str) {
-        if let Some(a) = self
-            .lock()
+    /// Reads or changes the named account, if there is one.
+    fn with_account<T>(&self, name: &str, visit: impl FnOnce(&mut Account) -> T) -> Option<T> {
+        let mut state = self.lock();
+        state
             .accounts
             .iter_mut()
-            .find(|a| a.spec.name == account)
-        {
-            a.spec.webhook_url = Some(url.to_owned());
-        }
+            .find(|a| a.spec.name == name)
+            .map(visit)
     }
 
-    pub fn set_faults(&self, faults: Faults) {
-        self.lock().faults = faults;
+    pub fn set_webhook_url(&self, account: &str, url: &str) {
+        self.with_account(account, |a| a.spec.webhook_url = Some(url.to_owned()));
     }
 
     pub fn set_delivery_faults(&self, faults: DeliveryFaults) {
         self.lock().options.deliveries = faults;
     }
 
-    pub fn set_token_ttl(&self, secs: u64) {
-        self.lock().options.token_ttl_secs = secs;
-    }
-
     /// Refuses the next `count` requests that carry a token with 401, valid or not.
     pub fn refuse_tokens(&self, account: &str, count: u32) {
-        if let Some(a) = self
-            .lock()
-            .accounts
-            .iter_mut()
-            .find(|a| a.spec.name == account)
-        {
-            a.refuse_tokens = count;
-        }
-    }
-
-    /// Forgets every token of the account, as a key rotation upstream would: the next request
-    /// with one is refused 401.
-    pub fn expire_tokens(&self, account: &str) {
-        if let Some(a) = self
-            .lock()
-            .accounts
-            .iter_mut()
-            .find(|a| a.spec.name == account)
-        {
-            a.tokens.clear();
-        }
-    }
-
-    /// Makes the token endpoint refuse the account's credentials from now on.
-    pub fn revoke(&self, account: &str) {
-        if let Some(a) = self
-            .lock()
-            .accounts
-            .iter_mut()
-            .find(|a| a.spec.name == account)
-        {
-            a.revoked = true;
-            a.tokens.clear();
-        }
+        self.with_account(account, |a| a.refuse_tokens = count);
     }
 
     pub fn stats(&self, account: &str) -> Option<GetItDoneStats> {
-        let state = self.lock();
-        let account = state.accounts.iter().find(|a| a.spec.name == account)?;
-        Some(account.stats.clone())
+        self.with_account(account, |a| a.stats.clone())
     }
 
     /// Every order of the account as the sandbox holds it.
     pub fn truth(&self, account: &str) -> Vec<GidTruth> {
-        let state = self.lock();
-        let Some(account) = state.accounts.iter().find(|a| a.spec.name == account) else {
-            return Vec::new();
-        };
-        account
-            .orders
-            .values()
-            .map(|o| GidTruth {
-                order_id: o.order_id.clone(),
-                status: o.status.clone(),
-                external_id: o.external_id.clone(),
-            })
-            .collect()
+        self.with_account(account, |a| {
+            a.orders
+                .values()
+                .map(|o| GidTruth {
+                    order_id: o.order_id.clone(),
+                    status: o.status.clone(),
+                    external_id: o.external_id.clone(),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
     }
 
     /// Event ids the receiver acknowledged with a 2xx.
     pub fn acknowledged(&self, account: &str) -> HashSet<String> {
-        let state = self.lock();
-        state
-            .accounts
-            .iter()
-            .find(|a| a.spec.name == account)
-            .map(|a| a.acknowledged.clone())
+        self.with_account(account, |a| a.acknowledged.clone())
             .unwrap_or_default()
     }
 
     /// Orders the receiver got at least one event about.
     pub fn announced(&self, account: &str) -> HashSet<String> {
-        let state = self.lock();
-        state
-            .accounts
-            .iter()
-            .find(|a| a.spec.name == account)
-            .map(|a| a.announced.clone())
+        self.with_account(account, |a| a.announced.clone())
             .unwrap_or_default()
     }
 
@@ -697,7 +642,7 @@ async fn token(State(sim): State<Arc<GetItDoneSim>>, body: Bytes) -> Response {
         Admission::Served { .. } => {}
         refused => return refusal(refused),
     }
-    if account.revoked || account.spec.client_secret != request.client_secret {
+    if account.spec.client_secret != request.client_secret {
         account.stats.unauthorized += 1;
         return error(
             StatusCode::UNAUTHORIZED,
