@@ -352,8 +352,10 @@ async fn webhook_ingress_answers_and_stores_as_documented(db: TestDb) {
 on_both_backends!(webhook_ingress_answers_and_stores_as_documented);
 
 async fn tokens_are_refreshed_and_a_second_refusal_stops_the_account(db: TestDb) {
-    let mut spec = SandboxConfig::graas(0, 0).with_getitdone(1, 60);
-    spec.getitdone_options.token_ttl_secs = 3;
+    let mut spec = SandboxConfig::graas(0, 0).with_getitdone(1, 150);
+    // Six seconds: the refresh margin (a quarter) stays well above a request's wait at the
+    // rate gate even on a busy machine, so a 401 here means a token was not refreshed in time.
+    spec.getitdone_options.token_ttl_secs = 6;
     let sandbox = start_sandbox(&spec).await;
     let config = Config::from_toml(&config_text(&db, &sandbox, &spec, "rate_limit = \"20/s\""))
         .expect("config");
@@ -361,12 +363,12 @@ async fn tokens_are_refreshed_and_a_second_refusal_stops_the_account(db: TestDb)
     let sim = sandbox.getitdone().clone();
     sim.announce_all();
     let store = running.store.clone();
-    wait_until(Duration::from_secs(30), "60 orders stored", || {
+    wait_until(Duration::from_secs(60), "150 orders stored", || {
         let store = store.clone();
-        async move { stored(&store).await.len() == 60 }
+        async move { stored(&store).await.len() == 150 }
     })
     .await;
-    // The re-poll of 60 orders at 20/s outlives three-second tokens: refreshed before expiry.
+    // The re-poll of 150 orders at 20/s outlives six-second tokens: refreshed before expiry.
     let repoll = running.job("orders");
     let before = sim.stats(ACCOUNT).expect("stats");
     assert!(matches!(
