@@ -140,16 +140,19 @@ pub enum ActionKind {
     LinkInvoicing,
     /// Ask the upstream to send the order's state again (Get It Done `RefreshOrder`).
     Refresh,
+    /// Submit a new order (KassaForte `POST /v1/order`).
+    Submit,
 }
 
 impl ActionKind {
-    pub const ALL: [ActionKind; 6] = [
+    pub const ALL: [ActionKind; 7] = [
         ActionKind::Accept,
         ActionKind::Cancel,
         ActionKind::Asn,
         ActionKind::Link,
         ActionKind::LinkInvoicing,
         ActionKind::Refresh,
+        ActionKind::Submit,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -160,6 +163,7 @@ impl ActionKind {
             ActionKind::Link => "link",
             ActionKind::LinkInvoicing => "link_invoicing",
             ActionKind::Refresh => "refresh",
+            ActionKind::Submit => "submit",
         }
     }
 }
@@ -173,30 +177,34 @@ impl std::str::FromStr for ActionKind {
             .find(|kind| kind.as_str() == text)
             .ok_or_else(|| {
                 format!(
-                    "unknown action kind `{text}`; one of accept, cancel, asn, link, link_invoicing, refresh"
+                    "unknown action kind `{text}`; one of accept, cancel, asn, link, link_invoicing, refresh, submit"
                 )
             })
     }
 }
 
 /// Where an action is in its life. `sent` is a command the upstream took whose outcome comes
-/// later (Get It Done); `failed` is final (the upstream refused it); `dead` ran out of attempts
-/// on transient errors and can be retried by a person.
+/// later (Get It Done); `unknown` is a request that may or may not have reached an upstream that
+/// cannot be asked (a KassaForte submission whose answer was lost), waiting for a person;
+/// `failed` is final (the upstream refused it); `dead` ran out of attempts on transient errors
+/// and can be retried by a person.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ActionState {
     Pending,
     InFlight,
     Sent,
+    Unknown,
     Succeeded,
     Failed,
     Dead,
 }
 
 impl ActionState {
-    pub const ALL: [ActionState; 6] = [
+    pub const ALL: [ActionState; 7] = [
         ActionState::Pending,
         ActionState::InFlight,
         ActionState::Sent,
+        ActionState::Unknown,
         ActionState::Succeeded,
         ActionState::Failed,
         ActionState::Dead,
@@ -207,6 +215,7 @@ impl ActionState {
             ActionState::Pending => "pending",
             ActionState::InFlight => "in_flight",
             ActionState::Sent => "sent",
+            ActionState::Unknown => "unknown",
             ActionState::Succeeded => "succeeded",
             ActionState::Failed => "failed",
             ActionState::Dead => "dead",
@@ -230,7 +239,7 @@ impl std::str::FromStr for ActionState {
             .find(|state| state.as_str() == text)
             .ok_or_else(|| {
                 format!(
-                    "unknown state `{text}`; one of pending, in_flight, sent, succeeded, failed, dead"
+                    "unknown state `{text}`; one of pending, in_flight, sent, unknown, succeeded, failed, dead"
                 )
             })
     }
@@ -300,6 +309,9 @@ pub struct Action {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// Set while a request that must not be repeated blindly is being written; an action claimed
+    /// again with it set may have reached the upstream.
+    pub sending_since: Option<DateTime<Utc>>,
 }
 
 /// How one attempt at an action ended.
@@ -315,6 +327,10 @@ pub enum ActionOutcome {
     },
     /// The upstream refused it for good (e.g. `Record Not Found`).
     Failed {
+        error: String,
+    },
+    /// It may or may not have reached the upstream, which cannot be asked: a person decides.
+    Unknown {
         error: String,
     },
     /// A transient failure: try again at `at`, or become `dead` when out of attempts.

@@ -4,6 +4,7 @@
 
 mod getitdone;
 mod graas;
+mod kassaforte;
 mod tasks;
 
 use crate::config::Config;
@@ -122,6 +123,7 @@ impl App {
         };
         graas::assemble(&assembly, &mut app);
         getitdone::assemble(&assembly, &mut app);
+        kassaforte::assemble(&assembly, &mut app);
         Ok(app)
     }
 }

@@ -4,6 +4,7 @@ use super::{ConfigArg, load, open_store};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use ordersync::model::ActionState;
+use ordersync::outbox::kassaforte::{self, Resolve};
 use ordersync::outbox::request::{ActionRequest, ItemSelector};
 use ordersync::store::{ActionFilter, RetryFilter};
 use std::path::PathBuf;
@@ -47,11 +48,32 @@ pub enum ActionCommand {
         #[arg(long)]
         file: PathBuf,
     },
+    /// KassaForte: submit a new order from a JSON file (the POST /v1/order body, amounts in
+    /// minor units: 850 for 8.50).
+    Submit {
+        #[command(flatten)]
+        common: CommonArgs,
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Settle a submission in state `unknown` (it may or may not have reached KassaForte):
+    /// with the order id the till shows, or as not submitted (queued again).
+    Resolve {
+        #[command(flatten)]
+        config: ConfigArg,
+        id: i64,
+        /// The 14-digit KassaForte order id it was created under.
+        #[arg(long, required_unless_present = "not_submitted", conflicts_with = "not_submitted")]
+        submitted_as: Option<String>,
+        /// It did not reach KassaForte: send it again.
+        #[arg(long)]
+        not_submitted: bool,
+    },
     /// List actions, newest first.
     List {
         #[command(flatten)]
         config: ConfigArg,
-        /// pending, in_flight, succeeded, failed or dead.
+        /// pending, in_flight, sent, unknown, succeeded, failed or dead.
         #[arg(long)]
         state: Option<ActionState>,
         #[arg(long)]
@@ -134,24 +156,29 @@ pub async fn run(command: ActionCommand) -> anyhow::Result<ExitCode> {
         }
         ActionCommand::Refresh(order) => enqueue(order.request("refresh"), &order.common).await,
         ActionCommand::Asn { common, file } => {
-            let text = std::fs::read_to_string(&file)
-                .with_context(|| format!("--file: cannot read {}", file.display()))?;
-            let asn: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-                anyhow::anyhow!(
-                    "--file: {} is not JSON (line {}, column {}): {e}",
-                    file.display(),
-                    e.line(),
-                    e.column()
-                )
-            })?;
             let request = ActionRequest {
                 account: common.account.clone(),
                 kind: "asn".into(),
-                asn: Some(asn),
+                asn: Some(read_json(&file)?),
                 ..ActionRequest::default()
             };
             enqueue(request, &common).await
         }
+        ActionCommand::Submit { common, file } => {
+            let request = ActionRequest {
+                account: common.account.clone(),
+                kind: "submit".into(),
+                order: Some(read_json(&file)?),
+                ..ActionRequest::default()
+            };
+            enqueue(request, &common).await
+        }
+        ActionCommand::Resolve {
+            config,
+            id,
+            submitted_as,
+            not_submitted: _,
+        } => resolve(config, id, submitted_as).await,
         ActionCommand::List {
             config,
             state,
@@ -202,6 +229,50 @@ pub async fn run(command: ActionCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
+fn read_json(file: &std::path::Path) -> anyhow::Result<serde_json::Value> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("--file: cannot read {}", file.display()))?;
+    serde_json::from_str(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "--file: {} is not JSON (line {}, column {}): {e}",
+            file.display(),
+            e.line(),
+            e.column()
+        )
+    })
+}
+
+async fn resolve(
+    config: ConfigArg,
+    id: i64,
+    submitted_as: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let config = load(&config)?;
+    let store = open_store(&config).await?;
+    let Some(action) = store.action(id).await? else {
+        store.close().await;
+        anyhow::bail!("no action {id}; `ordersync action list --state unknown` shows the ids");
+    };
+    let currency = config
+        .kassaforte_shop(&action.account)
+        .map_or("EUR", |shop| shop.currency.as_str());
+    let resolve = match submitted_as {
+        Some(order_id) => Resolve::SubmittedAs(order_id.trim().to_owned()),
+        None => Resolve::NotSubmitted,
+    };
+    let resolved = kassaforte::resolve(store.as_ref(), id, &resolve, currency).await;
+    store.close().await;
+    let action = resolved?;
+    match resolve {
+        Resolve::SubmittedAs(order_id) => {
+            eprintln!("action {id} succeeded as KassaForte order {order_id}; it is followed now")
+        }
+        Resolve::NotSubmitted => eprintln!("action {id} is queued again"),
+    }
+    println!("{}", serde_json::to_string(&action)?);
+    Ok(ExitCode::SUCCESS)
+}
+
 impl OrderActionArgs {
     fn request(&self, kind: &str) -> ActionRequest {
         ActionRequest {
@@ -225,7 +296,9 @@ async fn enqueue(mut request: ActionRequest, common: &CommonArgs) -> anyhow::Res
             "order_id" => "--order".to_owned(),
             "max_attempts" => "--max-attempts".to_owned(),
             "idempotency_key" => "--key".to_owned(),
-            field if field.starts_with("asn") => format!("--file: {field}"),
+            field if field.starts_with("asn") || field.starts_with("order.") => {
+                format!("--file: {field}")
+            }
             field => format!("--{field}"),
         };
         anyhow::anyhow!("{flag}: {}", e.message)

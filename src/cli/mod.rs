@@ -2,6 +2,7 @@
 
 mod action;
 mod demo;
+mod kassaforte;
 
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
@@ -82,6 +83,11 @@ enum Command {
         #[command(subcommand)]
         command: GraasCommand,
     },
+    /// KassaForte tools: discount and coupon checks, a shop's state history.
+    Kassaforte {
+        #[command(subcommand)]
+        command: kassaforte::KassaForteCommand,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -108,6 +114,9 @@ struct SandboxArgs {
     /// Get It Done orders per account at start.
     #[arg(long, default_value_t = 500)]
     getitdone_orders: usize,
+    /// KassaForte shops to simulate (named kf-1…).
+    #[arg(long, default_value_t = 1)]
+    kassaforte_shops: usize,
 }
 
 #[derive(Debug, Args)]
@@ -153,6 +162,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sandbox(args) => sandbox(args).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Action { command } => action::run(command).await,
+        Command::Kassaforte { command } => kassaforte::run(command).await,
         Command::Graas {
             command:
                 GraasCommand::Get {
@@ -387,6 +397,7 @@ async fn status(config: ConfigArg) -> anyhow::Result<ExitCode> {
     let counts = store.action_counts().await?;
     let gates = store.gates().await?;
     let inboxes = store.delivery_stats().await?;
+    let shops = store.shop_states().await?;
     store.close().await;
     let now = Utc::now();
     let ago = |t: Option<DateTime<Utc>>| {
@@ -422,9 +433,10 @@ async fn status(config: ConfigArg) -> anyhow::Result<ExitCode> {
     }
     println!();
     println!(
-        "{:<24} {:>8} {:>9} {:>6} {:>10} {:>7} {:>5} {:>12}  rate gate",
-        "actions", "pending", "in_flight", "sent", "succeeded", "failed", "dead", "429s"
+        "{:<24} {:>8} {:>9} {:>6} {:>8} {:>10} {:>7} {:>5} {:>12}  rate gate",
+        "actions", "pending", "in_flight", "sent", "unknown", "succeeded", "failed", "dead", "429s"
     );
+    let mut unknown_actions = 0;
     for account_gate in &app.gates {
         let (provider, account) = (account_gate.provider.as_str(), &account_gate.account);
         let count = |state: &str| {
@@ -445,12 +457,14 @@ async fn status(config: ConfigArg) -> anyhow::Result<ExitCode> {
             }
             _ => "open".into(),
         };
+        unknown_actions += count("unknown");
         println!(
-            "{:<24} {:>8} {:>9} {:>6} {:>10} {:>7} {:>5} {:>12}  {}",
+            "{:<24} {:>8} {:>9} {:>6} {:>8} {:>10} {:>7} {:>5} {:>12}  {}",
             format!("{provider}/{account}"),
             count("pending"),
             count("in_flight"),
             count("sent"),
+            count("unknown"),
             count("succeeded"),
             count("failed"),
             count("dead"),
@@ -458,6 +472,13 @@ async fn status(config: ConfigArg) -> anyhow::Result<ExitCode> {
             pause
         );
     }
+    if unknown_actions > 0 {
+        healthy = false;
+        println!(
+            "WARNING: {unknown_actions} action(s) in state unknown may or may not have reached the upstream; `ordersync action list --state unknown`, then `ordersync action resolve ID --submitted-as <id>` or `--not-submitted`"
+        );
+    }
+    kassaforte::print_shops(&config, &shops, now);
     if !config.getitdone.is_empty() {
         println!();
         println!(
@@ -506,12 +527,14 @@ async fn sandbox(args: SandboxArgs) -> anyhow::Result<ExitCode> {
         format: LogFormat::Text,
     });
     let mut config = SandboxConfig::graas(args.accounts, args.orders)
-        .with_getitdone(args.getitdone_accounts, args.getitdone_orders);
+        .with_getitdone(args.getitdone_accounts, args.getitdone_orders)
+        .with_kassaforte(args.kassaforte_shops);
     config.seed = args.seed;
     config.malformed_every = args.malformed_every;
     config.mutations = args.mutate.then(Mutations::default);
     let accounts = config.graas.clone();
     let gid_accounts = config.getitdone.clone();
+    let shops = config.kassaforte.clone();
     let sandbox = Sandbox::start(args.listen, config)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -535,6 +558,13 @@ async fn sandbox(args: SandboxArgs) -> anyhow::Result<ExitCode> {
             account.client_secret,
             account.webhook_secret,
             account.orders
+        );
+    }
+    for shop in &shops {
+        let _ = writeln!(
+            out,
+            "kassaforte name={} username={} password={}",
+            shop.name, shop.username, shop.password
         );
     }
     let _ = writeln!(

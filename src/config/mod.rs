@@ -6,6 +6,7 @@
 
 pub use crate::providers::getitdone::config::{GetItDoneAccount, RawGetItDoneAccount};
 pub use crate::providers::graas::config::{GraasAccount, RawGraasAccount};
+pub use crate::providers::kassaforte::config::{KassaForteShop, RawKassaForteShop};
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use serde::Deserialize;
@@ -173,6 +174,8 @@ pub struct RawConfig {
     pub graas: Vec<Entry<RawGraasAccount>>,
     #[serde(default)]
     pub getitdone: Vec<Entry<RawGetItDoneAccount>>,
+    #[serde(default)]
+    pub kassaforte: Vec<Entry<RawKassaForteShop>>,
 }
 
 /// One `[[section]]` entry as read, with its position in the file for messages.
@@ -528,6 +531,7 @@ pub struct Config {
     pub webhooks: WebhooksConfig,
     pub graas: Vec<GraasAccount>,
     pub getitdone: Vec<GetItDoneAccount>,
+    pub kassaforte: Vec<KassaForteShop>,
 }
 
 #[derive(Debug, Clone)]
@@ -543,6 +547,10 @@ impl Config {
 
     pub fn getitdone_account(&self, name: &str) -> Option<&GetItDoneAccount> {
         self.getitdone.iter().find(|a| a.name == name)
+    }
+
+    pub fn kassaforte_shop(&self, name: &str) -> Option<&KassaForteShop> {
+        self.kassaforte.iter().find(|a| a.name == name)
     }
 }
 
@@ -672,6 +680,7 @@ impl Config {
             webhooks: Option<figment::value::Value>,
             graas: Option<figment::value::Value>,
             getitdone: Option<figment::value::Value>,
+            kassaforte: Option<figment::value::Value>,
         }
         let mut problems = ConfigError::from_figment_at(&[], figment.extract::<Sections>().err());
         let raw = RawConfig {
@@ -684,6 +693,7 @@ impl Config {
             webhooks: extract_section(&figment, "webhooks", &mut problems),
             graas: extract_accounts::<GraasAccount>(&figment, account_env, &mut problems),
             getitdone: extract_accounts::<GetItDoneAccount>(&figment, account_env, &mut problems),
+            kassaforte: extract_accounts::<KassaForteShop>(&figment, account_env, &mut problems),
         };
         match raw.validate() {
             Ok(config) if problems.is_empty() => Ok(config),
@@ -786,7 +796,11 @@ impl ConfigError {
 }
 
 /// Sections whose entries are a list (`[[graas]]`): their keys are overridden per position.
-const LIST_SECTIONS: [&str; 2] = [GraasAccount::SECTION, GetItDoneAccount::SECTION];
+const LIST_SECTIONS: [&str; 3] = [
+    GraasAccount::SECTION,
+    GetItDoneAccount::SECTION,
+    KassaForteShop::SECTION,
+];
 
 /// `ORDERSYNC_…` variables as config keys. `ORDERSYNC_CONFIG` (the file's path) and
 /// `ORDERSYNC_TEST_…` (the test suite's) are not keys; any other unknown one is an error, so a
@@ -1113,6 +1127,7 @@ impl RawConfig {
 
         let graas = validate_accounts(self.graas, &mut p);
         let getitdone = validate_accounts(self.getitdone, &mut p);
+        let kassaforte = validate_accounts(self.kassaforte, &mut p);
         let webhooks = self.webhooks.validate(&mut p);
 
         if p.0.is_empty() {
@@ -1126,6 +1141,7 @@ impl RawConfig {
                 webhooks,
                 graas,
                 getitdone,
+                kassaforte,
             })
         } else {
             Err(ConfigError { problems: p.0 })

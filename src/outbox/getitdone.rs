@@ -82,6 +82,7 @@ impl GetItDoneExecutor {
             ActionKind::Refresh => "RefreshOrder",
             ActionKind::Accept => return Err("kind: Get It Done has no accept command".into()),
             ActionKind::Asn => return Err("kind: Get It Done has no asn command".into()),
+            ActionKind::Submit => return Err("kind: Get It Done takes no submitted orders".into()),
         };
         Ok(Command {
             command_id: action.id.to_string(),

@@ -4,6 +4,7 @@
 
 pub mod getitdone;
 pub mod graas;
+pub mod kassaforte;
 pub mod request;
 
 use crate::config::OutboxConfig;
@@ -29,6 +30,8 @@ pub enum Verdict {
     Refused(String),
     /// Worth another attempt later.
     Transient(String),
+    /// May have reached an upstream that cannot be asked: a person must decide.
+    Unknown(String),
 }
 
 /// Performs claimed actions of one (provider, account): one verdict per action, in order.
@@ -64,6 +67,8 @@ pub struct DispatchStats {
     /// Sent and waiting for their outcome.
     pub awaiting: AtomicU64,
     pub failed: AtomicU64,
+    /// Outcome unknown: waiting for a person.
+    pub unknown: AtomicU64,
     pub retried: AtomicU64,
     /// Results dropped because the claim had expired and someone else holds the action.
     pub late: AtomicU64,
@@ -166,6 +171,7 @@ impl Dispatcher {
             "succeeded": self.stats.succeeded.load(Ordering::Relaxed),
             "awaiting_outcome": self.stats.awaiting.load(Ordering::Relaxed),
             "failed": self.stats.failed.load(Ordering::Relaxed),
+            "unknown": self.stats.unknown.load(Ordering::Relaxed),
             "retried": self.stats.retried.load(Ordering::Relaxed),
             "error": error,
         });
@@ -208,12 +214,16 @@ impl Dispatcher {
                 ActionOutcome::Succeeded { .. } => &self.stats.succeeded,
                 ActionOutcome::Sent { .. } => &self.stats.awaiting,
                 ActionOutcome::Failed { .. } => &self.stats.failed,
+                ActionOutcome::Unknown { .. } => &self.stats.unknown,
                 ActionOutcome::RetryAt { .. } => &self.stats.retried,
             };
             counter.fetch_add(1, Ordering::Relaxed);
             match &outcome {
                 ActionOutcome::Failed { error } => {
                     tracing::warn!(action = action.id, kind = %action.kind, account = %self.account, %error, "action failed")
+                }
+                ActionOutcome::Unknown { error } => {
+                    tracing::error!(action = action.id, kind = %action.kind, account = %self.account, %error, "action outcome unknown; resolve it with `ordersync action resolve`")
                 }
                 ActionOutcome::RetryAt { error, at } => {
                     tracing::warn!(action = action.id, kind = %action.kind, account = %self.account, attempt = action.attempts, %error, retry_at = %at, "action will be retried")
@@ -271,6 +281,7 @@ impl Dispatcher {
             Verdict::Done(result) => ActionOutcome::Succeeded { result },
             Verdict::Sent(result, confirm_by) => ActionOutcome::Sent { result, confirm_by },
             Verdict::Refused(error) => ActionOutcome::Failed { error },
+            Verdict::Unknown(error) => ActionOutcome::Unknown { error },
             Verdict::Transient(error) => ActionOutcome::RetryAt {
                 error,
                 at: Utc::now() + retry_delay(&self.config, action.attempts),

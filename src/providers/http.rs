@@ -141,6 +141,21 @@ impl HttpClient {
             .await
     }
 
+    /// Sends a request that creates something, once: only a 429 (refused before anything was
+    /// done) is sent again. Any 2xx or 4xx answer other than 401/403/429 goes to `parse` with
+    /// its status, so the caller reads the upstream's own refusal (a KassaForte 409's code).
+    pub async fn send_once<T>(
+        &self,
+        provider: &'static str,
+        gate: &RateGate,
+        what: &str,
+        build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+        parse: impl Fn(Response) -> Result<T, ProviderError>,
+    ) -> Result<T, ProviderError> {
+        self.send_with(provider, gate, what, Repeat::AnswerAsIs, build, parse)
+            .await
+    }
+
     async fn send_with<T>(
         &self,
         provider: &'static str,
@@ -159,14 +174,16 @@ impl HttpClient {
         loop {
             gate.ready().await;
             let outcome = match build(&self.client).send().await {
-                Ok(response) => classify(provider, response).await.and_then(&parse),
+                Ok(response) => classify(provider, response, repeat == Repeat::AnswerAsIs)
+                    .await
+                    .and_then(&parse),
                 Err(error) => Err(transport_error(&error)),
             };
             let error = match outcome {
                 Ok(value) => return Ok(value),
                 Err(error) if !error.is_retryable() => return Err(error),
                 Err(error)
-                    if repeat == Repeat::RateLimitedOnly
+                    if repeat != Repeat::Transient
                         && !matches!(error, ProviderError::RateLimited { .. }) =>
                 {
                     return Err(error);
@@ -196,11 +213,15 @@ impl HttpClient {
 enum Repeat {
     Transient,
     RateLimitedOnly,
+    /// As `RateLimitedOnly`, and client errors are answers for the caller to read.
+    AnswerAsIs,
 }
 
 fn transport_error(error: &reqwest::Error) -> ProviderError {
     if error.is_timeout() {
         ProviderError::Timeout
+    } else if error.is_connect() {
+        ProviderError::Connect(error.without_url_text())
     } else {
         // Without the URL: it can carry query parameters that are nobody's business in a log.
         ProviderError::Transport(error.without_url_text())
@@ -229,6 +250,7 @@ impl WithoutUrl for reqwest::Error {
 async fn classify(
     provider: &'static str,
     response: reqwest::Response,
+    client_errors_as_answers: bool,
 ) -> Result<Response, ProviderError> {
     let status = response.status().as_u16();
     let retry_after = response
@@ -242,6 +264,9 @@ async fn classify(
     };
     match status {
         200..=299 => Ok(Response { status, body }),
+        400..=499 if client_errors_as_answers && !matches!(status, 401 | 403 | 429) => {
+            Ok(Response { status, body })
+        }
         429 => Err(ProviderError::RateLimited { retry_after }),
         401 | 403 => Err(ProviderError::Unauthorized {
             provider,

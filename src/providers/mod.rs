@@ -9,6 +9,7 @@
 pub mod getitdone;
 pub mod graas;
 pub mod http;
+pub mod kassaforte;
 
 use crate::model::{Order, Quarantined, StreamKey};
 use async_trait::async_trait;
@@ -34,6 +35,9 @@ pub enum ProviderError {
     Timeout,
     #[error("connection failed: {0}")]
     Transport(String),
+    /// No connection was made, so the request never left: safe to send again, even a create.
+    #[error("cannot connect: {0}")]
+    Connect(String),
     #[error("upstream refused the request (HTTP {status}): {message}")]
     Rejected { status: u16, message: String },
     #[error("upstream answered with a body that is not the documented JSON: {0}")]
@@ -54,6 +58,7 @@ impl ProviderError {
                 | ProviderError::Server { .. }
                 | ProviderError::Timeout
                 | ProviderError::Transport(_)
+                | ProviderError::Connect(_)
                 | ProviderError::Malformed(_)
         )
     }

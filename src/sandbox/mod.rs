@@ -4,6 +4,7 @@
 pub mod faults;
 pub mod getitdone;
 pub mod graas;
+pub mod kassaforte;
 
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -81,6 +82,11 @@ pub struct SandboxConfig {
     pub getitdone: Vec<getitdone::GetItDoneAccountSpec>,
     #[serde(default)]
     pub getitdone_options: getitdone::GetItDoneOptions,
+    /// Simulated KassaForte shops.
+    #[serde(default)]
+    pub kassaforte: Vec<kassaforte::KassaForteShopSpec>,
+    #[serde(default)]
+    pub kassaforte_options: kassaforte::KassaForteOptions,
 }
 
 impl SandboxConfig {
@@ -101,6 +107,8 @@ impl SandboxConfig {
             mutations: None,
             getitdone: Vec::new(),
             getitdone_options: getitdone::GetItDoneOptions::default(),
+            kassaforte: Vec::new(),
+            kassaforte_options: kassaforte::KassaForteOptions::default(),
         }
     }
 
@@ -120,11 +128,20 @@ impl SandboxConfig {
     }
 }
 
+impl SandboxConfig {
+    /// Adds `shops` KassaForte shops, named `kf-1…` (see [`kassaforte::shop_specs`]).
+    pub fn with_kassaforte(mut self, shops: usize) -> Self {
+        self.kassaforte = kassaforte::shop_specs(shops);
+        self
+    }
+}
+
 /// A running sandbox. Dropping it does not stop it; call [`Sandbox::stop`].
 pub struct Sandbox {
     addr: SocketAddr,
     graas: Arc<graas::GraasSim>,
     getitdone: Arc<getitdone::GetItDoneSim>,
+    kassaforte: Arc<kassaforte::KassaForteSim>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -142,7 +159,15 @@ impl Sandbox {
             config.faults.clone(),
             config.seed,
         ));
-        let app = graas::router(graas.clone()).merge(getitdone::router(getitdone.clone()));
+        let kassaforte = Arc::new(kassaforte::KassaForteSim::new(
+            &config.kassaforte,
+            config.kassaforte_options.clone(),
+            config.faults.clone(),
+            config.seed,
+        ));
+        let app = graas::router(graas.clone())
+            .merge(getitdone::router(getitdone.clone()))
+            .merge(kassaforte::router(kassaforte.clone()));
         tasks.spawn(getitdone.clone().deliver(shutdown.clone()));
         let stop = shutdown.clone();
         tasks.spawn(async move {
@@ -182,6 +207,7 @@ impl Sandbox {
             addr,
             graas,
             getitdone,
+            kassaforte,
             shutdown,
             tasks,
         })
@@ -201,6 +227,10 @@ impl Sandbox {
 
     pub fn getitdone(&self) -> &Arc<getitdone::GetItDoneSim> {
         &self.getitdone
+    }
+
+    pub fn kassaforte(&self) -> &Arc<kassaforte::KassaForteSim> {
+        &self.kassaforte
     }
 
     pub async fn stop(self) {

@@ -8,6 +8,7 @@ use super::{
     DeliveryDone, DeliveryStat, GateState, NewAsn, NewDelivery, ObjectDone, RetryFilter,
     StatusChange, Store, StoreError, StoredOrder, StreamStatus,
 };
+use super::{FollowedOrder, Resolution, ShopDocument, ShopDocumentKind, ShopState, ShopStateChange};
 use crate::model::{Action, ActionOutcome, NewAction, OrderKey, StreamKey};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -276,6 +277,105 @@ impl Store for Bounded {
 
     /// Waits for borrowed connections at most `limit`; a connection stuck on a silent peer is
     /// left behind rather than holding up the exit.
+    async fn mark_sending(
+        &self,
+        id: i64,
+        worker: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.within(
+            "marking an action as being sent",
+            self.inner.mark_sending(id, worker, at),
+        )
+        .await
+    }
+
+    async fn resolve_unknown(
+        &self,
+        id: i64,
+        resolution: &Resolution,
+    ) -> Result<Option<Action>, StoreError> {
+        self.within(
+            "resolving an action",
+            self.inner.resolve_unknown(id, resolution),
+        )
+        .await
+    }
+
+    async fn followed_orders(
+        &self,
+        provider: &str,
+        account: &str,
+        terminal: &[String],
+        since: DateTime<Utc>,
+    ) -> Result<Vec<FollowedOrder>, StoreError> {
+        self.within(
+            "reading followed orders",
+            self.inner.followed_orders(provider, account, terminal, since),
+        )
+        .await
+    }
+
+    async fn record_shop_state(&self, state: &ShopState) -> Result<bool, StoreError> {
+        self.within(
+            "recording a shop's state",
+            self.inner.record_shop_state(state),
+        )
+        .await
+    }
+
+    async fn shop_state(
+        &self,
+        provider: &str,
+        account: &str,
+    ) -> Result<Option<ShopState>, StoreError> {
+        self.within(
+            "reading a shop's state",
+            self.inner.shop_state(provider, account),
+        )
+        .await
+    }
+
+    async fn shop_states(&self) -> Result<Vec<ShopState>, StoreError> {
+        self.within("reading shop states", self.inner.shop_states())
+            .await
+    }
+
+    async fn shop_history(
+        &self,
+        provider: &str,
+        account: &str,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<ShopStateChange>, StoreError> {
+        self.within(
+            "reading a shop's history",
+            self.inner.shop_history(provider, account, since),
+        )
+        .await
+    }
+
+    async fn record_shop_document(&self, document: &ShopDocument) -> Result<(), StoreError> {
+        self.within(
+            "storing a shop document",
+            self.inner.record_shop_document(document),
+        )
+        .await
+    }
+
+    async fn shop_documents(
+        &self,
+        provider: &str,
+        account: &str,
+        document: ShopDocumentKind,
+        latest: bool,
+    ) -> Result<Vec<ShopDocument>, StoreError> {
+        self.within(
+            "reading shop documents",
+            self.inner.shop_documents(provider, account, document, latest),
+        )
+        .await
+    }
+
     async fn close(&self) {
         if tokio::time::timeout(self.limit, self.inner.close())
             .await

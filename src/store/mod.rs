@@ -9,17 +9,39 @@ macro_rules! action_columns {
     () => {
         "id, idempotency_key, provider, account, kind, channel, external_id, request, state, \
          attempts, max_attempts, next_attempt_at, claimed_by, claimed_until, last_error, result, \
-         created_at, updated_at, finished_at"
+         created_at, updated_at, finished_at, sending_since"
+    };
+}
+
+/// The columns of `shop_states` in the order `rows::shop_state` reads them.
+macro_rules! shop_state_columns {
+    () => {
+        "provider, account, hours_open, delivery_open, pickup_open, connection_ok, \
+         delivery_wait_minutes, pickup_wait_minutes, unavailable_products, last_menu_refresh, \
+         last_open_times_refresh, last_delivery_cost_refresh, body, observed_at, changed_at"
+    };
+}
+
+/// The columns of `shop_state_history` in the order `rows::shop_state_change` reads them.
+macro_rules! shop_history_columns {
+    () => {
+        "hours_open, delivery_open, pickup_open, connection_ok, delivery_wait_minutes, \
+         pickup_wait_minutes, unavailable_products, observed_at"
     };
 }
 
 mod bounded;
 mod postgres;
 mod rows;
+mod shops;
 mod sqlite;
 
 pub use bounded::Bounded;
 pub use postgres::PostgresStore;
+pub use shops::{
+    FollowedOrder, RefreshValues, Resolution, ShopDocument, ShopDocumentKind, ShopState,
+    ShopStateChange,
+};
 pub use sqlite::SqliteStore;
 
 use crate::config::{Backend, DatabaseConfig};
@@ -266,6 +288,63 @@ pub trait Store: Send + Sync {
         terminal: &[String],
     ) -> Result<Vec<String>, StoreError>;
 
+    /// Marks an action `worker` holds as being sent by a request that must not be repeated
+    /// blindly; false when the claim is no longer held (then nothing may be sent).
+    async fn mark_sending(
+        &self,
+        id: i64,
+        worker: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    /// Settles an action in state `unknown`; `None` when there is no such action in that state.
+    async fn resolve_unknown(
+        &self,
+        id: i64,
+        resolution: &Resolution,
+    ) -> Result<Option<Action>, StoreError>;
+
+    /// Orders of an account created since `since` whose status is not one of `terminal`.
+    async fn followed_orders(
+        &self,
+        provider: &str,
+        account: &str,
+        terminal: &[String],
+        since: DateTime<Utc>,
+    ) -> Result<Vec<FollowedOrder>, StoreError>;
+
+    /// Stores a shop's polled state; when it differs from the stored one (or is the first),
+    /// also a history row. Returns whether it changed.
+    async fn record_shop_state(&self, state: &ShopState) -> Result<bool, StoreError>;
+
+    async fn shop_state(
+        &self,
+        provider: &str,
+        account: &str,
+    ) -> Result<Option<ShopState>, StoreError>;
+
+    /// Every shop's state, for `status`.
+    async fn shop_states(&self) -> Result<Vec<ShopState>, StoreError>;
+
+    /// A shop's state changes observed since `since`, oldest first.
+    async fn shop_history(
+        &self,
+        provider: &str,
+        account: &str,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<ShopStateChange>, StoreError>;
+
+    async fn record_shop_document(&self, document: &ShopDocument) -> Result<(), StoreError>;
+
+    /// Every stored snapshot of one document of a shop, oldest first (`latest`: only the last).
+    async fn shop_documents(
+        &self,
+        provider: &str,
+        account: &str,
+        document: ShopDocumentKind,
+        latest: bool,
+    ) -> Result<Vec<ShopDocument>, StoreError>;
+
     async fn close(&self);
 }
 
@@ -421,6 +500,7 @@ pub(crate) fn outcome_columns(
             ("sent", Some(result.to_string()), None, Some(*confirm_by))
         }
         ActionOutcome::Failed { error } => ("failed", None, Some(error.as_str()), None),
+        ActionOutcome::Unknown { error } => ("unknown", None, Some(error.as_str()), None),
         ActionOutcome::RetryAt { error, at } => ("retry", None, Some(error.as_str()), Some(*at)),
     }
 }

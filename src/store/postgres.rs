@@ -1,6 +1,7 @@
 //! Postgres: for shared deployments and for running several ordersync processes on one database.
 
 use super::outcome_columns;
+use super::{FollowedOrder, Resolution, ShopDocument, ShopDocumentKind, ShopState, ShopStateChange};
 use super::rows;
 use super::{
     ActionCount, ActionFilter, AsnRow, AsnUpdate, Batch, BatchOutcome, Claim, Delivery,
@@ -146,9 +147,9 @@ const FINISH_BATCH: &str = "UPDATE actions AS a SET \
      result = CASE WHEN u.kind IN ('succeeded', 'sent') THEN u.result::json ELSE a.result END, \
      last_error = u.error, \
      next_attempt_at = COALESCE(u.next_at, a.next_attempt_at), \
-     finished_at = CASE WHEN u.kind = 'sent' THEN NULL \
+     finished_at = CASE WHEN u.kind IN ('sent', 'unknown') THEN NULL \
                         WHEN u.kind <> 'retry' OR a.attempts >= a.max_attempts THEN $7 END, \
-     claimed_until = NULL, updated_at = $7 \
+     claimed_until = NULL, sending_since = NULL, updated_at = $7 \
      FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::text[], $5::timestamptz[]) \
        AS u (id, kind, result, error, next_at) \
      WHERE a.id = u.id AND a.state = 'in_flight' AND a.claimed_by = $6 \
@@ -770,6 +771,230 @@ impl Store for PostgresStore {
         .bind(terminal)
         .fetch_all(&self.pool)
         .await?)
+    }
+
+    async fn mark_sending(
+        &self,
+        id: i64,
+        worker: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE actions SET sending_since = $1, updated_at = $1 \
+             WHERE id = $2 AND state = 'in_flight' AND claimed_by = $3",
+        )
+        .bind(at)
+        .bind(id)
+        .bind(worker)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn resolve_unknown(
+        &self,
+        id: i64,
+        resolution: &Resolution,
+    ) -> Result<Option<Action>, StoreError> {
+        let query = match resolution {
+            Resolution::Submitted(result) => sqlx::query(concat!(
+                "UPDATE actions SET state = 'succeeded', result = $1::json, last_error = NULL, \
+                 sending_since = NULL, finished_at = $2, updated_at = $2 \
+                 WHERE id = $3 AND state = 'unknown' RETURNING ",
+                action_columns!()
+            ))
+            .bind(result.to_string()),
+            Resolution::NotSubmitted => sqlx::query(concat!(
+                "UPDATE actions SET state = 'pending', attempts = 0, next_attempt_at = $2, \
+                 last_error = $1, sending_since = NULL, finished_at = NULL, updated_at = $2 \
+                 WHERE id = $3 AND state = 'unknown' RETURNING ",
+                action_columns!()
+            ))
+            .bind("resolved as not submitted; queued again".to_owned()),
+        };
+        let row = query
+            .bind(Utc::now())
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(rows::action).transpose()
+    }
+
+    async fn followed_orders(
+        &self,
+        provider: &str,
+        account: &str,
+        terminal: &[String],
+        since: DateTime<Utc>,
+    ) -> Result<Vec<FollowedOrder>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT channel, external_id, COALESCE(upstream_created_at, first_seen_at), total_minor, \
+             currency FROM orders \
+             WHERE provider = $1 AND account = $2 \
+             AND (status IS NULL OR NOT status = ANY($3)) \
+             AND COALESCE(upstream_created_at, first_seen_at) >= $4 ORDER BY external_id",
+        )
+        .bind(provider)
+        .bind(account)
+        .bind(terminal)
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(rows::followed_order).collect()
+    }
+
+    async fn record_shop_state(&self, state: &ShopState) -> Result<bool, StoreError> {
+        // One job polls a shop, so nothing writes this row between the read and the write.
+        let stored = self.shop_state(&state.provider, &state.account).await?;
+        let changed = stored
+            .as_ref()
+            .is_none_or(|s| !s.summary().same_state(&state.summary()));
+        let products = serde_json::Value::from(state.unavailable_products.clone()).to_string();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO shop_states (provider, account, hours_open, delivery_open, pickup_open, \
+             connection_ok, delivery_wait_minutes, pickup_wait_minutes, unavailable_products, \
+             last_menu_refresh, last_open_times_refresh, last_delivery_cost_refresh, body, \
+             observed_at, changed_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14) \
+             ON CONFLICT (provider, account) DO UPDATE SET hours_open = excluded.hours_open, \
+             delivery_open = excluded.delivery_open, pickup_open = excluded.pickup_open, \
+             connection_ok = excluded.connection_ok, \
+             delivery_wait_minutes = excluded.delivery_wait_minutes, \
+             pickup_wait_minutes = excluded.pickup_wait_minutes, \
+             unavailable_products = excluded.unavailable_products, \
+             last_menu_refresh = excluded.last_menu_refresh, \
+             last_open_times_refresh = excluded.last_open_times_refresh, \
+             last_delivery_cost_refresh = excluded.last_delivery_cost_refresh, \
+             body = excluded.body, observed_at = excluded.observed_at, \
+             changed_at = CASE WHEN $15 THEN excluded.changed_at ELSE shop_states.changed_at END",
+        )
+        .bind(&state.provider)
+        .bind(&state.account)
+        .bind(state.hours_open)
+        .bind(state.delivery_open)
+        .bind(state.pickup_open)
+        .bind(state.connection_ok)
+        .bind(state.delivery_wait_minutes)
+        .bind(state.pickup_wait_minutes)
+        .bind(&products)
+        .bind(&state.refresh.menu)
+        .bind(&state.refresh.open_times)
+        .bind(&state.refresh.delivery_costs)
+        .bind(&state.body)
+        .bind(state.observed_at)
+        .bind(changed)
+        .execute(&mut *tx)
+        .await?;
+        if changed {
+            sqlx::query(
+                "INSERT INTO shop_state_history (provider, account, hours_open, delivery_open, \
+                 pickup_open, connection_ok, delivery_wait_minutes, pickup_wait_minutes, \
+                 unavailable_products, observed_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            )
+            .bind(&state.provider)
+            .bind(&state.account)
+            .bind(state.hours_open)
+            .bind(state.delivery_open)
+            .bind(state.pickup_open)
+            .bind(state.connection_ok)
+            .bind(state.delivery_wait_minutes)
+            .bind(state.pickup_wait_minutes)
+            .bind(&products)
+            .bind(state.observed_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(changed)
+    }
+
+    async fn shop_state(
+        &self,
+        provider: &str,
+        account: &str,
+    ) -> Result<Option<ShopState>, StoreError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            shop_state_columns!(),
+            " FROM shop_states WHERE provider = $1 AND account = $2"
+        ))
+        .bind(provider)
+        .bind(account)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(rows::shop_state).transpose()
+    }
+
+    async fn shop_states(&self) -> Result<Vec<ShopState>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            shop_state_columns!(),
+            " FROM shop_states ORDER BY provider, account"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(rows::shop_state).collect()
+    }
+
+    async fn shop_history(
+        &self,
+        provider: &str,
+        account: &str,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<ShopStateChange>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            shop_history_columns!(),
+            " FROM shop_state_history WHERE provider = $1 AND account = $2 \
+             AND observed_at >= $3 ORDER BY observed_at, id"
+        ))
+        .bind(provider)
+        .bind(account)
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(rows::shop_state_change).collect()
+    }
+
+    async fn record_shop_document(&self, document: &ShopDocument) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO shop_documents (provider, account, document, refresh_value, body, \
+             body_sha256, fetched_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&document.provider)
+        .bind(&document.account)
+        .bind(document.document.as_str())
+        .bind(&document.refresh_value)
+        .bind(&document.body)
+        .bind(body_sha256(&document.body))
+        .bind(document.fetched_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn shop_documents(
+        &self,
+        provider: &str,
+        account: &str,
+        document: ShopDocumentKind,
+        latest: bool,
+    ) -> Result<Vec<ShopDocument>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT provider, account, document, refresh_value, body, fetched_at FROM ( \
+               SELECT * FROM shop_documents WHERE provider = $1 AND account = $2 \
+               AND document = $3 ORDER BY id DESC LIMIT CASE WHEN $4 THEN 1 END) AS d \
+             ORDER BY id",
+        )
+        .bind(provider)
+        .bind(account)
+        .bind(document.as_str())
+        .bind(latest)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(rows::shop_document).collect()
     }
 
     async fn close(&self) {

@@ -3,7 +3,8 @@
 //! [`Columns`], each backend by its own rule; everything else is written once here.
 
 use super::{ActionCount, AsnRow, Delivery, DeliveryStat, GateState, StatusChange, StoreError};
-use super::{StoredOrder, StreamStatus};
+use super::{FollowedOrder, RefreshValues, ShopDocument, ShopDocumentKind, ShopState};
+use super::{ShopStateChange, StoredOrder, StreamStatus};
 use crate::model::{Action, ProviderKind, StreamKey};
 use chrono::{DateTime, Utc};
 use sqlx::Row;
@@ -15,8 +16,10 @@ pub(crate) trait Columns {
     fn text(&self, i: usize) -> Result<String, StoreError>;
     fn opt_text(&self, i: usize) -> Result<Option<String>, StoreError>;
     fn int(&self, i: usize) -> Result<i64, StoreError>;
+    fn opt_int(&self, i: usize) -> Result<Option<i64>, StoreError>;
     fn int32(&self, i: usize) -> Result<i32, StoreError>;
     fn flag(&self, i: usize) -> Result<bool, StoreError>;
+    fn opt_flag(&self, i: usize) -> Result<Option<bool>, StoreError>;
     fn time(&self, i: usize) -> Result<DateTime<Utc>, StoreError>;
     fn opt_time(&self, i: usize) -> Result<Option<DateTime<Utc>>, StoreError>;
     fn json(&self, i: usize) -> Result<serde_json::Value, StoreError>;
@@ -52,6 +55,12 @@ impl Columns for SqliteRow {
     fn flag(&self, i: usize) -> Result<bool, StoreError> {
         Ok(self.try_get::<i64, _>(i)? != 0)
     }
+    fn opt_flag(&self, i: usize) -> Result<Option<bool>, StoreError> {
+        Ok(self.try_get::<Option<i64>, _>(i)?.map(|v| v != 0))
+    }
+    fn opt_int(&self, i: usize) -> Result<Option<i64>, StoreError> {
+        Ok(self.try_get(i)?)
+    }
     fn time(&self, i: usize) -> Result<DateTime<Utc>, StoreError> {
         parse_time(self.try_get::<&str, _>(i)?)
     }
@@ -82,6 +91,12 @@ impl Columns for PgRow {
         Ok(self.try_get(i)?)
     }
     fn flag(&self, i: usize) -> Result<bool, StoreError> {
+        Ok(self.try_get(i)?)
+    }
+    fn opt_flag(&self, i: usize) -> Result<Option<bool>, StoreError> {
+        Ok(self.try_get(i)?)
+    }
+    fn opt_int(&self, i: usize) -> Result<Option<i64>, StoreError> {
         Ok(self.try_get(i)?)
     }
     fn time(&self, i: usize) -> Result<DateTime<Utc>, StoreError> {
@@ -229,5 +244,73 @@ pub(crate) fn action(row: &impl Columns) -> Result<Action, StoreError> {
         created_at: row.time(16)?,
         updated_at: row.time(17)?,
         finished_at: row.opt_time(18)?,
+        sending_since: row.opt_time(19)?,
+    })
+}
+
+fn products(text: &str) -> Result<Vec<String>, StoreError> {
+    serde_json::from_str(text)
+        .map_err(|e| StoreError::Corrupt(format!("unavailable_products `{text}`: {e}")))
+}
+
+/// A row of `shop_state_columns!`.
+pub(crate) fn shop_state(row: &impl Columns) -> Result<ShopState, StoreError> {
+    Ok(ShopState {
+        provider: row.text(0)?,
+        account: row.text(1)?,
+        hours_open: row.flag(2)?,
+        delivery_open: row.opt_flag(3)?,
+        pickup_open: row.opt_flag(4)?,
+        connection_ok: row.opt_flag(5)?,
+        delivery_wait_minutes: row.opt_int(6)?,
+        pickup_wait_minutes: row.opt_int(7)?,
+        unavailable_products: products(&row.text(8)?)?,
+        refresh: RefreshValues {
+            menu: row.opt_text(9)?,
+            open_times: row.opt_text(10)?,
+            delivery_costs: row.opt_text(11)?,
+        },
+        body: row.text(12)?,
+        observed_at: row.time(13)?,
+        changed_at: row.time(14)?,
+    })
+}
+
+/// A row of `shop_history_columns!`.
+pub(crate) fn shop_state_change(row: &impl Columns) -> Result<ShopStateChange, StoreError> {
+    Ok(ShopStateChange {
+        hours_open: row.flag(0)?,
+        delivery_open: row.opt_flag(1)?,
+        pickup_open: row.opt_flag(2)?,
+        connection_ok: row.opt_flag(3)?,
+        delivery_wait_minutes: row.opt_int(4)?,
+        pickup_wait_minutes: row.opt_int(5)?,
+        unavailable_products: products(&row.text(6)?)?,
+        observed_at: row.time(7)?,
+    })
+}
+
+/// `provider, account, document, refresh_value, body, fetched_at`
+pub(crate) fn shop_document(row: &impl Columns) -> Result<ShopDocument, StoreError> {
+    let document = row.text(2)?;
+    Ok(ShopDocument {
+        provider: row.text(0)?,
+        account: row.text(1)?,
+        document: ShopDocumentKind::parse(&document)
+            .ok_or_else(|| StoreError::Corrupt(format!("shop document `{document}`")))?,
+        refresh_value: row.opt_text(3)?,
+        body: row.text(4)?,
+        fetched_at: row.time(5)?,
+    })
+}
+
+/// `channel, external_id, created_at, total_minor, currency`
+pub(crate) fn followed_order(row: &impl Columns) -> Result<FollowedOrder, StoreError> {
+    Ok(FollowedOrder {
+        channel: row.text(0)?,
+        external_id: row.text(1)?,
+        created_at: row.time(2)?,
+        total_minor: row.opt_int(3)?,
+        currency: row.opt_text(4)?,
     })
 }

@@ -5,6 +5,7 @@ pub mod asn;
 pub mod getitdone;
 pub mod health;
 pub mod job;
+pub mod kassaforte;
 pub mod progress;
 pub mod window;
 

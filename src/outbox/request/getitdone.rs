@@ -40,10 +40,12 @@ pub(super) fn check(asked: ActionRequest, config: &Config) -> Result<Checked, In
                 "Get It Done has no accept command (installers accept jobs); use cancel, link, link_invoicing or refresh",
             ));
         }
-        ActionKind::Asn => {
+        ActionKind::Asn | ActionKind::Submit => {
             return Err(invalid(
                 "kind",
-                "Get It Done has no asn command; use cancel, link, link_invoicing or refresh",
+                format!(
+                    "Get It Done has no {what} command; use cancel, link, link_invoicing or refresh"
+                ),
             ));
         }
         ActionKind::Cancel => {

@@ -71,7 +71,7 @@ pub(super) fn check(asked: ActionRequest, config: &Config) -> Result<Checked, In
             }
             (Some(channel), Some(order_id), request)
         }
-        ActionKind::Link | ActionKind::LinkInvoicing | ActionKind::Refresh => {
+        ActionKind::Link | ActionKind::LinkInvoicing | ActionKind::Refresh | ActionKind::Submit => {
             return Err(invalid(
                 "kind",
                 format!(

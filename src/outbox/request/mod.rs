@@ -4,6 +4,7 @@
 
 mod getitdone;
 mod graas;
+mod kassaforte;
 
 use crate::config::Config;
 use crate::model::{ActionKind, NewAction, ProviderKind};
@@ -18,7 +19,7 @@ pub struct ActionRequest {
     #[serde(default)]
     pub provider: Option<String>,
     pub account: String,
-    /// `accept`, `cancel` or `asn`.
+    /// `accept`, `cancel`, `asn` (Graas); `cancel`, `link`, … (Get It Done); `submit` (KassaForte).
     pub kind: String,
     /// The order's channel (`site.nickNameID`), for accept and cancel.
     #[serde(default)]
@@ -37,6 +38,9 @@ pub struct ActionRequest {
     /// For link and link_invoicing (Get It Done): our id to attach to the order.
     #[serde(default)]
     pub link_id: Option<String>,
+    /// For submit (KassaForte): the `POST /v1/order` body, amounts in minor units.
+    #[serde(default)]
+    pub order: Option<Value>,
     #[serde(default)]
     pub idempotency_key: Option<String>,
     #[serde(default)]
@@ -115,16 +119,27 @@ pub(crate) struct Checked {
 /// The provider of a named account, when the request does not say: account names are unique
 /// within a provider's section, so only a name used in two sections needs `provider`.
 fn provider_of(config: &Config, account: &str) -> Result<ProviderKind, InvalidAction> {
-    let graas = config.graas_account(account).is_some();
-    let getitdone = config.getitdone_account(account).is_some();
-    match (graas, getitdone) {
-        (true, true) => Err(invalid(
+    let mut owners = Vec::new();
+    if config.graas_account(account).is_some() {
+        owners.push(ProviderKind::Graas);
+    }
+    if config.getitdone_account(account).is_some() {
+        owners.push(ProviderKind::GetItDone);
+    }
+    if config.kassaforte_shop(account).is_some() {
+        owners.push(ProviderKind::KassaForte);
+    }
+    match owners.as_slice() {
+        [one] => Ok(*one),
+        // Nobody's: Graas's check names the configured accounts.
+        [] => Ok(ProviderKind::Graas),
+        several => Err(invalid(
             "provider",
-            format!("`{account}` names a Graas and a Get It Done account; say which with provider"),
+            format!(
+                "`{account}` names an account in {} sections; say which with provider",
+                several.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(" and ")
+            ),
         )),
-        (false, true) => Ok(ProviderKind::GetItDone),
-        // Graas, or nobody's: Graas's check names the configured accounts.
-        _ => Ok(ProviderKind::Graas),
     }
 }
 
@@ -152,10 +167,13 @@ impl ActionRequest {
         let checked = match provider {
             ProviderKind::Graas => graas::check(self, config)?,
             ProviderKind::GetItDone => getitdone::check(self, config)?,
+            ProviderKind::KassaForte => kassaforte::check(self, config)?,
             other => {
                 return Err(invalid(
                     "provider",
-                    format!("`{other}` takes no actions yet; `graas` and `getitdone` do"),
+                    format!(
+                        "`{other}` takes no actions yet; `graas`, `getitdone` and `kassaforte` do"
+                    ),
                 ));
             }
         };
