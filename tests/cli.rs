@@ -304,6 +304,7 @@ fn the_example_config_is_valid() {
         .env("GRAAS_SG_KEY", "example-key")
         .env("GID_CLIENT_SECRET", "example-secret")
         .env("GID_HOOK_SECRET", "example-hook-secret")
+        .env("KF_PIZZA_MITTE_PASSWORD", "example-password")
         .output()
         .unwrap();
     assert!(
@@ -317,6 +318,7 @@ fn the_example_config_is_valid() {
         .env_remove("GRAAS_SG_KEY")
         .env("GID_CLIENT_SECRET", "example-secret")
         .env_remove("GID_HOOK_SECRET")
+        .env_remove("KF_PIZZA_MITTE_PASSWORD")
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -327,6 +329,10 @@ fn the_example_config_is_valid() {
     );
     assert!(
         stderr.contains("getitdone[0].webhook_secrets[0]") && stderr.contains("GID_HOOK_SECRET"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("kassaforte[0].password") && stderr.contains("KF_PIZZA_MITTE_PASSWORD"),
         "{stderr}"
     );
     assert!(!stderr.contains("example-key") && !stderr.contains("example-secret"));

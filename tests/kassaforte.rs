@@ -142,13 +142,17 @@ async fn state_is_polled_by_the_shops_hours_over_a_week(db: TestDb) {
     let inside = |t: i64| windows.iter().any(|(a, b)| *a <= t && t < *b);
     for (a, b) in &windows {
         for t in (*a..*b).step_by(300) {
-            assert!(polled.contains(&t), "not polled at the open rate at {t} ({a}..{b})");
+            assert!(
+                polled.contains(&t),
+                "not polled at the open rate at {t} ({a}..{b})"
+            );
         }
     }
     let mut previous = None;
     for &t in &polled {
         let at_window_end = windows.iter().any(|(_, b)| *b == t);
-        if !inside(t) && !at_window_end
+        if !inside(t)
+            && !at_window_end
             && let Some(before) = previous
         {
             assert!(
@@ -162,7 +166,10 @@ async fn state_is_polled_by_the_shops_hours_over_a_week(db: TestDb) {
     let outside = polled.iter().filter(|t| !inside(**t)).count();
     // 7 days at one poll per 30 minutes, plus one poll as each window closes.
     assert!(outside <= 7 * 48 + windows.len(), "{outside} polls outside");
-    assert!(outside >= 7 * 40, "{outside} polls outside: the closed rate is not kept");
+    assert!(
+        outside >= 7 * 40,
+        "{outside} polls outside: the closed rate is not kept"
+    );
     // The history says when the shop was closed: every window opens and closes once.
     let history = store
         .shop_history(KF, SHOP, utc("2026-10-01T00:00:00Z"))
@@ -174,7 +181,10 @@ async fn state_is_polled_by_the_shops_hours_over_a_week(db: TestDb) {
         .map(|w| w[1].observed_at.timestamp())
         .collect();
     assert_eq!(opened, windows.iter().map(|(a, _)| *a).collect::<Vec<_>>());
-    assert_eq!(sandbox.kassaforte().stats(SHOP).expect("stats").openhours, 1);
+    assert_eq!(
+        sandbox.kassaforte().stats(SHOP).expect("stats").openhours,
+        1
+    );
     store.close().await;
     sandbox.stop().await;
 }
@@ -240,17 +250,27 @@ async fn documents_are_fetched_only_when_they_change(db: TestDb) {
         .await
         .expect("costs");
     assert_eq!(costs[0].body, "null", "no delivery costs is a document too");
-    let state = store.shop_state(KF, SHOP).await.expect("state").expect("a state");
+    let state = store
+        .shop_state(KF, SHOP)
+        .await
+        .expect("state")
+        .expect("a state");
     assert_eq!(state.delivery_wait_minutes, Some(45));
     assert_eq!(state.connection_ok, Some(true));
 
     // A shop whose credentials fail stops with the reason; the other goes on.
     sim.refuse_auth("kf-2", true);
     let refused = poll(infos_job("kf-2")).await;
-    assert!(refused.as_ref().is_err_and(|e| e.contains("credentials")), "{refused:?}");
+    assert!(
+        refused.as_ref().is_err_and(|e| e.contains("credentials")),
+        "{refused:?}"
+    );
     for _ in 0..2 {
         tokio::time::sleep(Duration::from_millis(1_050)).await;
-        assert!(infos_job("kf-2").tick(&token).await.is_none(), "a stopped shop is not polled");
+        assert!(
+            infos_job("kf-2").tick(&token).await.is_none(),
+            "a stopped shop is not polled"
+        );
         poll(infos_job(SHOP)).await.expect("the other shop goes on");
     }
     assert_eq!(sim.stats("kf-2").expect("stats").unauthorized, 1);
@@ -259,7 +279,10 @@ async fn documents_are_fetched_only_when_they_change(db: TestDb) {
         .iter()
         .find(|s| s.stream.account == "kf-2" && s.stream.resource == "infos")
         .expect("kf-2's stream");
-    assert!(kf2.last_error.as_deref().is_some_and(|e| e.contains("401")), "{kf2:?}");
+    assert!(
+        kf2.last_error.as_deref().is_some_and(|e| e.contains("401")),
+        "{kf2:?}"
+    );
 
     // The checks a shop offers before submitting.
     let shop = config.kassaforte_shop(SHOP).expect("shop");
@@ -273,7 +296,10 @@ async fn documents_are_fetched_only_when_they_change(db: TestDb) {
         serde_json::to_value(&discount).expect("json"),
         json!({ "type": "amount", "minor": 500, "exceptions": [] })
     );
-    let coupon = client.check_coupon("C-100", "1234").await.expect("a coupon");
+    let coupon = client
+        .check_coupon("C-100", "1234")
+        .await
+        .expect("a coupon");
     assert_eq!(coupon.remaining_minor, 1999);
     let wrong = client.check_coupon("C-100", "0000").await.unwrap_err();
     assert!(wrong.to_string().contains("409"), "{wrong}");
@@ -334,7 +360,10 @@ async fn submissions_are_followed_refused_or_failed_with_their_reason(db: TestDb
     assert_eq!(order_id.len(), 14);
     let stored = store.orders_of(KF, SHOP).await.expect("orders");
     assert_eq!(stored.len(), 1);
-    assert_eq!((stored[0].channel.as_str(), stored[0].external_id.as_str()), ("delivery", order_id.as_str()));
+    assert_eq!(
+        (stored[0].channel.as_str(), stored[0].external_id.as_str()),
+        ("delivery", order_id.as_str())
+    );
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(1_100)).await;
         follow.tick(&token).await.expect("ran").expect("followed");
@@ -353,13 +382,19 @@ async fn submissions_are_followed_refused_or_failed_with_their_reason(db: TestDb
     let polls_when_final = sim.stats(SHOP).expect("stats").status_polls;
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     follow.tick(&token).await.expect("ran").expect("followed");
-    assert_eq!(sim.stats(SHOP).expect("stats").status_polls, polls_when_final, "a final order is not polled");
+    assert_eq!(
+        sim.stats(SHOP).expect("stats").status_polls,
+        polls_when_final,
+        "a final order is not polled"
+    );
 
     // Every 409 family, parsed into code, class and values.
     sim.force_conflicts(SHOP, &CONFLICT_CODES);
     let mut conflicted = Vec::new();
     for (i, code) in CONFLICT_CODES.iter().enumerate() {
-        let order = sim.valid_order(SHOP, "pickup", &format!("OS-409-{i}")).expect("an order");
+        let order = sim
+            .valid_order(SHOP, "pickup", &format!("OS-409-{i}"))
+            .expect("an order");
         conflicted.push((*code, enqueue(&store, &config, submit(SHOP, order)).await));
     }
     let submissions_before = sim.stats(SHOP).expect("stats").submissions;
@@ -370,18 +405,44 @@ async fn submissions_are_followed_refused_or_failed_with_their_reason(db: TestDb
         let action = &actions[id];
         assert_eq!(action.state, "failed", "{action:?}");
         let error = action.last_error.as_deref().unwrap_or_default();
-        let class = ["", "order", "article", "menu", "ingredient", "discount", "delivery"]
-            [usize::from(code / 100)];
-        assert!(error.starts_with(&format!("409 {code} ({class})")), "{code}: {error}");
+        let class = [
+            "",
+            "order",
+            "article",
+            "menu",
+            "ingredient",
+            "discount",
+            "delivery",
+        ][usize::from(code / 100)];
+        assert!(
+            error.starts_with(&format!("409 {code} ({class})")),
+            "{code}: {error}"
+        );
     }
     let error_of = |code: u16| {
         let id = conflicted.iter().find(|(c, _)| *c == code).expect("code").1;
         actions[&id].last_error.clone().unwrap_or_default()
     };
-    assert!(error_of(102).contains("our-sum=23.50, your-sum=23.00"), "{}", error_of(102));
-    assert!(error_of(303).contains("expected-count=3, actual-count=2"), "{}", error_of(303));
-    assert!(error_of(305).contains("item-no=1201, size-id=2, menu-item-no=M10]"), "{}", error_of(305));
-    assert!(error_of(604).contains("delivery only to defined zipIds"), "{}", error_of(604));
+    assert!(
+        error_of(102).contains("our-sum=23.50, your-sum=23.00"),
+        "{}",
+        error_of(102)
+    );
+    assert!(
+        error_of(303).contains("expected-count=3, actual-count=2"),
+        "{}",
+        error_of(303)
+    );
+    assert!(
+        error_of(305).contains("item-no=1201, size-id=2, menu-item-no=M10]"),
+        "{}",
+        error_of(305)
+    );
+    assert!(
+        error_of(604).contains("delivery only to defined zipIds"),
+        "{}",
+        error_of(604)
+    );
     assert_eq!(
         sim.stats(SHOP).expect("stats").submissions - submissions_before,
         CONFLICT_CODES.len() as u64,
@@ -389,7 +450,9 @@ async fn submissions_are_followed_refused_or_failed_with_their_reason(db: TestDb
     );
 
     // An order priced before a menu change: 203, and the reason says the menu changed.
-    let stale = sim.valid_order(SHOP, "pickup", "OS-stale").expect("an order");
+    let stale = sim
+        .valid_order(SHOP, "pickup", "OS-stale")
+        .expect("an order");
     sim.change_menu(SHOP);
     let menus_before = sim.stats(SHOP).expect("stats").menu;
     let stale_id = enqueue(&store, &config, submit(SHOP, stale)).await;
@@ -397,7 +460,10 @@ async fn submissions_are_followed_refused_or_failed_with_their_reason(db: TestDb
     let action = &actions_by_id(&store).await[&stale_id];
     let error = action.last_error.clone().unwrap_or_default();
     assert_eq!(action.state, "failed");
-    assert!(error.starts_with("menu changed: 409 203 (article)"), "{error}");
+    assert!(
+        error.starts_with("menu changed: 409 203 (article)"),
+        "{error}"
+    );
     assert_eq!(sim.stats(SHOP).expect("stats").menu, menus_before + 1);
 
     // Refused before any request: a service closed by hand, an unavailable item, closed hours.
@@ -407,33 +473,58 @@ async fn submissions_are_followed_refused_or_failed_with_their_reason(db: TestDb
     let before = requests(&sim);
     sim.set_service_open(SHOP, false, true);
     tokio::time::sleep(Duration::from_millis(1_100)).await;
-    let closed = sim.valid_order(SHOP, "delivery", "OS-closed").expect("an order");
+    let closed = sim
+        .valid_order(SHOP, "delivery", "OS-closed")
+        .expect("an order");
     let closed_id = enqueue(&store, &config, submit(SHOP, closed)).await;
     app.run_once(&token).await;
     let item = sim.first_item(SHOP).expect("an item");
     sim.set_service_open(SHOP, true, true);
     sim.set_unavailable(SHOP, &[item.as_str()]);
-    let mut with_unavailable = sim.valid_order(SHOP, "pickup", "OS-unavailable").expect("an order");
+    let mut with_unavailable = sim
+        .valid_order(SHOP, "pickup", "OS-unavailable")
+        .expect("an order");
     with_unavailable["items"][0]["itemNo"] = json!(item);
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     let unavailable_id = enqueue(&store, &config, submit(SHOP, with_unavailable)).await;
     app.run_once(&token).await;
     sim.set_unavailable(SHOP, &[]);
     let never = json!([]);
-    sim.set_open_hours(SHOP, json!({ "openingtimes": vec![never; 8], "acceptStart": 0, "acceptEnd": 0 }));
+    sim.set_open_hours(
+        SHOP,
+        json!({ "openingtimes": vec![never; 8], "acceptStart": 0, "acceptEnd": 0 }),
+    );
     tokio::time::sleep(Duration::from_millis(1_100)).await;
-    let hours = sim.valid_order(SHOP, "pickup", "OS-hours").expect("an order");
+    let hours = sim
+        .valid_order(SHOP, "pickup", "OS-hours")
+        .expect("an order");
     let hours_id = enqueue(&store, &config, submit(SHOP, hours)).await;
     app.run_once(&token).await;
     let actions = actions_by_id(&store).await;
     let reason = |id: i64| actions[&id].last_error.clone().unwrap_or_default();
-    assert!(reason(closed_id).starts_with("shop closed for delivery"), "{}", reason(closed_id));
-    assert!(reason(unavailable_id).starts_with(&format!("unavailable products: {item}")), "{}", reason(unavailable_id));
-    assert!(reason(hours_id).contains("outside the shop's accepting window"), "{}", reason(hours_id));
+    assert!(
+        reason(closed_id).starts_with("shop closed for delivery"),
+        "{}",
+        reason(closed_id)
+    );
+    assert!(
+        reason(unavailable_id).starts_with(&format!("unavailable products: {item}")),
+        "{}",
+        reason(unavailable_id)
+    );
+    assert!(
+        reason(hours_id).contains("outside the shop's accepting window"),
+        "{}",
+        reason(hours_id)
+    );
     for id in [closed_id, unavailable_id, hours_id] {
         assert_eq!(actions[&id].state, "failed");
     }
-    assert_eq!(requests(&sim), before, "no request for an order the shop cannot take");
+    assert_eq!(
+        requests(&sim),
+        before,
+        "no request for an order the shop cannot take"
+    );
     store.close().await;
     sandbox.stop().await;
 }
@@ -464,18 +555,48 @@ async fn a_lost_answer_is_unknown_never_resent_and_resolved_by_a_person(db: Test
     let token = CancellationToken::new();
 
     sim.hang_after_create(SHOP, 2, Duration::from_secs(3));
-    let first = enqueue(&store, &config, submit(SHOP, sim.valid_order(SHOP, "pickup", "OS-lost-1").expect("order"))).await;
-    let second = enqueue(&store, &config, submit(SHOP, sim.valid_order(SHOP, "pickup", "OS-lost-2").expect("order"))).await;
+    let first = enqueue(
+        &store,
+        &config,
+        submit(
+            SHOP,
+            sim.valid_order(SHOP, "pickup", "OS-lost-1").expect("order"),
+        ),
+    )
+    .await;
+    let second = enqueue(
+        &store,
+        &config,
+        submit(
+            SHOP,
+            sim.valid_order(SHOP, "pickup", "OS-lost-2").expect("order"),
+        ),
+    )
+    .await;
     app.run_once(&token).await;
     app.run_once(&token).await;
     let actions = actions_by_id(&store).await;
     for id in [first, second] {
-        assert_eq!(actions[&id].state, ActionState::Unknown.as_str(), "{:?}", actions[&id]);
-        assert!(actions[&id].last_error.as_deref().is_some_and(|e| e.contains("may have reached KassaForte")));
+        assert_eq!(
+            actions[&id].state,
+            ActionState::Unknown.as_str(),
+            "{:?}",
+            actions[&id]
+        );
+        assert!(
+            actions[&id]
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("may have reached KassaForte"))
+        );
     }
     let created = sim.orders(SHOP);
     let stats = sim.stats(SHOP).expect("stats");
-    assert_eq!((stats.submissions, stats.orders_created), (2, 2), "each sent once");
+    assert_eq!(
+        (stats.submissions, stats.orders_created),
+        (2, 2),
+        "each sent once"
+    );
     let by_reference: HashMap<String, String> = created
         .iter()
         .map(|o| (o.reference.clone().unwrap_or_default(), o.order_id.clone()))
@@ -484,21 +605,48 @@ async fn a_lost_answer_is_unknown_never_resent_and_resolved_by_a_person(db: Test
     // `status` warns about them.
     let status = cli(&config_path, &["status"]);
     let out = String::from_utf8_lossy(&status.stdout);
-    assert!(out.contains("WARNING: 2 action(s) in state unknown"), "{out}");
+    assert!(
+        out.contains("WARNING: 2 action(s) in state unknown"),
+        "{out}"
+    );
 
     // Resolved as submitted: succeeded, and the order is stored and followed.
     let lost = &by_reference["OS-lost-1"];
-    let bad = cli(&config_path, &["action", "resolve", &first.to_string(), "--submitted-as", "123"]);
+    let bad = cli(
+        &config_path,
+        &[
+            "action",
+            "resolve",
+            &first.to_string(),
+            "--submitted-as",
+            "123",
+        ],
+    );
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("14 digits"));
-    let resolved = cli(&config_path, &["action", "resolve", &first.to_string(), "--submitted-as", lost]);
-    assert!(resolved.status.success(), "{}", String::from_utf8_lossy(&resolved.stderr));
+    let resolved = cli(
+        &config_path,
+        &[
+            "action",
+            "resolve",
+            &first.to_string(),
+            "--submitted-as",
+            lost,
+        ],
+    );
+    assert!(
+        resolved.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resolved.stderr)
+    );
     let stored = store.orders_of(KF, SHOP).await.expect("orders");
     assert_eq!(stored.len(), 1);
     assert_eq!(&stored[0].external_id, lost);
 
     // Resolved as not submitted: queued again and sent.
-    let requeued = resolve(store.as_ref(), second, &Resolve::NotSubmitted, "EUR").await.expect("resolved");
+    let requeued = resolve(store.as_ref(), second, &Resolve::NotSubmitted, "EUR")
+        .await
+        .expect("resolved");
     assert_eq!(requeued.state, "pending");
     app.run_once(&token).await;
     let actions = actions_by_id(&store).await;
@@ -510,7 +658,15 @@ async fn a_lost_answer_is_unknown_never_resent_and_resolved_by_a_person(db: Test
 
     // A process that died while sending: the marker it left makes the next attempt unknown,
     // without a request.
-    let orphan = enqueue(&store, &config, submit(SHOP, sim.valid_order(SHOP, "pickup", "OS-orphan").expect("order"))).await;
+    let orphan = enqueue(
+        &store,
+        &config,
+        submit(
+            SHOP,
+            sim.valid_order(SHOP, "pickup", "OS-orphan").expect("order"),
+        ),
+    )
+    .await;
     let now = chrono::Utc::now();
     let claimed = store
         .claim(&ordersync::store::Claim {
@@ -524,19 +680,58 @@ async fn a_lost_answer_is_unknown_never_resent_and_resolved_by_a_person(db: Test
         .await
         .expect("claim");
     assert_eq!(claimed.iter().map(|a| a.id).collect::<Vec<_>>(), [orphan]);
-    assert!(store.mark_sending(orphan, "a-process-that-died", now).await.expect("mark"));
+    assert!(
+        store
+            .mark_sending(orphan, "a-process-that-died", now)
+            .await
+            .expect("mark")
+    );
     let submissions = sim.stats(SHOP).expect("stats").submissions;
     app.run_once(&token).await;
     let action = &actions_by_id(&store).await[&orphan];
     assert_eq!(action.state, "unknown", "{action:?}");
-    assert!(action.last_error.as_deref().is_some_and(|e| e.contains("an earlier attempt began sending")));
+    assert!(
+        action
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("an earlier attempt began sending"))
+    );
     assert_eq!(sim.stats(SHOP).expect("stats").submissions, submissions);
 
     // The checks from the command line.
-    let discount = cli(&config_path, &["kassaforte", "check-discount", "--account", SHOP, "--code", "SUMMER"]);
-    assert!(discount.status.success(), "{}", String::from_utf8_lossy(&discount.stderr));
-    assert!(String::from_utf8_lossy(&discount.stderr).contains("SUMMER: 10% off; excepted categories: 3"));
-    let coupon = cli(&config_path, &["kassaforte", "check-coupon", "--account", SHOP, "--number", "C-100", "--verify-code", "1234"]);
+    let discount = cli(
+        &config_path,
+        &[
+            "kassaforte",
+            "check-discount",
+            "--account",
+            SHOP,
+            "--code",
+            "SUMMER",
+        ],
+    );
+    assert!(
+        discount.status.success(),
+        "{}",
+        String::from_utf8_lossy(&discount.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&discount.stderr)
+            .contains("SUMMER: 10% off; excepted categories: 3")
+    );
+    let coupon = cli(
+        &config_path,
+        &[
+            "kassaforte",
+            "check-coupon",
+            "--account",
+            SHOP,
+            "--number",
+            "C-100",
+            "--verify-code",
+            "1234",
+        ],
+    );
     assert!(String::from_utf8_lossy(&coupon.stderr).contains("coupon C-100: 19.99 EUR left"));
     store.close().await;
     sandbox.stop().await;
@@ -564,7 +759,9 @@ async fn kill_9_during_submissions_never_submits_twice(db: TestDb) {
     let total = 150;
     let mut ids = Vec::new();
     for i in 0..total {
-        let order = sim.valid_order(SHOP, "pickup", &format!("OS-{i}")).expect("order");
+        let order = sim
+            .valid_order(SHOP, "pickup", &format!("OS-{i}"))
+            .expect("order");
         ids.push(enqueue(&store, &config, submit(SHOP, order)).await);
     }
     let log = dir.path().join("first.log");
@@ -582,7 +779,9 @@ async fn kill_9_during_submissions_never_submits_twice(db: TestDb) {
         let store = store.clone();
         async move {
             let actions = actions_by_id(&store).await;
-            actions.values().all(|a| matches!(a.state.as_str(), "succeeded" | "failed" | "unknown"))
+            actions
+                .values()
+                .all(|a| matches!(a.state.as_str(), "succeeded" | "failed" | "unknown"))
         }
     })
     .await;
@@ -590,20 +789,29 @@ async fn kill_9_during_submissions_never_submits_twice(db: TestDb) {
     let created = sim.orders(SHOP);
     let mut per_reference: HashMap<String, usize> = HashMap::new();
     for order in &created {
-        *per_reference.entry(order.reference.clone().unwrap_or_default()).or_default() += 1;
+        *per_reference
+            .entry(order.reference.clone().unwrap_or_default())
+            .or_default() += 1;
     }
     let twice: Vec<_> = per_reference.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "submitted twice: {twice:?}");
     let created_ids: HashMap<&str, &str> = created
         .iter()
-        .map(|o| (o.order_id.as_str(), o.reference.as_deref().unwrap_or_default()))
+        .map(|o| {
+            (
+                o.order_id.as_str(),
+                o.reference.as_deref().unwrap_or_default(),
+            )
+        })
         .collect();
     let mut unknown = 0;
     for (i, id) in ids.iter().enumerate() {
         let action = &actions[id];
         match action.state.as_str() {
             "succeeded" => {
-                let order_id = action.result.as_ref().expect("result")["orderId"].as_str().expect("id");
+                let order_id = action.result.as_ref().expect("result")["orderId"]
+                    .as_str()
+                    .expect("id");
                 assert_eq!(created_ids.get(order_id), Some(&format!("OS-{i}").as_str()));
             }
             "unknown" => unknown += 1,
@@ -613,9 +821,16 @@ async fn kill_9_during_submissions_never_submits_twice(db: TestDb) {
     // Only what was being sent when the process died can be unknown.
     assert!(unknown <= 1, "{unknown} unknown");
     // Each succeeded action created its order once; an unknown one created it once or not at all.
-    assert!((total - unknown..=total).contains(&created.len()), "{} created", created.len());
+    assert!(
+        (total - unknown..=total).contains(&created.len()),
+        "{} created",
+        created.len()
+    );
     let stats = sim.stats(SHOP).expect("stats");
-    assert_eq!(stats.traffic.over_limit, 0, "0 requests over the shop's rate limit");
+    assert_eq!(
+        stats.traffic.over_limit, 0,
+        "0 requests over the shop's rate limit"
+    );
     store.close().await;
     sandbox.stop().await;
 }

@@ -63,7 +63,11 @@ pub enum ActionCommand {
         config: ConfigArg,
         id: i64,
         /// The 14-digit KassaForte order id it was created under.
-        #[arg(long, required_unless_present = "not_submitted", conflicts_with = "not_submitted")]
+        #[arg(
+            long,
+            required_unless_present = "not_submitted",
+            conflicts_with = "not_submitted"
+        )]
         submitted_as: Option<String>,
         /// It did not reach KassaForte: send it again.
         #[arg(long)]

@@ -134,7 +134,9 @@ fn client(config: &ConfigArg, account: &str) -> anyhow::Result<(KassaForteClient
     let config = load(config)?;
     let Some(shop) = config.kassaforte_shop(account) else {
         let known: Vec<&str> = config.kassaforte.iter().map(|s| s.name.as_str()).collect();
-        anyhow::bail!("--account: `{account}` is not a configured KassaForte shop; configured: {known:?}");
+        anyhow::bail!(
+            "--account: `{account}` is not a configured KassaForte shop; configured: {known:?}"
+        );
     };
     let http = HttpClient::new(&HttpConfig {
         max_retries: config.http.max_retries.min(2),
@@ -185,7 +187,11 @@ pub fn print_shops(config: &Config, states: &[ShopState], now: DateTime<Utc>) {
             .iter()
             .find(|s| s.provider == ProviderKind::KassaForte.as_str() && s.account == shop.name);
         let Some(state) = state else {
-            println!("{:<24} {:>12}", format!("kassaforte/{}", shop.name), "never");
+            println!(
+                "{:<24} {:>12}",
+                format!("kassaforte/{}", shop.name),
+                "never"
+            );
             continue;
         };
         println!(

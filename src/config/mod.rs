@@ -1365,6 +1365,59 @@ mod tests {
     }
 
     #[test]
+    fn kassaforte_shops_get_defaults_and_their_problems_key_paths() {
+        let config = Config::from_toml(
+            r#"
+            [[kassaforte]]
+            name = "pizza"
+            username = "u"
+            password = "p:#!"
+            "#,
+        )
+        .unwrap();
+        let shop = &config.kassaforte[0];
+        assert_eq!(
+            shop.base_url.as_str(),
+            "https://webservices-api.kassaforte-systems.com/"
+        );
+        assert_eq!(shop.time_zone, chrono_tz::Europe::Berlin);
+        assert_eq!(shop.infos_schedule(), "0 */1 * * * *");
+        assert_eq!(shop.follow_schedule(), "*/30 * * * * *");
+        assert_eq!(shop.password.expose(), "p:#!");
+        let text = r#"
+            [[kassaforte]]
+            name = "pizza"
+            base_url = "http://webservices-api.kassaforte-systems.com"
+            username = ""
+            password = "env:ORDERSYNC_TEST_UNSET_KF_PASSWORD"
+            time_zone = "Mars/Olympus"
+            holidays = ["2026-12-25", "Christmas"]
+            infos_every_open = "7m"
+            infos_every_closed = "1m"
+            currency = "euro"
+            till_offline = "maybe"
+        "#;
+        let err = Config::from_toml(text).unwrap_err();
+        let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
+        assert!(paths.contains(&"kassaforte[0].till_offline"), "{paths:?}");
+        let text = text.replace("till_offline = \"maybe\"", "");
+        let err = Config::from_toml(&text).unwrap_err();
+        let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
+        for expected in [
+            "kassaforte[0].base_url",
+            "kassaforte[0].username",
+            "kassaforte[0].password",
+            "kassaforte[0].time_zone",
+            "kassaforte[0].holidays[1]",
+            "kassaforte[0].infos_every_open",
+            "kassaforte[0].infos_every_closed",
+            "kassaforte[0].currency",
+        ] {
+            assert!(paths.contains(&expected), "{expected} missing in {paths:?}");
+        }
+    }
+
+    #[test]
     fn getitdone_problems_are_reported_with_their_key_paths() {
         let text = r#"
             [webhooks]

@@ -6,11 +6,11 @@
 use super::{Executor, Verdict};
 use crate::model::{Action, ActionKind, Money, Order, OrderKey, ProviderKind, StreamKey};
 use crate::providers::ProviderError;
-use crate::providers::kassaforte::conflict::StaleDocument;
+use crate::providers::kassaforte::SubmitAnswer;
 use crate::providers::kassaforte::config::TillOffline;
+use crate::providers::kassaforte::conflict::StaleDocument;
 use crate::providers::kassaforte::submission::Submission;
 use crate::providers::kassaforte::wire::valid_order_id;
-use crate::providers::kassaforte::SubmitAnswer;
 use crate::store::{Batch, Resolution, ShopDocumentKind, ShopState, Store, StoreError};
 use crate::sync::kassaforte::{ORDERS_RESOURCE, ShopMonitor};
 use async_trait::async_trait;
@@ -57,12 +57,18 @@ impl KassaForteExecutor {
 
     /// Why the shop cannot take this order now, before any request: closed by its hours or by
     /// hand, or an item it marks unavailable.
-    async fn refusal(&self, submission: &Submission, state: &ShopState, now: DateTime<Utc>) -> Result<Option<String>, StoreError> {
+    async fn refusal(
+        &self,
+        submission: &Submission,
+        state: &ShopState,
+        now: DateTime<Utc>,
+    ) -> Result<Option<String>, StoreError> {
         let shop = self.monitor.shop();
         if self.monitor.accepting_at(now).await? == Some(false) {
             return Ok(Some(format!(
                 "shop closed: {} is outside the shop's accepting window (open hours in {}); submit when it opens",
-                now.with_timezone(&shop.time_zone).format("%a %Y-%m-%d %H:%M"),
+                now.with_timezone(&shop.time_zone)
+                    .format("%a %Y-%m-%d %H:%M"),
                 shop.time_zone
             )));
         }
@@ -97,10 +103,11 @@ impl KassaForteExecutor {
                 action.kind
             ));
         }
-        let submission = match Submission::parse(action.request.get("order").unwrap_or(&Value::Null)) {
-            Ok(submission) => submission,
-            Err(error) => return Verdict::Refused(error),
-        };
+        let submission =
+            match Submission::parse(action.request.get("order").unwrap_or(&Value::Null)) {
+                Ok(submission) => submission,
+                Err(error) => return Verdict::Refused(error),
+            };
         if let Some(since) = action.sending_since {
             return Verdict::Unknown(format!(
                 "an earlier attempt began sending this order at {since} and stopped before its answer was recorded; it may have reached KassaForte, which has no lookup. Check the till, then `ordersync action resolve {} --submitted-as <order id>` or `--not-submitted`",
@@ -117,12 +124,18 @@ impl KassaForteExecutor {
             Ok(None) => {}
             Err(error) => return Verdict::Transient(error.to_string()),
         }
-        if state.connection_ok == Some(false) && self.monitor.shop().till_offline == TillOffline::Hold {
+        if state.connection_ok == Some(false)
+            && self.monitor.shop().till_offline == TillOffline::Hold
+        {
             return Verdict::Transient(
                 "held: the shop's till is not connected (connectionStatus false); sent when it is back (till_offline = \"hold\")".into(),
             );
         }
-        match self.store.mark_sending(action.id, &self.worker, Utc::now()).await {
+        match self
+            .store
+            .mark_sending(action.id, &self.worker, Utc::now())
+            .await
+        {
             Ok(true) => {}
             Ok(false) => return Verdict::Transient("the claim expired before sending".into()),
             Err(error) => return Verdict::Transient(error.to_string()),
@@ -157,23 +170,32 @@ impl KassaForteExecutor {
                                 StaleDocument::Menu => "menu changed",
                                 StaleDocument::DeliveryCosts => "delivery costs changed",
                             };
-                            reason = format!("{what}: {reason}; re-price the order and submit it again");
+                            reason =
+                                format!("{what}: {reason}; re-price the order and submit it again");
                         }
                         Ok(_) => {}
-                        Err(error) => tracing::warn!(action = action.id, %error, "cannot check whether the shop's documents moved"),
+                        Err(error) => {
+                            tracing::warn!(action = action.id, %error, "cannot check whether the shop's documents moved")
+                        }
                     }
                 }
                 Verdict::Refused(reason)
             }
             Ok(SubmitAnswer::Refused { status, message }) => Verdict::Refused(format!(
                 "HTTP {status}: {message}{}",
-                if status == 400 { " (the body does not match KassaForte's schema)" } else { "" }
+                if status == 400 {
+                    " (the body does not match KassaForte's schema)"
+                } else {
+                    ""
+                }
             )),
             // Nothing was created: no connection, a 429 past its retries, a 5xx, bad credentials.
-            Err(error @ (ProviderError::Connect(_)
-            | ProviderError::RateLimited { .. }
-            | ProviderError::Server { .. }
-            | ProviderError::Unauthorized { .. })) => Verdict::Transient(error.to_string()),
+            Err(
+                error @ (ProviderError::Connect(_)
+                | ProviderError::RateLimited { .. }
+                | ProviderError::Server { .. }
+                | ProviderError::Unauthorized { .. }),
+            ) => Verdict::Transient(error.to_string()),
             Err(error) => Verdict::Unknown(format!(
                 "{error}: the order may have reached KassaForte, which has no lookup, so it is not sent again. Check the till, then `ordersync action resolve {} --submitted-as <order id>` or `--not-submitted`",
                 action.id
@@ -279,7 +301,8 @@ pub async fn resolve(
         .await?
         .ok_or(ResolveError::NotUnknown(id))?;
     if let Resolve::SubmittedAs(order_id) = resolve
-        && let Ok(submission) = Submission::parse(action.request.get("order").unwrap_or(&Value::Null))
+        && let Ok(submission) =
+            Submission::parse(action.request.get("order").unwrap_or(&Value::Null))
     {
         let body = json!({ "orderId": order_id }).to_string();
         let order = submitted_order(&action, &submission, order_id, body, Utc::now(), currency);

@@ -140,7 +140,11 @@ impl Shop {
 
     fn refresh(&self, which: usize) -> String {
         // Opaque to clients; a date-like text as the docs show, moved by the version.
-        format!("2026-01-01 00:00:{:02}.{}", self.versions[which] % 60, self.versions[which])
+        format!(
+            "2026-01-01 00:00:{:02}.{}",
+            self.versions[which] % 60,
+            self.versions[which]
+        )
     }
 
     fn infos(&self) -> Value {
@@ -240,24 +244,46 @@ impl Shop {
         let money = |v: Option<&Value>| -> Option<i64> {
             decimal_to_minor(&v?.as_number()?.to_string()).ok()
         };
-        let delivery_type = order["deliveryType"].as_str().unwrap_or_default().to_owned();
+        let delivery_type = order["deliveryType"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         match order.get("paymentMethod").and_then(Value::as_i64) {
             Some(0..=2) => {}
-            _ => return Err((103, format!("Invalid payment method #{}#", order["paymentMethod"]))),
+            _ => {
+                return Err((
+                    103,
+                    format!("Invalid payment method #{}#", order["paymentMethod"]),
+                ));
+            }
         }
         let mut cart = 0;
         for item in order["items"].as_array().into_iter().flatten() {
             let no = item["itemNo"].as_str().unwrap_or_default();
-            let Some(product) = self.products.get(no).filter(|_| !self.unavailable.iter().any(|u| u == no)) else {
+            let Some(product) = self
+                .products
+                .get(no)
+                .filter(|_| !self.unavailable.iter().any(|u| u == no))
+            else {
                 return Err((202, format!("Unknown article #{no}#")));
             };
             let size = item["sizeId"].as_u64().unwrap_or(0) as u32;
             let Some(price) = product.prices.get(&size) else {
-                return Err((201, format!("Article #{no}# has no price for size #{size}#")));
+                return Err((
+                    201,
+                    format!("Article #{no}# has no price for size #{size}#"),
+                ));
             };
             let sent = money(item.get("price")).unwrap_or(-1);
             if sent != *price {
-                return Err((203, format!("Computed price of #{}# differs from send price #{}#", minor_to_decimal(*price), minor_to_decimal(sent))));
+                return Err((
+                    203,
+                    format!(
+                        "Computed price of #{}# differs from send price #{}#",
+                        minor_to_decimal(*price),
+                        minor_to_decimal(sent)
+                    ),
+                ));
             }
             cart += price * item["quantity"].as_i64().unwrap_or(1);
         }
@@ -268,11 +294,23 @@ impl Shop {
             };
             let items = menu["items"].as_array().map_or(0, Vec::len);
             if items != *count {
-                return Err((303, format!("Expected item count of {count} differs from actual itemcount of {items}")));
+                return Err((
+                    303,
+                    format!(
+                        "Expected item count of {count} differs from actual itemcount of {items}"
+                    ),
+                ));
             }
             let sent = money(menu.get("price")).unwrap_or(-1);
             if sent != *price {
-                return Err((304, format!("Computed price of #{}# differs from send price #{}#", minor_to_decimal(*price), minor_to_decimal(sent))));
+                return Err((
+                    304,
+                    format!(
+                        "Computed price of #{}# differs from send price #{}#",
+                        minor_to_decimal(*price),
+                        minor_to_decimal(sent)
+                    ),
+                ));
             }
             cart += price;
         }
@@ -286,7 +324,12 @@ impl Shop {
             let sent = &order["deliveryCosts"];
             match sent["type"].as_str() {
                 Some("zipcode") => {}
-                Some(other) => return Err((602, format!("Wrong delivery cost type #{other}#, extected type #zipcode#"))),
+                Some(other) => {
+                    return Err((
+                        602,
+                        format!("Wrong delivery cost type #{other}#, extected type #zipcode#"),
+                    ));
+                }
                 None => return Err((601, "Unknown delivery cost type".to_owned())),
             }
             let zip = sent["zipId"].as_i64().unwrap_or(i64::MIN);
@@ -294,18 +337,43 @@ impl Shop {
                 return Err((603, format!("Unknown zipId #{zip}#")));
             };
             if cart < *minimum {
-                return Err((605, format!("Minimum order value of #{}# not reached with order value of #{}#", minor_to_decimal(*minimum), minor_to_decimal(cart))));
+                return Err((
+                    605,
+                    format!(
+                        "Minimum order value of #{}# not reached with order value of #{}#",
+                        minor_to_decimal(*minimum),
+                        minor_to_decimal(cart)
+                    ),
+                ));
             }
-            costs = if *free >= 0 && cart >= *free { 0 } else { *zip_costs };
+            costs = if *free >= 0 && cart >= *free {
+                0
+            } else {
+                *zip_costs
+            };
             let sent_costs = money(sent.get("costs")).unwrap_or(-1);
             if sent_costs != costs {
-                return Err((606, format!("Computed delivery costs of #{}# differs from send delivery costs #{}#", minor_to_decimal(costs), minor_to_decimal(sent_costs))));
+                return Err((
+                    606,
+                    format!(
+                        "Computed delivery costs of #{}# differs from send delivery costs #{}#",
+                        minor_to_decimal(costs),
+                        minor_to_decimal(sent_costs)
+                    ),
+                ));
             }
         }
         let sum = cart + costs;
         let sent_sum = money(order.get("sum")).unwrap_or(-1);
         if sent_sum != sum {
-            return Err((102, format!("Computed overall sum of #{}# differs from send sum #{}#", minor_to_decimal(sum), minor_to_decimal(sent_sum))));
+            return Err((
+                102,
+                format!(
+                    "Computed overall sum of #{}# differs from send sum #{}#",
+                    minor_to_decimal(sum),
+                    minor_to_decimal(sent_sum)
+                ),
+            ));
         }
         Ok((delivery_type, sum))
     }
@@ -327,7 +395,9 @@ pub fn documented_message(code: u16) -> String {
         302 => "Unknown menu #M99#".into(),
         303 => "Expected item count of 3 differs from actual itemcount of 2".into(),
         304 => "Computed price of #12.00# differs from send price #11.00#".into(),
-        305 => "Can't find a match for article #1201# in size #2# in categories of menu #M10\"#".into(),
+        305 => {
+            "Can't find a match for article #1201# in size #2# in categories of menu #M10\"#".into()
+        }
         306 => "Article #1209# is not allowed in menus.".into(),
         401 => "Ingredient #14# has no price for size #2#".into(),
         402 => "Unknown ingredient #99#".into(),
@@ -345,15 +415,24 @@ pub fn documented_message(code: u16) -> String {
 
 /// Every documented 409 code.
 pub const CONFLICT_CODES: [u16; 24] = [
-    101, 102, 103, 201, 202, 203, 204, 205, 301, 302, 303, 304, 305, 306, 401, 402, 501, 601,
-    602, 603, 604, 605, 606, 607,
+    101, 102, 103, 201, 202, 203, 204, 205, 301, 302, 303, 304, 305, 306, 401, 402, 501, 601, 602,
+    603, 604, 605, 606, 607,
 ];
 
 fn discounts() -> HashMap<&'static str, Value> {
     HashMap::from([
-        ("SUMMER", json!({ "code": "SUMMER", "type": "percent", "value": 10, "exceptions": [3] })),
-        ("FIVE", json!({ "code": "FIVE", "type": "amount", "value": 5.00, "exceptions": [] })),
-        ("FREEPIZZA", json!({ "code": "FREEPIZZA", "type": "article", "itemNo": "1201", "sizeId": 1 })),
+        (
+            "SUMMER",
+            json!({ "code": "SUMMER", "type": "percent", "value": 10, "exceptions": [3] }),
+        ),
+        (
+            "FIVE",
+            json!({ "code": "FIVE", "type": "amount", "value": 5.00, "exceptions": [] }),
+        ),
+        (
+            "FREEPIZZA",
+            json!({ "code": "FREEPIZZA", "type": "article", "itemNo": "1201", "sizeId": 1 }),
+        ),
     ])
 }
 
@@ -390,7 +469,12 @@ struct SimState {
 }
 
 impl KassaForteSim {
-    pub fn new(specs: &[KassaForteShopSpec], options: KassaForteOptions, faults: Faults, seed: u64) -> Self {
+    pub fn new(
+        specs: &[KassaForteShopSpec],
+        options: KassaForteOptions,
+        faults: Faults,
+        seed: u64,
+    ) -> Self {
         KassaForteSim {
             state: Mutex::new(SimState {
                 shops: specs.iter().map(Shop::new).collect(),
@@ -408,7 +492,11 @@ impl KassaForteSim {
     }
 
     fn with_shop<T>(&self, name: &str, visit: impl FnOnce(&mut Shop) -> T) -> Option<T> {
-        self.lock().shops.iter_mut().find(|s| s.spec.name == name).map(visit)
+        self.lock()
+            .shops
+            .iter_mut()
+            .find(|s| s.spec.name == name)
+            .map(visit)
     }
 
     pub fn set_faults(&self, faults: Faults) {
@@ -447,7 +535,9 @@ impl KassaForteSim {
     }
 
     pub fn set_service_open(&self, shop: &str, delivery: bool, pickup: bool) {
-        self.with_shop(shop, |s| (s.delivery_open, s.pickup_open) = (delivery, pickup));
+        self.with_shop(shop, |s| {
+            (s.delivery_open, s.pickup_open) = (delivery, pickup)
+        });
     }
 
     pub fn set_connection(&self, shop: &str, ok: bool) {
@@ -455,7 +545,9 @@ impl KassaForteSim {
     }
 
     pub fn set_unavailable(&self, shop: &str, items: &[&str]) {
-        self.with_shop(shop, |s| s.unavailable = items.iter().map(|i| (*i).to_owned()).collect());
+        self.with_shop(shop, |s| {
+            s.unavailable = items.iter().map(|i| (*i).to_owned()).collect()
+        });
     }
 
     /// The next submissions answer 409 with these codes and their documented messages.
@@ -465,7 +557,10 @@ impl KassaForteSim {
 
     /// The next `count` orders are created and answered only after `after`.
     pub fn hang_after_create(&self, shop: &str, count: usize, after: Duration) {
-        self.with_shop(shop, |s| s.hang_after_create.extend(std::iter::repeat_n(after, count)));
+        self.with_shop(shop, |s| {
+            s.hang_after_create
+                .extend(std::iter::repeat_n(after, count))
+        });
     }
 
     pub fn refuse_auth(&self, shop: &str, refuse: bool) {
@@ -488,7 +583,8 @@ impl KassaForteSim {
 
     /// An item number the shop sells.
     pub fn first_item(&self, shop: &str) -> Option<String> {
-        self.with_shop(shop, |s| s.products.keys().next().cloned()).flatten()
+        self.with_shop(shop, |s| s.products.keys().next().cloned())
+            .flatten()
     }
 }
 
@@ -523,7 +619,9 @@ fn json_body(value: &Value, truncate: bool) -> Response {
 fn credentials(headers: &HeaderMap) -> Option<(String, String)> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let encoded = value.strip_prefix("Basic ")?;
-    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded).ok()?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .ok()?;
     let text = String::from_utf8(decoded).ok()?;
     let (user, password) = text.split_once(':')?;
     Some((user.to_owned(), password.to_owned()))
@@ -531,12 +629,20 @@ fn credentials(headers: &HeaderMap) -> Option<(String, String)> {
 
 /// How a request is answered once its shop is known and its faults decided.
 enum Admitted<T> {
-    Go { value: T, slow: Option<Duration>, truncate: bool },
+    Go {
+        value: T,
+        slow: Option<Duration>,
+        truncate: bool,
+    },
     Answer(Response),
 }
 
 /// Authenticates, counts and admits one request, then lets `serve` answer it.
-fn admit<T>(sim: &KassaForteSim, headers: &HeaderMap, serve: impl FnOnce(&mut Shop, &KassaForteOptions, &mut u64) -> T) -> Admitted<T> {
+fn admit<T>(
+    sim: &KassaForteSim,
+    headers: &HeaderMap,
+    serve: impl FnOnce(&mut Shop, &KassaForteOptions, &mut u64) -> T,
+) -> Admitted<T> {
     let mut guard = sim.lock();
     let state = &mut *guard;
     let Some((user, password)) = credentials(headers) else {
@@ -549,7 +655,10 @@ fn admit<T>(sim: &KassaForteSim, headers: &HeaderMap, serve: impl FnOnce(&mut Sh
         shop.stats.unauthorized += 1;
         return Admitted::Answer(error(StatusCode::UNAUTHORIZED, "Unauthorized"));
     }
-    match shop.gate.admit(&state.faults, &mut shop.stats.traffic, &mut state.rng) {
+    match shop
+        .gate
+        .admit(&state.faults, &mut shop.stats.traffic, &mut state.rng)
+    {
         Admission::RateLimited { retry_after_secs } => Admitted::Answer(
             (
                 StatusCode::TOO_MANY_REQUESTS,
@@ -558,7 +667,10 @@ fn admit<T>(sim: &KassaForteSim, headers: &HeaderMap, serve: impl FnOnce(&mut Sh
             )
                 .into_response(),
         ),
-        Admission::ServerError => Admitted::Answer(error(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error")),
+        Admission::ServerError => Admitted::Answer(error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Internal Server Error",
+        )),
         Admission::Served { slow, truncate } => Admitted::Go {
             value: serve(shop, &state.options, &mut state.next_order),
             slow,
@@ -570,7 +682,11 @@ fn admit<T>(sim: &KassaForteSim, headers: &HeaderMap, serve: impl FnOnce(&mut Sh
 async fn answer(admitted: Admitted<Value>) -> Response {
     match admitted {
         Admitted::Answer(response) => response,
-        Admitted::Go { value, slow, truncate } => {
+        Admitted::Go {
+            value,
+            slow,
+            truncate,
+        } => {
             if let Some(delay) = slow {
                 tokio::time::sleep(delay).await;
             }
@@ -613,12 +729,19 @@ async fn deliverycosts(State(sim): State<Arc<KassaForteSim>>, headers: HeaderMap
 
 /// What a submission came to, decided under the lock.
 enum Submitted {
-    Created { order_id: String, hang: Option<Duration> },
+    Created {
+        order_id: String,
+        hang: Option<Duration>,
+    },
     Conflict(u16, String),
     BadRequest(String),
 }
 
-async fn submit(State(sim): State<Arc<KassaForteSim>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn submit(
+    State(sim): State<Arc<KassaForteSim>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let admitted = admit(&sim, &headers, |shop, _, next_order| {
         shop.stats.submissions += 1;
         let Ok(order) = serde_json::from_slice::<Value>(&body) else {
@@ -660,7 +783,11 @@ async fn submit(State(sim): State<Arc<KassaForteSim>>, headers: HeaderMap, body:
     });
     match admitted {
         Admitted::Answer(response) => response,
-        Admitted::Go { value, slow, truncate } => {
+        Admitted::Go {
+            value,
+            slow,
+            truncate,
+        } => {
             if let Some(delay) = slow {
                 tokio::time::sleep(delay).await;
             }
@@ -684,7 +811,11 @@ async fn submit(State(sim): State<Arc<KassaForteSim>>, headers: HeaderMap, body:
     }
 }
 
-async fn order_status(State(sim): State<Arc<KassaForteSim>>, headers: HeaderMap, Path(order_id): Path<String>) -> Response {
+async fn order_status(
+    State(sim): State<Arc<KassaForteSim>>,
+    headers: HeaderMap,
+    Path(order_id): Path<String>,
+) -> Response {
     if order_id.len() != 14 || !order_id.bytes().all(|b| b.is_ascii_digit()) {
         return error(StatusCode::BAD_REQUEST, "order id must be 14 digits");
     }
@@ -699,28 +830,73 @@ async fn order_status(State(sim): State<Arc<KassaForteSim>>, headers: HeaderMap,
     });
     match admitted {
         Admitted::Go { value: None, .. } => error(StatusCode::NOT_FOUND, "Not Found"),
-        Admitted::Go { value: Some(value), slow, truncate } => answer(Admitted::Go { value, slow, truncate }).await,
+        Admitted::Go {
+            value: Some(value),
+            slow,
+            truncate,
+        } => {
+            answer(Admitted::Go {
+                value,
+                slow,
+                truncate,
+            })
+            .await
+        }
         Admitted::Answer(response) => response,
     }
 }
 
-async fn discount(State(sim): State<Arc<KassaForteSim>>, headers: HeaderMap, Query(query): Query<HashMap<String, String>>) -> Response {
+async fn discount(
+    State(sim): State<Arc<KassaForteSim>>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
     let code = query.get("code").cloned().unwrap_or_default();
-    match admit(&sim, &headers, |_, _, _| discounts().get(code.as_str()).cloned()) {
+    match admit(&sim, &headers, |_, _, _| {
+        discounts().get(code.as_str()).cloned()
+    }) {
         Admitted::Go { value: None, .. } => error(StatusCode::NOT_FOUND, "Not Found"),
-        Admitted::Go { value: Some(value), slow, truncate } => answer(Admitted::Go { value, slow, truncate }).await,
+        Admitted::Go {
+            value: Some(value),
+            slow,
+            truncate,
+        } => {
+            answer(Admitted::Go {
+                value,
+                slow,
+                truncate,
+            })
+            .await
+        }
         Admitted::Answer(response) => response,
     }
 }
 
-async fn coupon(State(sim): State<Arc<KassaForteSim>>, headers: HeaderMap, Query(query): Query<HashMap<String, String>>) -> Response {
+async fn coupon(
+    State(sim): State<Arc<KassaForteSim>>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
     let number = query.get("number").cloned().unwrap_or_default();
     let verify = query.get("verifyCode").cloned().unwrap_or_default();
-    match admit(&sim, &headers, |_, _, _| (number == "C-100").then(|| verify == "1234")) {
+    match admit(&sim, &headers, |_, _, _| {
+        (number == "C-100").then(|| verify == "1234")
+    }) {
         Admitted::Go { value: None, .. } => error(StatusCode::NOT_FOUND, "Not Found"),
-        Admitted::Go { value: Some(false), .. } => error(StatusCode::CONFLICT, "verifyCode does not match"),
-        Admitted::Go { value: Some(true), slow, truncate } => {
-            answer(Admitted::Go { value: json!({ "number": "C-100", "remainingAmount": 19.99 }), slow, truncate }).await
+        Admitted::Go {
+            value: Some(false), ..
+        } => error(StatusCode::CONFLICT, "verifyCode does not match"),
+        Admitted::Go {
+            value: Some(true),
+            slow,
+            truncate,
+        } => {
+            answer(Admitted::Go {
+                value: json!({ "number": "C-100", "remainingAmount": 19.99 }),
+                slow,
+                truncate,
+            })
+            .await
         }
         Admitted::Answer(response) => response,
     }
@@ -733,7 +909,10 @@ async fn stats_route(State(sim): State<Arc<KassaForteSim>>, Path(shop): Path<Str
     }
 }
 
-async fn change_menu_route(State(sim): State<Arc<KassaForteSim>>, Path(shop): Path<String>) -> Response {
+async fn change_menu_route(
+    State(sim): State<Arc<KassaForteSim>>,
+    Path(shop): Path<String>,
+) -> Response {
     sim.change_menu(&shop);
     StatusCode::NO_CONTENT.into_response()
 }

@@ -8,7 +8,9 @@ use super::{
     DeliveryDone, DeliveryStat, GateState, NewAsn, NewDelivery, ObjectDone, RetryFilter,
     StatusChange, Store, StoreError, StoredOrder, StreamStatus,
 };
-use super::{FollowedOrder, Resolution, ShopDocument, ShopDocumentKind, ShopState, ShopStateChange};
+use super::{
+    FollowedOrder, Resolution, ShopDocument, ShopDocumentKind, ShopState, ShopStateChange,
+};
 use crate::model::{Action, ActionOutcome, NewAction, OrderKey, StreamKey};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -311,7 +313,8 @@ impl Store for Bounded {
     ) -> Result<Vec<FollowedOrder>, StoreError> {
         self.within(
             "reading followed orders",
-            self.inner.followed_orders(provider, account, terminal, since),
+            self.inner
+                .followed_orders(provider, account, terminal, since),
         )
         .await
     }
@@ -371,7 +374,8 @@ impl Store for Bounded {
     ) -> Result<Vec<ShopDocument>, StoreError> {
         self.within(
             "reading shop documents",
-            self.inner.shop_documents(provider, account, document, latest),
+            self.inner
+                .shop_documents(provider, account, document, latest),
         )
         .await
     }

@@ -1,12 +1,14 @@
 //! Postgres: for shared deployments and for running several ordersync processes on one database.
 
 use super::outcome_columns;
-use super::{FollowedOrder, Resolution, ShopDocument, ShopDocumentKind, ShopState, ShopStateChange};
 use super::rows;
 use super::{
     ActionCount, ActionFilter, AsnRow, AsnUpdate, Batch, BatchOutcome, Claim, Delivery,
     DeliveryDone, DeliveryStat, GateState, NewAsn, NewDelivery, ObjectDone, RetryFilter,
     StatusChange, Store, StoreError, StoredOrder, StreamStatus, body_sha256, newest_per_key,
+};
+use super::{
+    FollowedOrder, Resolution, ShopDocument, ShopDocumentKind, ShopState, ShopStateChange,
 };
 use crate::config::DatabaseConfig;
 use crate::model::{Action, ActionOutcome, NewAction, Order, OrderKey, StreamKey};

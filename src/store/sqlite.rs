@@ -1,13 +1,15 @@
 //! The embedded default: one SQLite file in WAL mode.
 
 use super::outcome_columns;
-use super::{FollowedOrder, Resolution, ShopDocument, ShopDocumentKind, ShopState, ShopStateChange};
 use super::rows;
 use super::{
     ActionCount, ActionFilter, AsnRow, AsnUpdate, Batch, BatchOutcome, Claim, Delivery,
     DeliveryDone, DeliveryStat, GateState, NewAsn, NewDelivery, ObjectDone, ROWS_PER_STATEMENT,
     RetryFilter, StatusChange, Store, StoreError, StoredOrder, StreamStatus, body_sha256,
     newest_per_key,
+};
+use super::{
+    FollowedOrder, Resolution, ShopDocument, ShopDocumentKind, ShopState, ShopStateChange,
 };
 use crate::config::DatabaseConfig;
 use crate::model::{Action, ActionOutcome, NewAction, OrderKey, StreamKey};
@@ -766,11 +768,7 @@ impl Store for SqliteStore {
             ))
             .bind("resolved as not submitted; queued again"),
         };
-        let row = query
-            .bind(&now)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = query.bind(&now).bind(id).fetch_optional(&self.pool).await?;
         row.as_ref().map(rows::action).transpose()
     }
 

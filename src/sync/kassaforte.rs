@@ -42,7 +42,10 @@ pub enum ShopError {
 
 impl ShopError {
     pub fn refused_credentials(&self) -> bool {
-        matches!(self, ShopError::Provider(ProviderError::Unauthorized { .. }))
+        matches!(
+            self,
+            ShopError::Provider(ProviderError::Unauthorized { .. })
+        )
     }
 }
 
@@ -125,7 +128,12 @@ impl ShopMonitor {
         for kind in ShopDocumentKind::ALL {
             let latest = self
                 .store
-                .shop_documents(ProviderKind::KassaForte.as_str(), &self.shop.name, kind, true)
+                .shop_documents(
+                    ProviderKind::KassaForte.as_str(),
+                    &self.shop.name,
+                    kind,
+                    true,
+                )
                 .await?;
             if let Some(document) = latest.into_iter().next() {
                 if kind == ShopDocumentKind::OpenHours {
@@ -394,7 +402,11 @@ impl Job for OrderFollow {
             if shutdown.is_cancelled() {
                 break;
             }
-            if !self.due(order.created_at, last_checked.get(&order.external_id).copied(), now) {
+            if !self.due(
+                order.created_at,
+                last_checked.get(&order.external_id).copied(),
+                now,
+            ) {
                 continue;
             }
             match self.monitor.client().order_status(&order.external_id).await {

@@ -21,7 +21,10 @@ pub(super) fn check(asked: ActionRequest, config: &Config) -> Result<Checked, In
     if kind != ActionKind::Submit {
         return Err(invalid(
             "kind",
-            format!("KassaForte takes `submit` (a new order), not `{kind}`", kind = kind.as_str()),
+            format!(
+                "KassaForte takes `submit` (a new order), not `{kind}`",
+                kind = kind.as_str()
+            ),
         ));
     }
     for (field, given) in [
@@ -33,7 +36,10 @@ pub(super) fn check(asked: ActionRequest, config: &Config) -> Result<Checked, In
         ("link_id", asked.link_id.is_some()),
     ] {
         if given {
-            return Err(invalid(field, "does not apply to submit; the order says it all"));
+            return Err(invalid(
+                field,
+                "does not apply to submit; the order says it all",
+            ));
         }
     }
     let Some(order) = asked.order else {

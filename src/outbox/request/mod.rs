@@ -137,7 +137,11 @@ fn provider_of(config: &Config, account: &str) -> Result<ProviderKind, InvalidAc
             "provider",
             format!(
                 "`{account}` names an account in {} sections; say which with provider",
-                several.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(" and ")
+                several
+                    .iter()
+                    .map(|p| p.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" and ")
             ),
         )),
     }

@@ -243,7 +243,10 @@ impl AccountSection for KassaForteShop {
         if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_alphabetic()) {
             p.push(
                 at("currency"),
-                format!("`{}` is not an ISO 4217 code; write e.g. `EUR`", raw.currency),
+                format!(
+                    "`{}` is not an ISO 4217 code; write e.g. `EUR`",
+                    raw.currency
+                ),
             );
         }
         let follow_every = p.duration(at("follow_every"), &raw.follow_every);

@@ -48,25 +48,53 @@ const CODES: &[(u16, &str, &[&str])] = &[
     (101, "choices are mandatory but none supplied", &["item-no"]),
     (102, "overall sum differs", &["our-sum", "your-sum"]),
     (103, "invalid payment method", &["payment-method"]),
-    (201, "article has no price for size", &["item-no", "size-id"]),
+    (
+        201,
+        "article has no price for size",
+        &["item-no", "size-id"],
+    ),
     (202, "unknown article", &["item-no"]),
     (203, "article price differs", &["our-price", "your-price"]),
-    (204, "ingredient not allowed in category", &["ingredient-id", "category-id"]),
+    (
+        204,
+        "ingredient not allowed in category",
+        &["ingredient-id", "category-id"],
+    ),
     (205, "invalid choice", &["choice-id"]),
     (301, "menu has no price", &["item-no"]),
     (302, "unknown menu", &["item-no"]),
-    (303, "menu item count differs", &["expected-count", "actual-count"]),
+    (
+        303,
+        "menu item count differs",
+        &["expected-count", "actual-count"],
+    ),
     (304, "menu price differs", &["our-price", "your-price"]),
-    (305, "no match for article in size among the menu's categories", &["item-no", "size-id", "menu-item-no"]),
+    (
+        305,
+        "no match for article in size among the menu's categories",
+        &["item-no", "size-id", "menu-item-no"],
+    ),
     (306, "article not allowed in menus", &["item-no"]),
-    (401, "ingredient has no price for size", &["ingredient-id", "size-id"]),
+    (
+        401,
+        "ingredient has no price for size",
+        &["ingredient-id", "size-id"],
+    ),
     (402, "unknown ingredient", &["ingredient-id"]),
     (501, "unknown discount code", &["discount-code"]),
     (601, "unknown delivery cost type", &[]),
-    (602, "wrong delivery cost type", &["sent-type", "expected-type"]),
+    (
+        602,
+        "wrong delivery cost type",
+        &["sent-type", "expected-type"],
+    ),
     (603, "unknown zipId", &["zip-id"]),
     (604, "delivery only to defined zipIds", &[]),
-    (605, "minimum order value not reached", &["minimum-sum", "your-sum"]),
+    (
+        605,
+        "minimum order value not reached",
+        &["minimum-sum", "your-sum"],
+    ),
     (606, "delivery costs differ", &["our-sum", "your-sum"]),
     (607, "no definition for distance", &["distance"]),
 ];
@@ -133,7 +161,11 @@ impl Conflict {
     /// One line for `last_error`: code, class, meaning, values, and the raw message.
     pub fn describe(&self) -> String {
         let code = self.code.map_or("no code".to_owned(), |c| c.to_string());
-        let values: Vec<String> = self.values.iter().map(|(n, v)| format!("{n}={v}")).collect();
+        let values: Vec<String> = self
+            .values
+            .iter()
+            .map(|(n, v)| format!("{n}={v}"))
+            .collect();
         let values = match values.is_empty() {
             true => String::new(),
             false => format!(" [{}]", values.join(", ")),
@@ -189,9 +221,18 @@ mod tests {
         assert_eq!(values(&c), ["23.50", "23.00"]);
         assert_eq!(c.values[0].0, "our-sum");
         assert!(!c.partial);
-        let c = Conflict::parse(Some(204), "Ingredient #14# is not allowed in category with id #3#");
-        assert_eq!((c.class, values(&c)), (ConflictClass::Article, vec!["14", "3"]));
-        assert_eq!(Conflict::parse(Some(402), "x").class, ConflictClass::Ingredient);
+        let c = Conflict::parse(
+            Some(204),
+            "Ingredient #14# is not allowed in category with id #3#",
+        );
+        assert_eq!(
+            (c.class, values(&c)),
+            (ConflictClass::Article, vec!["14", "3"])
+        );
+        assert_eq!(
+            Conflict::parse(Some(402), "x").class,
+            ConflictClass::Ingredient
+        );
         let c = Conflict::parse(Some(604), "Delivery allowed only to defined zipIds");
         assert!(c.values.is_empty() && !c.partial);
         assert_eq!(c.stale_document(), Some(StaleDocument::DeliveryCosts));
@@ -226,6 +267,9 @@ mod tests {
         for text in ["#", "##", "###", "#a#b#", "\"#\"#"] {
             let _ = Conflict::parse(Some(305), text).describe();
         }
-        assert_eq!(values(&Conflict::parse(Some(302), "Unknown menu ## now")), [""]);
+        assert_eq!(
+            values(&Conflict::parse(Some(302), "Unknown menu ## now")),
+            [""]
+        );
     }
 }

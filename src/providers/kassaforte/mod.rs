@@ -72,11 +72,17 @@ impl KassaForteClient {
     /// `base` plus an API path, keeping any path prefix of `base`.
     fn url(&self, path: &str) -> Result<Url, ProviderError> {
         let base = self.base_url.as_str().trim_end_matches('/');
-        Url::parse(&format!("{base}{path}"))
-            .map_err(|e| ProviderError::InvalidRecord(format!("cannot build the URL for {path}: {e}")))
+        Url::parse(&format!("{base}{path}")).map_err(|e| {
+            ProviderError::InvalidRecord(format!("cannot build the URL for {path}: {e}"))
+        })
     }
 
-    fn request(&self, client: &reqwest::Client, method: reqwest::Method, url: &Url) -> reqwest::RequestBuilder {
+    fn request(
+        &self,
+        client: &reqwest::Client,
+        method: reqwest::Method,
+        url: &Url,
+    ) -> reqwest::RequestBuilder {
         client
             .request(method, url.clone())
             .header(reqwest::header::AUTHORIZATION, self.authorization.expose())
@@ -155,7 +161,10 @@ impl KassaForteClient {
                     }
                     409 => {
                         let parsed = wire::conflict_body(&response.body);
-                        Ok(SubmitAnswer::Conflict(Conflict::parse(parsed.code, &parsed.message)))
+                        Ok(SubmitAnswer::Conflict(Conflict::parse(
+                            parsed.code,
+                            &parsed.message,
+                        )))
                     }
                     status => Ok(SubmitAnswer::Refused {
                         status,
@@ -168,16 +177,21 @@ impl KassaForteClient {
 
     /// `GET /v1/discountcode` for one code.
     pub async fn check_discount(&self, code: &str) -> Result<Discount, ProviderError> {
-        let body = self
-            .check("/v1/discountcode", &[("code", code)])
-            .await?;
+        let body = self.check("/v1/discountcode", &[("code", code)]).await?;
         Discount::parse(body.as_bytes()).map_err(ProviderError::InvalidRecord)
     }
 
     /// `GET /v1/coupon` for a coupon number and its verify code.
-    pub async fn check_coupon(&self, number: &str, verify_code: &str) -> Result<Coupon, ProviderError> {
+    pub async fn check_coupon(
+        &self,
+        number: &str,
+        verify_code: &str,
+    ) -> Result<Coupon, ProviderError> {
         let body = self
-            .check("/v1/coupon", &[("number", number), ("verifyCode", verify_code)])
+            .check(
+                "/v1/coupon",
+                &[("number", number), ("verifyCode", verify_code)],
+            )
             .await?;
         Coupon::parse(body.as_bytes()).map_err(ProviderError::InvalidRecord)
     }

@@ -63,7 +63,7 @@ mod tests {
         assert!(decimal_to_minor("1e2").is_err());
         assert!(decimal_to_minor("").is_err());
         assert!(decimal_to_minor(".5").is_err());
-        for minor in [-10_001, -1, 0, 1, 29, 99, 100, 101, 1_000_000_07] {
+        for minor in [-10_001, -1, 0, 1, 29, 99, 100, 101, 100_000_007] {
             assert_eq!(decimal_to_minor(&minor_to_decimal(minor)), Ok(minor));
         }
     }

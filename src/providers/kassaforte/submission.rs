@@ -75,7 +75,8 @@ fn to_wire<'a>(value: &'a Value, path: &mut Vec<&'a str>, at: &str) -> Result<Wi
                     let raw = RawValue::from_string(minor_to_decimal(minor))
                         .map_err(|e| format!("{here}: {e}"))?;
                     out.push((key.as_str(), Wire::Money(raw)));
-                } else if path.is_empty() && matches!(key.as_str(), "items" | "menus" | "deliveryCosts")
+                } else if path.is_empty()
+                    && matches!(key.as_str(), "items" | "menus" | "deliveryCosts")
                 {
                     path.push(key.as_str());
                     let wire = to_wire(field, path, &here);
@@ -120,10 +121,9 @@ impl Submission {
             }
             None => return Err("order.deliveryType: is required (delivery or pickup)".to_owned()),
         };
-        let sum_minor = order
-            .get("sum")
-            .and_then(Value::as_i64)
-            .ok_or("order.sum: is required, the overall sum in minor units (e.g. 2300 for 23.00)")?;
+        let sum_minor = order.get("sum").and_then(Value::as_i64).ok_or(
+            "order.sum: is required, the overall sum in minor units (e.g. 2300 for 23.00)",
+        )?;
         let mut item_numbers = Vec::new();
         let items = order.get("items").and_then(Value::as_array);
         let menus = order.get("menus").and_then(Value::as_array);
@@ -141,7 +141,12 @@ impl Submission {
                 item_no(menu.get("itemNo"))
                     .ok_or_else(|| format!("order.menus[{i}].itemNo: is required"))?,
             );
-            for inner in menu.get("items").and_then(Value::as_array).into_iter().flatten() {
+            for inner in menu
+                .get("items")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 item_numbers.extend(item_no(inner.get("itemNo")));
             }
         }
@@ -192,19 +197,36 @@ mod tests {
 
     #[test]
     fn problems_name_the_field() {
-        let base = json!({"deliveryType": "pickup", "sum": 100, "items": [{"itemNo": "1", "price": 100}]});
+        let base =
+            json!({"deliveryType": "pickup", "sum": 100, "items": [{"itemNo": "1", "price": 100}]});
         assert!(Submission::parse(&base).is_ok());
         let mut float = base.clone();
         float["items"][0]["price"] = json!(1.0);
-        assert!(Submission::parse(&float).unwrap_err().starts_with("order.items[0].price"));
+        assert!(
+            Submission::parse(&float)
+                .unwrap_err()
+                .starts_with("order.items[0].price")
+        );
         let mut kind = base.clone();
         kind["deliveryType"] = json!("drone");
-        assert!(Submission::parse(&kind).unwrap_err().starts_with("order.deliveryType"));
+        assert!(
+            Submission::parse(&kind)
+                .unwrap_err()
+                .starts_with("order.deliveryType")
+        );
         let mut no_items = base.clone();
         no_items["items"] = json!([]);
-        assert!(Submission::parse(&no_items).unwrap_err().starts_with("order.items"));
+        assert!(
+            Submission::parse(&no_items)
+                .unwrap_err()
+                .starts_with("order.items")
+        );
         let mut no_no = base;
         no_no["items"][0] = json!({"price": 100});
-        assert!(Submission::parse(&no_no).unwrap_err().starts_with("order.items[0].itemNo"));
+        assert!(
+            Submission::parse(&no_no)
+                .unwrap_err()
+                .starts_with("order.items[0].itemNo")
+        );
     }
 }

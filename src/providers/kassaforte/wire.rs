@@ -93,9 +93,11 @@ impl Infos {
         let waits = raw.waiting_times.as_ref();
         let mut unavailable = Vec::new();
         for value in raw.unavailable_products.unwrap_or_default() {
-            unavailable.push(item_no(&value).ok_or_else(|| {
-                format!("unavailableProducts: `{value}` is not an item number")
-            })?);
+            unavailable.push(
+                item_no(&value).ok_or_else(|| {
+                    format!("unavailableProducts: `{value}` is not an item number")
+                })?,
+            );
         }
         Ok(Infos {
             last_menu_refresh: opaque(raw.last_menu_refresh),
@@ -106,7 +108,10 @@ impl Infos {
                 open.and_then(|o| o.delivery.as_ref()),
                 "shopOpenStatus.delivery",
             )?,
-            pickup_open: flag(open.and_then(|o| o.pickup.as_ref()), "shopOpenStatus.pickup")?,
+            pickup_open: flag(
+                open.and_then(|o| o.pickup.as_ref()),
+                "shopOpenStatus.pickup",
+            )?,
             delivery_wait_minutes: minutes(
                 waits.and_then(|w| w.delivery.as_ref()),
                 "waitingTimes.delivery",
@@ -174,8 +179,7 @@ impl OpenHours {
                 raw.openingtimes.len()
             ));
         }
-        if !(0..=24 * 60).contains(&raw.accept_start) || !(0..=24 * 60).contains(&raw.accept_end)
-        {
+        if !(0..=24 * 60).contains(&raw.accept_start) || !(0..=24 * 60).contains(&raw.accept_end) {
             return Err("acceptStart/acceptEnd: must be minutes between 0 and 1440".to_owned());
         }
         let mut days = Vec::with_capacity(8);
@@ -259,17 +263,17 @@ pub fn conflict_body(body: &[u8]) -> ConflictBody {
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum Discount {
     /// Reduce the cart by this many minor units (exceptions respected).
-    Amount {
-        minor: i64,
-        exceptions: Vec<String>,
-    },
+    Amount { minor: i64, exceptions: Vec<String> },
     /// Reduce by this percentage, as text exactly as sent (exceptions respected).
     Percent {
         percent: String,
         exceptions: Vec<String>,
     },
     /// Add this article free of charge.
-    Article { item_no: String, size_id: Option<String> },
+    Article {
+        item_no: String,
+        size_id: Option<String>,
+    },
 }
 
 #[derive(Deserialize)]
@@ -312,9 +316,7 @@ impl Discount {
                     .ok_or("itemNo: missing for an article discount")?,
                 size_id: raw.size_id.as_ref().and_then(item_no),
             }),
-            other => Err(format!(
-                "type: `{other}` is not amount, percent or article"
-            )),
+            other => Err(format!("type: `{other}` is not amount, percent or article")),
         }
     }
 }
@@ -366,7 +368,10 @@ mod tests {
                 "unavailableProducts":["1201",3305]}"#,
         )
         .unwrap();
-        assert_eq!(infos.last_menu_refresh.as_deref(), Some("2016-04-26 10:15:00"));
+        assert_eq!(
+            infos.last_menu_refresh.as_deref(),
+            Some("2016-04-26 10:15:00")
+        );
         assert_eq!(infos.last_open_times_refresh.as_deref(), Some("7"));
         assert_eq!(infos.last_delivery_cost_refresh, None);
         assert_eq!(infos.delivery_open, Some(false));
@@ -386,8 +391,9 @@ mod tests {
         let hours = OpenHours::parse(body.as_bytes()).unwrap();
         assert_eq!(hours.days.len(), 8);
         assert_eq!(hours.days[7][0].end, NaiveTime::MIN);
-        let bad = OpenHours::parse(br#"{"openingtimes":[[{"start":"9","end":"x"}],[],[],[],[],[],[]]}"#)
-            .unwrap_err();
+        let bad =
+            OpenHours::parse(br#"{"openingtimes":[[{"start":"9","end":"x"}],[],[],[],[],[],[]]}"#)
+                .unwrap_err();
         assert!(bad.contains("openingtimes[0][0].start"), "{bad}");
     }
 
