@@ -9,6 +9,7 @@ use crate::outbox::request::{ActionRequest, InvalidAction};
 use crate::providers::http::ClientBuildError;
 use crate::sandbox::getitdone::{DeliveryFaults, GetItDoneStats};
 use crate::sandbox::graas::AccountStats;
+use crate::sandbox::kassaforte::KassaForteStats;
 use crate::sandbox::{Faults, Mutations, Sandbox, SandboxConfig};
 use crate::server::Server;
 use crate::server::webhooks;
@@ -67,6 +68,8 @@ pub struct Demo {
     /// Get It Done's inbox workers and re-polls, for the final catch-up.
     gid_workers: Vec<Arc<dyn Worker>>,
     gid_repolls: Vec<Arc<dyn ScheduledJob>>,
+    /// KassaForte's order follow-ups, for the final catch-up.
+    kf_follows: Vec<Arc<dyn ScheduledJob>>,
     /// Taken when the demo finishes.
     daemon: Option<Daemon>,
     webhooks: Option<Server>,
@@ -111,6 +114,29 @@ pub struct GidVerdict {
     pub sandbox: GetItDoneStats,
 }
 
+/// One KassaForte shop's line in the verdict.
+#[derive(Debug, Clone)]
+pub struct ShopVerdict {
+    pub shop: String,
+    /// Orders the sandbox created, and how many of them the database holds.
+    pub created: usize,
+    pub stored: usize,
+    /// Submissions that ended succeeded, failed (409s, refusals) and unknown.
+    pub succeeded: usize,
+    pub failed: usize,
+    pub unknown: usize,
+    /// Sandbox orders neither stored with the sandbox's status nor behind an unknown action,
+    /// plus references the sandbox holds more than once.
+    pub differing: usize,
+    pub sandbox: KassaForteStats,
+}
+
+impl ShopVerdict {
+    pub fn matches(&self) -> bool {
+        self.differing == 0
+    }
+}
+
 impl GidVerdict {
     pub fn matches(&self) -> bool {
         self.differing == 0 && self.stored == self.announced
@@ -122,6 +148,7 @@ impl GidVerdict {
 pub struct Verdict {
     pub accounts: Vec<AccountVerdict>,
     pub getitdone: Vec<GidVerdict>,
+    pub kassaforte: Vec<ShopVerdict>,
     /// Final catch-up runs that failed: (stream, error).
     pub failed_runs: Vec<(String, String)>,
     /// Actions by (provider, account, state) at the end.
@@ -134,6 +161,7 @@ impl Verdict {
     pub fn all_match(&self) -> bool {
         self.accounts.iter().all(AccountVerdict::matches)
             && self.getitdone.iter().all(GidVerdict::matches)
+            && self.kassaforte.iter().all(ShopVerdict::matches)
     }
 }
 
@@ -142,7 +170,8 @@ impl Demo {
     /// actions and starts the daemon.
     pub async fn start(options: &DemoOptions) -> Result<Demo, DemoError> {
         let mut spec = SandboxConfig::graas(options.accounts, options.orders)
-            .with_getitdone(1, (options.orders / 5).max(10));
+            .with_getitdone(1, (options.orders / 5).max(10))
+            .with_kassaforte(2);
         spec.malformed_every = Some(997);
         spec.mutations = Some(Mutations::default());
         spec.getitdone_options.deliveries = DeliveryFaults {
@@ -187,6 +216,15 @@ impl Demo {
             })
             .cloned()
             .collect();
+        let kf_follows = app
+            .scheduled
+            .iter()
+            .filter(|j| {
+                j.stream().provider == ProviderKind::KassaForte
+                    && j.stream().resource == crate::sync::kassaforte::ORDERS_RESOURCE
+            })
+            .cloned()
+            .collect();
         let router = webhooks::router(app.hooks.clone(), store.clone(), &config.webhooks);
         let server = Server::start(config.webhooks.listen, router)
             .await
@@ -210,6 +248,7 @@ impl Demo {
             runners,
             gid_workers,
             gid_repolls,
+            kf_follows,
             daemon: Some(daemon),
             webhooks: Some(server),
             database,
@@ -280,6 +319,15 @@ impl Demo {
                 failed_runs.push((job.stream().to_string(), error));
             }
         }
+        for job in &self.kf_follows {
+            if let Some(Err(error)) = job.tick(&cancel).await {
+                failed_runs.push((job.stream().to_string(), error));
+            }
+        }
+        let mut kassaforte = Vec::new();
+        for shop in &self.spec.kassaforte {
+            kassaforte.push(self.shop_verdict(&shop.name).await?);
+        }
         let mut getitdone = Vec::new();
         for account in &self.spec.getitdone {
             getitdone.push(self.gid_verdict(&account.name).await?);
@@ -304,11 +352,66 @@ impl Demo {
             Verdict {
                 accounts,
                 getitdone,
+                kassaforte,
                 failed_runs,
                 actions,
                 open_actions,
             },
         ))
+    }
+
+    /// Every order the sandbox created is stored with its status, or belongs to a submission
+    /// left `unknown` (its answer was lost: a person resolves it); none was created twice.
+    async fn shop_verdict(&self, shop: &str) -> Result<ShopVerdict, DemoError> {
+        let sim = self.sandbox.kassaforte();
+        let provider = ProviderKind::KassaForte.as_str();
+        let stored: HashMap<String, Option<String>> = self
+            .store
+            .orders_of(provider, shop)
+            .await?
+            .into_iter()
+            .map(|o| (o.external_id, o.status))
+            .collect();
+        let actions = self
+            .store
+            .actions(&store::ActionFilter {
+                state: None,
+                account: Some(shop.to_owned()),
+                limit: 10_000,
+            })
+            .await?;
+        let count = |state: &str| actions.iter().filter(|a| a.state == state).count();
+        let unknown_references: Vec<&str> = actions
+            .iter()
+            .filter(|a| a.state == "unknown")
+            .filter_map(|a| a.request.pointer("/order/reference")?.as_str())
+            .collect();
+        let created = sim.orders(shop);
+        let mut references = HashMap::new();
+        for order in &created {
+            *references.entry(order.reference.clone()).or_insert(0) += 1;
+        }
+        let twice = references.values().filter(|n| **n > 1).count();
+        let differing = created
+            .iter()
+            .filter(|o| match stored.get(&o.order_id) {
+                Some(status) => status.as_deref() != Some(o.status.as_str()),
+                None => !o
+                    .reference
+                    .as_deref()
+                    .is_some_and(|r| unknown_references.contains(&r)),
+            })
+            .count();
+        Ok(ShopVerdict {
+            shop: shop.to_owned(),
+            created: created.len(),
+            stored: stored.len(),
+            succeeded: count("succeeded"),
+            failed: count("failed"),
+            unknown: count("unknown"),
+            differing: differing + twice,
+            sandbox: sim.stats(shop).unwrap_or_default(),
+        })
     }
 
     async fn gid_verdict(&self, name: &str) -> Result<GidVerdict, DemoError> {
@@ -405,6 +508,15 @@ fn config_toml(sandbox: &Sandbox, spec: &SandboxConfig, database_url: &str) -> S
             hook = account.webhook_secret,
         ));
     }
+    for shop in &spec.kassaforte {
+        text.push_str(&format!(
+            "\n[[kassaforte]]\nname = \"{name}\"\nbase_url = \"{url}\"\nusername = \"{user}\"\npassword = \"{password}\"\ninfos_every_open = \"5s\"\ninfos_every_closed = \"30s\"\nfollow_every = \"2s\"\nfollow_slow_every = \"10s\"\nrate_limit = \"20/s\"\n",
+            name = shop.name,
+            url = sandbox.base_url(),
+            user = shop.username,
+            password = shop.password,
+        ));
+    }
     for (i, account) in spec.graas.iter().enumerate() {
         text.push_str(&format!(
             "\n[[graas]]\nname = \"shop-{n}\"\nbase_url = \"{url}\"\naccount_number = \"{number}\"\napp_key = \"{key}\"\nschedule = \"*/2 * * * * *\"\nlookback = \"1m\"\nsettle = \"2s\"\npage_size = 200\nstart_from = \"{start}\"\nmax_window = \"1d\"\nrate_limit = \"40/s\"\n",
@@ -491,6 +603,33 @@ async fn queue_actions(
                 order_id: Some(order.order_id.clone()),
                 link_id,
                 reason,
+                ..ActionRequest::default()
+            });
+        }
+    }
+    // KassaForte: orders for each shop, most valid; one priced a cent low (409 203) and one with
+    // an article the shop does not sell (409 202).
+    for shop in &spec.kassaforte {
+        let sim = sandbox.kassaforte();
+        for n in 0..10 {
+            let kind = if n % 2 == 0 { "pickup" } else { "delivery" };
+            let Some(mut order) =
+                sim.valid_order(&shop.name, kind, &format!("DEMO-{}-{n}", shop.name))
+            else {
+                continue;
+            };
+            match n {
+                8 => {
+                    order["items"][0]["price"] =
+                        serde_json::json!(order["items"][0]["price"].as_i64().unwrap_or(0) - 1)
+                }
+                9 => order["items"][0]["itemNo"] = serde_json::json!("9999"),
+                _ => {}
+            }
+            requests.push(ActionRequest {
+                account: shop.name.clone(),
+                kind: "submit".into(),
+                order: Some(order),
                 ..ActionRequest::default()
             });
         }

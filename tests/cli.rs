@@ -294,6 +294,10 @@ fn demo_syncs_the_sandbox_and_summarises() {
         stdout.contains("shop-1") && stdout.contains("shop-2"),
         "{stdout}"
     );
+    assert!(
+        stdout.contains("kf-1: ") && stdout.contains("none submitted twice"),
+        "{stdout}"
+    );
 }
 
 #[test]

@@ -132,6 +132,33 @@ fn print_verdict(verdict: &Verdict, started: Instant) {
             stats.traffic.over_limit,
         );
     }
+    for shop in &verdict.kassaforte {
+        let stats = &shop.sandbox;
+        println!(
+            "  {}: {} submissions succeeded, {} failed (409s and refusals), {} unknown (answer lost; `ordersync action resolve`); the sandbox created {} orders, {} stored: {}",
+            shop.shop,
+            shop.succeeded,
+            shop.failed,
+            shop.unknown,
+            shop.created,
+            shop.stored,
+            if shop.matches() {
+                "database matches, none submitted twice".to_owned()
+            } else {
+                format!("{} missing, different or submitted twice", shop.differing)
+            },
+        );
+        println!(
+            "  {}: {} state polls, {} menus, {} status polls, {} conflicts, {} answered 429, {} with 5xx",
+            shop.shop,
+            stats.infos,
+            stats.menu,
+            stats.status_polls,
+            stats.conflicts,
+            stats.traffic.over_limit,
+            stats.traffic.server_errors,
+        );
+    }
     print_action_counts(&verdict.actions);
     if verdict.open_actions > 0 {
         println!(

@@ -600,6 +600,10 @@ pub fn router(sim: Arc<KassaForteSim>) -> Router {
         .route("/v1/coupon", get(coupon))
         .route("/_sandbox/kassaforte/{shop}/stats", get(stats_route))
         .route("/_sandbox/kassaforte/{shop}/menu", post(change_menu_route))
+        .route(
+            "/_sandbox/kassaforte/{shop}/openhours",
+            axum::routing::put(open_hours_route),
+        )
         .with_state(sim)
 }
 
@@ -915,4 +919,21 @@ async fn change_menu_route(
 ) -> Response {
     sim.change_menu(&shop);
     StatusCode::NO_CONTENT.into_response()
+}
+
+async fn open_hours_route(
+    State(sim): State<Arc<KassaForteSim>>,
+    Path(shop): Path<String>,
+    body: Bytes,
+) -> Response {
+    match serde_json::from_slice::<Value>(&body) {
+        Ok(hours) if hours.get("openingtimes").is_some_and(Value::is_array) => {
+            sim.set_open_hours(&shop, hours);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        _ => error(
+            StatusCode::BAD_REQUEST,
+            "the body must be open hours: {\"openingtimes\": [[{\"start\", \"end\"}], …], \"acceptStart\", \"acceptEnd\"}",
+        ),
+    }
 }
