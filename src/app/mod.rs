@@ -218,6 +218,14 @@ impl Daemon {
             );
             tasks.spawn(name, async move { dispatcher.run(&shutdown).await });
         }
+        if let Some(store) = app.store.clone().filter(|_| !app.dispatchers.is_empty()) {
+            let (dispatchers, shutdown) = (app.dispatchers.clone(), shutdown.clone());
+            let poll_interval = app.dispatchers[0].poll_interval();
+            tasks.spawn(
+                "outbox due check".to_owned(),
+                crate::outbox::watch_due(dispatchers, store, poll_interval, shutdown),
+            );
+        }
         if let Some(store) = app.store.clone().filter(|_| !app.gates.is_empty()) {
             let (gates, shutdown) = (app.gates, shutdown.clone());
             tasks.spawn(

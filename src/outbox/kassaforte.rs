@@ -151,9 +151,12 @@ impl KassaForteExecutor {
                     submitted_at,
                     &self.monitor.shop().currency,
                 );
-                if let Err(error) = record_order(&*self.store, order).await {
+                match record_order(&*self.store, order).await {
+                    Ok(()) => self.monitor.note_submitted(),
                     // The id is kept on the action; `action resolve` is not needed for it.
-                    tracing::error!(action = action.id, %order_id, %error, "submitted, but the order row could not be written; it is not followed");
+                    Err(error) => {
+                        tracing::error!(action = action.id, %order_id, %error, "submitted, but the order row could not be written; it is not followed")
+                    }
                 }
                 Verdict::Done(json!({ "orderId": order_id, "submittedAt": submitted_at }))
             }

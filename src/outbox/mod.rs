@@ -74,6 +74,10 @@ pub struct DispatchStats {
     pub late: AtomicU64,
 }
 
+/// How long an idle dispatcher waits before it looks at its queue by itself, in case the shared
+/// due check ([`watch_due`]) cannot reach the database.
+const IDLE_LOOK_EVERY: Duration = Duration::from_secs(60);
+
 /// Drains the queue of one (provider, account).
 pub struct Dispatcher {
     pub provider: ProviderKind,
@@ -84,6 +88,8 @@ pub struct Dispatcher {
     config: OutboxConfig,
     worker: String,
     wake: Arc<Notify>,
+    /// Woken by [`watch_due`] when this account has a due action.
+    due: Notify,
     pub stats: DispatchStats,
 }
 
@@ -108,6 +114,7 @@ impl Dispatcher {
             config,
             worker,
             wake,
+            due: Notify::new(),
             stats: DispatchStats::default(),
         }
     }
@@ -137,13 +144,19 @@ impl Dispatcher {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = self.wake.notified() => {}
-                    _ = tokio::time::sleep(self.config.poll_interval) => {}
+                    _ = self.due.notified() => {}
+                    _ = tokio::time::sleep(IDLE_LOOK_EVERY) => {}
                 }
             }
         }
         if let Err(error) = self.record(&unrecorded).await {
             self.log_store_error(&error);
         }
+    }
+
+    /// How often the queue is looked at for due actions.
+    pub fn poll_interval(&self) -> Duration {
+        self.config.poll_interval
     }
 
     fn log_store_error(&self, error: &StoreError) {
@@ -286,6 +299,34 @@ impl Dispatcher {
                 error,
                 at: Utc::now() + retry_delay(&self.config, action.attempts),
             },
+        }
+    }
+}
+
+/// Looks for due actions of every account in one query each `poll_interval` (rows inserted by
+/// SQL or another process, retries whose time came) and wakes the dispatchers that have one, so
+/// a hundred idle accounts cost one query per interval, not a hundred.
+pub async fn watch_due(
+    dispatchers: Vec<Arc<Dispatcher>>,
+    store: Arc<dyn Store>,
+    poll_interval: Duration,
+    shutdown: CancellationToken,
+) {
+    loop {
+        match store.due_accounts(Utc::now()).await {
+            Ok(due) => {
+                for dispatcher in &dispatchers {
+                    let key = (dispatcher.provider.as_str(), dispatcher.account.as_str());
+                    if due.iter().any(|(p, a)| (p.as_str(), a.as_str()) == key) {
+                        dispatcher.due.notify_one();
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, "outbox: cannot look for due actions"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(poll_interval) => {}
         }
     }
 }

@@ -72,12 +72,13 @@ impl Store for Bounded {
     async fn run_finished(
         &self,
         stream: &StreamKey,
+        started: DateTime<Utc>,
         at: DateTime<Utc>,
         error: Option<&str>,
     ) -> Result<(), StoreError> {
         self.within(
             "recording a run's end",
-            self.inner.run_finished(stream, at, error),
+            self.inner.run_finished(stream, started, at, error),
         )
         .await
     }
@@ -279,6 +280,11 @@ impl Store for Bounded {
 
     /// Waits for borrowed connections at most `limit`; a connection stuck on a silent peer is
     /// left behind rather than holding up the exit.
+    async fn due_accounts(&self, now: DateTime<Utc>) -> Result<Vec<(String, String)>, StoreError> {
+        self.within("looking for due actions", self.inner.due_accounts(now))
+            .await
+    }
+
     async fn mark_sending(
         &self,
         id: i64,
@@ -319,10 +325,10 @@ impl Store for Bounded {
         .await
     }
 
-    async fn record_shop_state(&self, state: &ShopState) -> Result<bool, StoreError> {
+    async fn record_shop_state(&self, state: &ShopState, changed: bool) -> Result<(), StoreError> {
         self.within(
             "recording a shop's state",
-            self.inner.record_shop_state(state),
+            self.inner.record_shop_state(state, changed),
         )
         .await
     }

@@ -160,10 +160,12 @@ pub trait Store: Send + Sync {
 
     async fn run_started(&self, stream: &StreamKey, at: DateTime<Utc>) -> Result<(), StoreError>;
 
-    /// `error` is `None` for a run that finished its work.
+    /// Records a run's end, and its start (so a quick run costs one write); `error` is `None`
+    /// for a run that finished its work.
     async fn run_finished(
         &self,
         stream: &StreamKey,
+        started: DateTime<Utc>,
         at: DateTime<Utc>,
         error: Option<&str>,
     ) -> Result<(), StoreError>;
@@ -200,6 +202,10 @@ pub trait Store: Send + Sync {
         worker: &str,
         outcomes: &[(i64, ActionOutcome)],
     ) -> Result<Vec<i64>, StoreError>;
+
+    /// The (provider, account) pairs that have an action due at `now` (pending and due, or in
+    /// flight with an expired claim): one query for every account's queue.
+    async fn due_accounts(&self, now: DateTime<Utc>) -> Result<Vec<(String, String)>, StoreError>;
 
     /// Renews `worker`'s claim on these actions until `until`; returns how many it still held.
     async fn extend_claims(
@@ -313,9 +319,10 @@ pub trait Store: Send + Sync {
         since: DateTime<Utc>,
     ) -> Result<Vec<FollowedOrder>, StoreError>;
 
-    /// Stores a shop's polled state; when it differs from the stored one (or is the first),
-    /// also a history row. Returns whether it changed.
-    async fn record_shop_state(&self, state: &ShopState) -> Result<bool, StoreError>;
+    /// Stores a shop's polled state. `changed` (the caller, the shop's one poller, knows what it
+    /// stored last) also writes a history row and moves `changed_at`; an unchanged state is one
+    /// UPDATE of when it was seen.
+    async fn record_shop_state(&self, state: &ShopState, changed: bool) -> Result<(), StoreError>;
 
     async fn shop_state(
         &self,

@@ -192,21 +192,29 @@ impl Store for SqliteStore {
     async fn run_finished(
         &self,
         stream: &StreamKey,
+        started: DateTime<Utc>,
         at: DateTime<Utc>,
         error: Option<&str>,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE sync_cursors SET last_run_finished_at = ?1, \
-             last_success_at = CASE WHEN ?2 IS NULL THEN ?1 ELSE last_success_at END, \
+            "INSERT INTO sync_cursors (provider, account, resource, last_run_started_at, \
+             last_run_finished_at, last_success_at, last_error, consecutive_failures) \
+             VALUES (?3, ?4, ?5, ?6, ?1, CASE WHEN ?2 IS NULL THEN ?1 END, ?2, \
+                     CASE WHEN ?2 IS NULL THEN 0 ELSE 1 END) \
+             ON CONFLICT (provider, account, resource) DO UPDATE SET \
+             last_run_started_at = excluded.last_run_started_at, \
+             last_run_finished_at = excluded.last_run_finished_at, \
+             last_success_at = CASE WHEN ?2 IS NULL THEN ?1 ELSE sync_cursors.last_success_at END, \
              last_error = ?2, \
-             consecutive_failures = CASE WHEN ?2 IS NULL THEN 0 ELSE consecutive_failures + 1 END \
-             WHERE provider = ?3 AND account = ?4 AND resource = ?5",
+             consecutive_failures = CASE WHEN ?2 IS NULL THEN 0 \
+                                         ELSE sync_cursors.consecutive_failures + 1 END",
         )
         .bind(ts(at))
         .bind(error)
         .bind(stream.provider.as_str())
         .bind(&stream.account)
         .bind(&stream.resource)
+        .bind(ts(started))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -728,6 +736,21 @@ impl Store for SqliteStore {
         .await?)
     }
 
+    async fn due_accounts(&self, now: DateTime<Utc>) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT provider, account FROM actions \
+             WHERE state IN ('pending', 'in_flight') \
+             AND ((state = 'pending' AND next_attempt_at <= ?1) \
+               OR (state = 'in_flight' AND claimed_until < ?1))",
+        )
+        .bind(ts(now))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .collect()
+    }
+
     async fn mark_sending(
         &self,
         id: i64,
@@ -795,12 +818,10 @@ impl Store for SqliteStore {
         rows.iter().map(rows::followed_order).collect()
     }
 
-    async fn record_shop_state(&self, state: &ShopState) -> Result<bool, StoreError> {
-        // One job polls a shop, so nothing writes this row between the read and the write.
-        let stored = self.shop_state(&state.provider, &state.account).await?;
-        let changed = stored
-            .as_ref()
-            .is_none_or(|s| !s.summary().same_state(&state.summary()));
+    async fn record_shop_state(&self, state: &ShopState, changed: bool) -> Result<(), StoreError> {
+        if !changed {
+            return self.shop_state_seen(state).await;
+        }
         let observed = ts(state.observed_at);
         let products = serde_json::Value::from(state.unavailable_products.clone()).to_string();
         let mut tx = self.pool.begin().await?;
@@ -820,7 +841,7 @@ impl Store for SqliteStore {
              last_open_times_refresh = excluded.last_open_times_refresh, \
              last_delivery_cost_refresh = excluded.last_delivery_cost_refresh, \
              body = excluded.body, observed_at = excluded.observed_at, \
-             changed_at = CASE WHEN ?15 THEN excluded.changed_at ELSE shop_states.changed_at END",
+             changed_at = excluded.changed_at",
         )
         .bind(&state.provider)
         .bind(&state.account)
@@ -836,7 +857,6 @@ impl Store for SqliteStore {
         .bind(&state.refresh.delivery_costs)
         .bind(&state.body)
         .bind(&observed)
-        .bind(changed)
         .execute(&mut *tx)
         .await?;
         if changed {
@@ -859,7 +879,7 @@ impl Store for SqliteStore {
             .await?;
         }
         tx.commit().await?;
-        Ok(changed)
+        Ok(())
     }
 
     async fn shop_state(
@@ -983,3 +1003,24 @@ const UNREADABLE_ACTION_FAILED: &str = "UPDATE actions SET state = 'failed', las
        THEN created_at ELSE ?2 END, \
      next_attempt_at = ?2, claimed_until = NULL, finished_at = ?2, updated_at = ?2 \
      WHERE id = ?3";
+
+impl SqliteStore {
+    /// An unchanged state: when it was seen, its body and refresh values.
+    async fn shop_state_seen(&self, state: &ShopState) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE shop_states SET observed_at = ?1, body = ?2, last_menu_refresh = ?3, \
+             last_open_times_refresh = ?4, last_delivery_cost_refresh = ?5 \
+             WHERE provider = ?6 AND account = ?7",
+        )
+        .bind(ts(state.observed_at))
+        .bind(&state.body)
+        .bind(&state.refresh.menu)
+        .bind(&state.refresh.open_times)
+        .bind(&state.refresh.delivery_costs)
+        .bind(&state.provider)
+        .bind(&state.account)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}

@@ -12,6 +12,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio_util::sync::CancellationToken;
 
+/// A run still going after this long has its start recorded before its end.
+const RECORD_START_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// One kind of scheduled work over one stream.
 #[async_trait]
 pub trait Job: Send + Sync + 'static {
@@ -26,7 +29,18 @@ pub trait Job: Send + Sync + 'static {
     /// True when `error` is the upstream refusing the account's credentials: running again
     /// would only hammer it, so the stream stops until ordersync is restarted.
     fn refused_credentials(error: &Self::Error) -> bool;
+
+    /// True for a run that found nothing due (a closed shop between its polls): it is recorded
+    /// only every [`IDLE_RECORD_EVERY`], which keeps the stream's health while sparing the
+    /// database a write per tick.
+    fn idle(_report: &Self::Report) -> bool {
+        false
+    }
 }
+
+/// How often a stream whose runs are idle still records one; well inside the shortest time
+/// after which `status` calls a stream overdue (three ticks plus a minute).
+pub const IDLE_RECORD_EVERY: std::time::Duration = std::time::Duration::from_secs(45);
 
 /// What a finished run tells: its log line and its line in `run --once`.
 pub trait RunReport: Send {
@@ -45,6 +59,8 @@ pub struct Scheduled<J> {
     stopped: AtomicBool,
     /// Ticks received, run or not: shows the schedule is alive even when runs are skipped.
     ticks: AtomicU64,
+    /// When a run was last recorded in the store.
+    last_recorded: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl<J: Job> Scheduled<J> {
@@ -56,6 +72,7 @@ impl<J: Job> Scheduled<J> {
             running: tokio::sync::Mutex::new(()),
             stopped: AtomicBool::new(false),
             ticks: AtomicU64::new(0),
+            last_recorded: std::sync::Mutex::new(None),
         }
     }
 
@@ -95,17 +112,30 @@ impl<J: Job> Scheduled<J> {
             return None;
         }
         let stream = self.stream();
-        if let Err(error) = self.store.run_started(stream, Utc::now()).await {
-            tracing::warn!(%stream, %error, "cannot record the run's start");
-        }
-        let result = self.job.run(shutdown).await;
-        let error_text = result.as_ref().err().map(ToString::to_string);
-        if let Err(error) = self
-            .store
-            .run_finished(stream, Utc::now(), error_text.as_deref())
-            .await
-        {
-            tracing::warn!(%stream, %error, "cannot record the run's end");
+        let started = Utc::now();
+        // A quick run is recorded once, at its end; a long one also when it has run a while,
+        // so `status` sees it going.
+        let run = self.job.run(shutdown);
+        tokio::pin!(run);
+        let result = tokio::select! {
+            result = &mut run => result,
+            _ = tokio::time::sleep(RECORD_START_AFTER) => {
+                if let Err(error) = self.store.run_started(stream, started).await {
+                    tracing::warn!(%stream, %error, "cannot record the run's start");
+                }
+                run.await
+            }
+        };
+        if self.should_record(&result) {
+            let error_text = result.as_ref().err().map(ToString::to_string);
+            match self
+                .store
+                .run_finished(stream, started, Utc::now(), error_text.as_deref())
+                .await
+            {
+                Ok(()) => self.recorded_now(),
+                Err(error) => tracing::warn!(%stream, %error, "cannot record the run's end"),
+            }
         }
         match &result {
             Ok(report) => report.log(stream),
@@ -118,6 +148,20 @@ impl<J: Job> Scheduled<J> {
             }
         }
         Some(result)
+    }
+}
+
+impl<J: Job> Scheduled<J> {
+    /// Every run is recorded, except an idle one soon after the last record.
+    fn should_record(&self, result: &Result<J::Report, J::Error>) -> bool {
+        let idle = result.as_ref().is_ok_and(|report| J::idle(report));
+        let last = *self.last_recorded.lock().unwrap_or_else(|e| e.into_inner());
+        !idle || last.is_none_or(|at| at.elapsed() >= IDLE_RECORD_EVERY)
+    }
+
+    fn recorded_now(&self) {
+        *self.last_recorded.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(std::time::Instant::now());
     }
 }
 

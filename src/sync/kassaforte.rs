@@ -9,7 +9,8 @@ use crate::providers::kassaforte::config::KassaForteShop;
 use crate::providers::kassaforte::hours::ShopCalendar;
 use crate::providers::kassaforte::wire::{Infos, OpenHours};
 use crate::store::{
-    Batch, RefreshValues, ShopDocument, ShopDocumentKind, ShopState, Store, StoreError,
+    Batch, RefreshValues, ShopDocument, ShopDocumentKind, ShopState, ShopStateChange, Store,
+    StoreError,
 };
 use crate::sync::job::Job;
 use async_trait::async_trait;
@@ -62,6 +63,8 @@ pub struct ShopMonitor {
     shop: KassaForteShop,
     clock: Clock,
     known: Mutex<Known>,
+    /// An order was submitted since the follow-up last looked.
+    submitted: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -73,6 +76,8 @@ struct Known {
     snapshots: HashMap<ShopDocumentKind, Option<String>>,
     /// When the last poll began, and whether the shop was accepting then.
     last_poll: Option<(DateTime<Utc>, bool)>,
+    /// The state as stored last: a poll that finds the same writes no history.
+    stored: Option<ShopStateChange>,
 }
 
 /// What one state poll did.
@@ -98,7 +103,19 @@ impl ShopMonitor {
             shop,
             clock,
             known: Mutex::new(Known::default()),
+            submitted: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Tells the follow-up that an order was submitted (it has something to follow now).
+    pub fn note_submitted(&self) {
+        self.submitted
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn take_submitted(&self) -> bool {
+        self.submitted
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn now(&self) -> DateTime<Utc> {
@@ -125,6 +142,11 @@ impl ShopMonitor {
         if known.loaded {
             return Ok(());
         }
+        known.stored = self
+            .store
+            .shop_state(ProviderKind::KassaForte.as_str(), &self.shop.name)
+            .await?
+            .map(|state| state.summary());
         for kind in ShopDocumentKind::ALL {
             let latest = self
                 .store
@@ -241,7 +263,15 @@ impl ShopMonitor {
             .as_ref()
             .is_none_or(|c| c.accepting_at(started));
         let state = state_of(&self.shop.name, &infos, refresh, body, hours_open, started);
-        let changed = self.store.record_shop_state(&state).await?;
+        let summary = state.summary();
+        let changed = known
+            .stored
+            .as_ref()
+            .is_none_or(|stored| !stored.same_state(&summary));
+        self.store.record_shop_state(&state, changed).await?;
+        if changed {
+            known.stored = Some(summary);
+        }
         known.last_poll = Some((started, hours_open));
         Ok(Polled {
             state,
@@ -340,6 +370,10 @@ impl Job for ShopWatch {
     fn refused_credentials(error: &ShopError) -> bool {
         error.refused_credentials()
     }
+
+    fn idle(report: &Value) -> bool {
+        report["polled"] == json!(false)
+    }
 }
 
 /// Polls the status of the orders ordersync submitted: every tick while they are young, less
@@ -348,7 +382,16 @@ pub struct OrderFollow {
     monitor: Arc<ShopMonitor>,
     store: Arc<dyn Store>,
     stream: StreamKey,
-    last_checked: Mutex<HashMap<String, DateTime<Utc>>>,
+    followed: Mutex<Followed>,
+}
+
+#[derive(Default)]
+struct Followed {
+    /// When each followed order was last polled.
+    last_checked: HashMap<String, DateTime<Utc>>,
+    /// With nothing to follow the store is asked again only at this time (or when this process
+    /// submits an order): a shop without orders costs no query per tick.
+    quiet_until: Option<DateTime<Utc>>,
 }
 
 impl OrderFollow {
@@ -358,7 +401,7 @@ impl OrderFollow {
             monitor,
             store,
             stream,
-            last_checked: Mutex::new(HashMap::new()),
+            followed: Mutex::new(Followed::default()),
         }
     }
 
@@ -385,6 +428,11 @@ impl Job for OrderFollow {
     async fn run(&self, shutdown: &CancellationToken) -> Result<Value, ShopError> {
         let shop = self.monitor.shop();
         let now = self.monitor.now();
+        let mut state = self.followed.lock().await;
+        let submitted = self.monitor.take_submitted();
+        if !submitted && state.quiet_until.is_some_and(|until| now < until) {
+            return Ok(json!({ "followed": 0, "polled": 0 }));
+        }
         let followed = self
             .store
             .followed_orders(
@@ -394,8 +442,13 @@ impl Job for OrderFollow {
                 now - std_to_chrono(shop.follow_for),
             )
             .await?;
-        let mut last_checked = self.last_checked.lock().await;
-        last_checked.retain(|id, _| followed.iter().any(|o| &o.external_id == id));
+        state.quiet_until = followed
+            .is_empty()
+            .then(|| now + std_to_chrono(shop.follow_slow_every));
+        let ids: std::collections::HashSet<&str> =
+            followed.iter().map(|o| o.external_id.as_str()).collect();
+        let last_checked = &mut state.last_checked;
+        last_checked.retain(|id, _| ids.contains(id.as_str()));
         let (mut orders, mut quarantined) = (Vec::new(), Vec::new());
         let mut failure = None;
         for order in &followed {
@@ -451,7 +504,13 @@ impl Job for OrderFollow {
                 }
             }
         }
-        drop(last_checked);
+        drop(state);
+        if orders.is_empty() && quarantined.is_empty() {
+            return match failure {
+                Some(error) => Err(error.into()),
+                None => Ok(json!({ "followed": followed.len(), "polled": 0 })),
+            };
+        }
         let batch = Batch {
             stream: &self.stream,
             orders: &orders,
@@ -471,5 +530,9 @@ impl Job for OrderFollow {
 
     fn refused_credentials(error: &ShopError) -> bool {
         error.refused_credentials()
+    }
+
+    fn idle(report: &Value) -> bool {
+        report["polled"] == json!(0)
     }
 }
