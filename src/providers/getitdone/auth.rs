@@ -37,6 +37,9 @@ pub struct TokenSource {
     client_secret: Secret,
     // Held across the token request: that is the single flight.
     cached: Mutex<Option<Cached>>,
+    /// The newest token, readable without waiting: a request picks it up when the rate gate
+    /// lets it through, so a wait at the gate cannot outlast its token.
+    newest: std::sync::Mutex<Option<Token>>,
     generation: std::sync::atomic::AtomicU64,
 }
 
@@ -55,8 +58,25 @@ impl TokenSource {
             client_id: client_id.to_owned(),
             client_secret,
             cached: Mutex::new(None),
+            newest: std::sync::Mutex::new(None),
             generation: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// The newest token when it is newer than `token`, else `token`.
+    pub fn newest_since(&self, token: &Token) -> Token {
+        let newest = self.newest.lock().unwrap_or_else(|e| e.into_inner());
+        match newest.as_ref() {
+            Some(newer) if newer.generation > token.generation => newer.clone(),
+            _ => token.clone(),
+        }
+    }
+
+    fn keep(&self, cached: &mut Option<Cached>, fresh: Cached) -> Token {
+        let token = fresh.token.clone();
+        *cached = Some(fresh);
+        *self.newest.lock().unwrap_or_else(|e| e.into_inner()) = Some(token.clone());
+        token
     }
 
     /// A token that is not about to expire.
@@ -68,9 +88,7 @@ impl TokenSource {
             return Ok(current.token.clone());
         }
         let fresh = self.fetch().await?;
-        let token = fresh.token.clone();
-        *cached = Some(fresh);
-        Ok(token)
+        Ok(self.keep(&mut cached, fresh))
     }
 
     /// The API refused `refused`: a new token, unless another task already replaced it.
@@ -83,9 +101,7 @@ impl TokenSource {
             return Ok(current.token.clone());
         }
         let fresh = self.fetch().await?;
-        let token = fresh.token.clone();
-        *cached = Some(fresh);
-        Ok(token)
+        Ok(self.keep(&mut cached, fresh))
     }
 
     async fn fetch(&self) -> Result<Cached, ProviderError> {

@@ -100,14 +100,15 @@ impl GetItDoneClient {
         parse: impl Fn(Response) -> Result<T, ProviderError>,
     ) -> Result<T, ProviderError> {
         let what = format!("{method} {}", url.path());
-        let token = self.tokens.token().await?;
+        let used = std::sync::Mutex::new(self.tokens.token().await?);
         match self
-            .send(&method, url, body, repeatable, &token, &what, &parse)
+            .send(&method, url, body, repeatable, &used, &what, &parse)
             .await
         {
             Err(ProviderError::Unauthorized { .. }) => {
                 tracing::info!(account = %self.stream.account, request = %what, "token refused; fetching a new one");
-                let fresh = self.tokens.replace(&token).await?;
+                let refused = used.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let fresh = std::sync::Mutex::new(self.tokens.replace(&refused).await?);
                 self.send(&method, url, body, repeatable, &fresh, &what, &parse)
                     .await
             }
@@ -122,11 +123,15 @@ impl GetItDoneClient {
         url: &Url,
         body: Option<&Value>,
         repeatable: bool,
-        token: &Token,
+        used: &std::sync::Mutex<Token>,
         what: &str,
         parse: &impl Fn(Response) -> Result<T, ProviderError>,
     ) -> Result<T, ProviderError> {
+        // Built after the rate gate let the request through: the newest token by then, which
+        // another request may have refreshed while this one waited.
         let build = |client: &reqwest::Client| {
+            let mut token = used.lock().unwrap_or_else(|e| e.into_inner());
+            *token = self.tokens.newest_since(&token);
             let request = client
                 .request(method.clone(), url.clone())
                 .bearer_auth(token.value.expose())
