@@ -333,6 +333,12 @@ pub enum ActionOutcome {
     Unknown {
         error: String,
     },
+    /// Not sent, by choice (the shop's till is offline): pending again at `at`, without using
+    /// up an attempt.
+    Deferred {
+        reason: String,
+        at: DateTime<Utc>,
+    },
     /// A transient failure: try again at `at`, or become `dead` when out of attempts.
     RetryAt {
         error: String,

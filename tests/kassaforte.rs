@@ -466,6 +466,36 @@ async fn submissions_are_followed_refused_or_failed_with_their_reason(db: TestDb
     );
     assert_eq!(sim.stats(SHOP).expect("stats").menu, menus_before + 1);
 
+    // A till that is offline holds the order (no attempt used), which goes once it is back.
+    sim.set_connection(SHOP, false);
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let held = sim
+        .valid_order(SHOP, "pickup", "OS-held")
+        .expect("an order");
+    let held_id = enqueue(&store, &config, submit(SHOP, held)).await;
+    let submissions_before = sim.stats(SHOP).expect("stats").submissions;
+    app.run_once(&token).await;
+    let action = actions_by_id(&store).await[&held_id].clone();
+    assert_eq!(
+        (action.state.as_str(), action.attempts),
+        ("pending", 0),
+        "{action:?}"
+    );
+    assert!(
+        action
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("held: the shop's till"))
+    );
+    assert_eq!(
+        sim.stats(SHOP).expect("stats").submissions,
+        submissions_before
+    );
+    sim.set_connection(SHOP, true);
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    app.run_once(&token).await;
+    assert_eq!(actions_by_id(&store).await[&held_id].state, "succeeded");
+
     // Refused before any request: a service closed by hand, an unavailable item, closed hours.
     let requests = |sim: &ordersync::sandbox::kassaforte::KassaForteSim| {
         sim.stats(SHOP).expect("stats").submissions

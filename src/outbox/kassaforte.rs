@@ -124,11 +124,12 @@ impl KassaForteExecutor {
             Ok(None) => {}
             Err(error) => return Verdict::Transient(error.to_string()),
         }
-        if state.connection_ok == Some(false)
-            && self.monitor.shop().till_offline == TillOffline::Hold
-        {
-            return Verdict::Transient(
+        let shop = self.monitor.shop();
+        if state.connection_ok == Some(false) && shop.till_offline == TillOffline::Hold {
+            // Looked at again with the next state poll; holding uses up no attempt.
+            return Verdict::Deferred(
                 "held: the shop's till is not connected (connectionStatus false); sent when it is back (till_offline = \"hold\")".into(),
+                shop.infos_every_open,
             );
         }
         match self

@@ -32,6 +32,8 @@ pub enum Verdict {
     Transient(String),
     /// May have reached an upstream that cannot be asked: a person must decide.
     Unknown(String),
+    /// Held back by choice, not failed: again after this long, without using an attempt.
+    Deferred(String, Duration),
 }
 
 /// Performs claimed actions of one (provider, account): one verdict per action, in order.
@@ -228,7 +230,9 @@ impl Dispatcher {
                 ActionOutcome::Sent { .. } => &self.stats.awaiting,
                 ActionOutcome::Failed { .. } => &self.stats.failed,
                 ActionOutcome::Unknown { .. } => &self.stats.unknown,
-                ActionOutcome::RetryAt { .. } => &self.stats.retried,
+                ActionOutcome::RetryAt { .. } | ActionOutcome::Deferred { .. } => {
+                    &self.stats.retried
+                }
             };
             counter.fetch_add(1, Ordering::Relaxed);
             match &outcome {
@@ -237,6 +241,9 @@ impl Dispatcher {
                 }
                 ActionOutcome::Unknown { error } => {
                     tracing::error!(action = action.id, kind = %action.kind, account = %self.account, %error, "action outcome unknown; resolve it with `ordersync action resolve`")
+                }
+                ActionOutcome::Deferred { reason, at } => {
+                    tracing::info!(action = action.id, kind = %action.kind, account = %self.account, %reason, until = %at, "action held")
                 }
                 ActionOutcome::RetryAt { error, at } => {
                     tracing::warn!(action = action.id, kind = %action.kind, account = %self.account, attempt = action.attempts, %error, retry_at = %at, "action will be retried")
@@ -295,6 +302,10 @@ impl Dispatcher {
             Verdict::Sent(result, confirm_by) => ActionOutcome::Sent { result, confirm_by },
             Verdict::Refused(error) => ActionOutcome::Failed { error },
             Verdict::Unknown(error) => ActionOutcome::Unknown { error },
+            Verdict::Deferred(reason, after) => ActionOutcome::Deferred {
+                reason,
+                at: Utc::now() + after,
+            },
             Verdict::Transient(error) => ActionOutcome::RetryAt {
                 error,
                 at: Utc::now() + retry_delay(&self.config, action.attempts),

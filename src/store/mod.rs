@@ -509,6 +509,7 @@ pub(crate) fn outcome_columns(
         ActionOutcome::Failed { error } => ("failed", None, Some(error.as_str()), None),
         ActionOutcome::Unknown { error } => ("unknown", None, Some(error.as_str()), None),
         ActionOutcome::RetryAt { error, at } => ("retry", None, Some(error.as_str()), Some(*at)),
+        ActionOutcome::Deferred { reason, at } => ("defer", None, Some(reason.as_str()), Some(*at)),
     }
 }
 

@@ -144,12 +144,13 @@ impl<'a> OutcomeColumns<'a> {
 
 /// Every outcome of a batch in one statement; a retry out of attempts becomes `dead`.
 const FINISH_BATCH: &str = "UPDATE actions AS a SET \
-     state = CASE WHEN u.kind <> 'retry' THEN u.kind \
+     state = CASE WHEN u.kind = 'defer' THEN 'pending' WHEN u.kind <> 'retry' THEN u.kind \
                   WHEN a.attempts >= a.max_attempts THEN 'dead' ELSE 'pending' END, \
      result = CASE WHEN u.kind IN ('succeeded', 'sent') THEN u.result::json ELSE a.result END, \
      last_error = u.error, \
      next_attempt_at = COALESCE(u.next_at, a.next_attempt_at), \
-     finished_at = CASE WHEN u.kind IN ('sent', 'unknown') THEN NULL \
+     attempts = CASE WHEN u.kind = 'defer' THEN a.attempts - 1 ELSE a.attempts END, \
+             finished_at = CASE WHEN u.kind IN ('sent', 'unknown', 'defer') THEN NULL \
                         WHEN u.kind <> 'retry' OR a.attempts >= a.max_attempts THEN $7 END, \
      claimed_until = NULL, sending_since = NULL, updated_at = $7 \
      FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::text[], $5::timestamptz[]) \

@@ -364,12 +364,13 @@ impl Store for SqliteStore {
         // One statement, so a batch costs one write transaction, not one per action.
         Ok(sqlx::query_scalar(
             "UPDATE actions AS a SET \
-             state = CASE WHEN u.kind <> 'retry' THEN u.kind \
+             state = CASE WHEN u.kind = 'defer' THEN 'pending' WHEN u.kind <> 'retry' THEN u.kind \
                           WHEN a.attempts >= a.max_attempts THEN 'dead' ELSE 'pending' END, \
              result = CASE WHEN u.kind IN ('succeeded', 'sent') THEN u.result ELSE a.result END, \
              last_error = u.error, \
              next_attempt_at = COALESCE(u.next_at, a.next_attempt_at), \
-             finished_at = CASE WHEN u.kind IN ('sent', 'unknown') THEN NULL \
+             attempts = CASE WHEN u.kind = 'defer' THEN a.attempts - 1 ELSE a.attempts END, \
+             finished_at = CASE WHEN u.kind IN ('sent', 'unknown', 'defer') THEN NULL \
                                 WHEN u.kind <> 'retry' OR a.attempts >= a.max_attempts \
                                 THEN ?3 END, \
              claimed_until = NULL, sending_since = NULL, updated_at = ?3 \
