@@ -728,6 +728,48 @@ async fn a_lost_answer_is_unknown_never_resent_and_resolved_by_a_person(db: Test
     );
     assert_eq!(sim.stats(SHOP).expect("stats").submissions, submissions);
 
+    // The admin API takes submissions too, and names the field of a bad one.
+    let admin = ordersync::server::admin::AdminState {
+        config: Arc::new(config.clone()),
+        store: store.clone(),
+        token: ordersync::config::Secret::new("kassaforte-admin-token"),
+        wake: Arc::new(tokio::sync::Notify::new()),
+    };
+    let server = ordersync::server::Server::start(
+        ([127, 0, 0, 1], 0).into(),
+        ordersync::server::admin::router(admin),
+    )
+    .await
+    .expect("admin API");
+    let http = reqwest::Client::new();
+    let url = format!("http://{}/api/v1/actions", server.addr());
+    let mut float_price = sim
+        .valid_order(SHOP, "pickup", "OS-api-bad")
+        .expect("order");
+    float_price["items"][0]["price"] = json!(8.5);
+    let refused = http
+        .post(&url)
+        .bearer_auth("kassaforte-admin-token")
+        .json(&json!({ "account": SHOP, "kind": "submit", "order": float_price }))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(refused.status().as_u16(), 422);
+    let answer: Value = refused.json().await.expect("json");
+    assert_eq!(answer["error"]["field"], "order.items[0].price", "{answer}");
+    let good = sim.valid_order(SHOP, "pickup", "OS-api").expect("order");
+    let created = http
+        .post(&url)
+        .bearer_auth("kassaforte-admin-token")
+        .json(&json!({ "account": SHOP, "kind": "submit", "order": good }))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(created.status().as_u16(), 201);
+    let answer: Value = created.json().await.expect("json");
+    assert_eq!(answer["action"]["channel"], "pickup", "{answer}");
+    server.stop().await;
+
     // The checks from the command line.
     let discount = cli(
         &config_path,
