@@ -683,6 +683,26 @@ fn admit<T>(
     }
 }
 
+/// A value, or 404 when there is none.
+async fn answer_found(admitted: Admitted<Option<Value>>) -> Response {
+    match admitted {
+        Admitted::Go { value: None, .. } => error(StatusCode::NOT_FOUND, "Not Found"),
+        Admitted::Go {
+            value: Some(value),
+            slow,
+            truncate,
+        } => {
+            answer(Admitted::Go {
+                value,
+                slow,
+                truncate,
+            })
+            .await
+        }
+        Admitted::Answer(response) => response,
+    }
+}
+
 async fn answer(admitted: Admitted<Value>) -> Response {
     match admitted {
         Admitted::Answer(response) => response,
@@ -832,22 +852,7 @@ async fn order_status(
         }
         Some(json!({ "orderId": order.order_id, "status": order.status }))
     });
-    match admitted {
-        Admitted::Go { value: None, .. } => error(StatusCode::NOT_FOUND, "Not Found"),
-        Admitted::Go {
-            value: Some(value),
-            slow,
-            truncate,
-        } => {
-            answer(Admitted::Go {
-                value,
-                slow,
-                truncate,
-            })
-            .await
-        }
-        Admitted::Answer(response) => response,
-    }
+    answer_found(admitted).await
 }
 
 async fn discount(
@@ -856,24 +861,10 @@ async fn discount(
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
     let code = query.get("code").cloned().unwrap_or_default();
-    match admit(&sim, &headers, |_, _, _| {
+    answer_found(admit(&sim, &headers, |_, _, _| {
         discounts().get(code.as_str()).cloned()
-    }) {
-        Admitted::Go { value: None, .. } => error(StatusCode::NOT_FOUND, "Not Found"),
-        Admitted::Go {
-            value: Some(value),
-            slow,
-            truncate,
-        } => {
-            answer(Admitted::Go {
-                value,
-                slow,
-                truncate,
-            })
-            .await
-        }
-        Admitted::Answer(response) => response,
-    }
+    }))
+    .await
 }
 
 async fn coupon(
@@ -883,26 +874,15 @@ async fn coupon(
 ) -> Response {
     let number = query.get("number").cloned().unwrap_or_default();
     let verify = query.get("verifyCode").cloned().unwrap_or_default();
-    match admit(&sim, &headers, |_, _, _| {
-        (number == "C-100").then(|| verify == "1234")
-    }) {
-        Admitted::Go { value: None, .. } => error(StatusCode::NOT_FOUND, "Not Found"),
-        Admitted::Go {
-            value: Some(false), ..
-        } => error(StatusCode::CONFLICT, "verifyCode does not match"),
-        Admitted::Go {
-            value: Some(true),
-            slow,
-            truncate,
-        } => {
-            answer(Admitted::Go {
-                value: json!({ "number": "C-100", "remainingAmount": 19.99 }),
-                slow,
-                truncate,
-            })
-            .await
+    let known = number == "C-100";
+    let admitted = admit(&sim, &headers, |_, _, _| {
+        known.then(|| json!({ "number": "C-100", "remainingAmount": 19.99 }))
+    });
+    match admitted {
+        Admitted::Go { value: Some(_), .. } if verify != "1234" => {
+            error(StatusCode::CONFLICT, "verifyCode does not match")
         }
-        Admitted::Answer(response) => response,
+        admitted => answer_found(admitted).await,
     }
 }
 
