@@ -258,6 +258,25 @@ async fn documents_are_fetched_only_when_they_change(db: TestDb) {
     assert_eq!(state.delivery_wait_minutes, Some(45));
     assert_eq!(state.connection_ok, Some(true));
 
+    // Infos that are not what ordersync reads: quarantined whole, the run fails, the next goes on.
+    sim.garble_infos(SHOP, true);
+    tokio::time::sleep(Duration::from_millis(1_050)).await;
+    let garbled = poll(infos_job(SHOP)).await;
+    assert!(
+        garbled
+            .as_ref()
+            .is_err_and(|e| e.contains("connectionStatus") && e.contains("quarantined")),
+        "{garbled:?}"
+    );
+    assert_eq!(store.quarantine_count(KF, SHOP).await.expect("count"), 1);
+    let raw = common::execute_scalar(&db, "SELECT raw_body FROM quarantine").await;
+    assert!(raw.contains("\"connectionStatus\":\"maybe\""), "{raw}");
+    sim.garble_infos(SHOP, false);
+    tokio::time::sleep(Duration::from_millis(1_050)).await;
+    poll(infos_job(SHOP))
+        .await
+        .expect("the next poll reads it again");
+
     // A shop whose credentials fail stops with the reason; the other goes on.
     sim.refuse_auth("kf-2", true);
     let refused = poll(infos_job("kf-2")).await;

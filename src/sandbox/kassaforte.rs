@@ -88,6 +88,8 @@ struct Shop {
     delivery_open: bool,
     pickup_open: bool,
     connection_ok: bool,
+    /// Serve infos with a field of the wrong type (what a changed schema would look like).
+    garbled_infos: bool,
     unavailable: Vec<String>,
     orders: BTreeMap<String, SimOrder>,
     forced_conflicts: VecDeque<u16>,
@@ -128,6 +130,7 @@ impl Shop {
             delivery_open: true,
             pickup_open: true,
             connection_ok: true,
+            garbled_infos: false,
             unavailable: Vec::new(),
             orders: BTreeMap::new(),
             forced_conflicts: VecDeque::new(),
@@ -152,7 +155,7 @@ impl Shop {
             "lastMenuRefresh": self.refresh(0),
             "lastOpenTimesRefresh": self.refresh(1),
             "lastDeliveryCostRefresh": self.refresh(2),
-            "connectionStatus": self.connection_ok,
+            "connectionStatus": if self.garbled_infos { json!("maybe") } else { json!(self.connection_ok) },
             "shopOpenStatus": { "delivery": self.delivery_open, "pickup": self.pickup_open },
             "waitingTimes": { "delivery": 45, "pickup": 20 },
             "unavailableProducts": self.unavailable,
@@ -538,6 +541,11 @@ impl KassaForteSim {
         self.with_shop(shop, |s| {
             (s.delivery_open, s.pickup_open) = (delivery, pickup)
         });
+    }
+
+    /// Infos with `connectionStatus: "maybe"` until switched off again.
+    pub fn garble_infos(&self, shop: &str, garbled: bool) {
+        self.with_shop(shop, |s| s.garbled_infos = garbled);
     }
 
     pub fn set_connection(&self, shop: &str, ok: bool) {
