@@ -647,8 +647,8 @@ async fn every_acknowledged_delivery_survives_kill_9(db: TestDb) {
         .expect("a free port")
         .port();
     let text = config_text(&db, &sandbox, &spec, "rate_limit = \"100/s\"").replace(
-        "listen = \"127.0.0.1:0\"",
-        &format!("listen = \"127.0.0.1:{port}\""),
+        "[webhooks]\nlisten = \"127.0.0.1:0\"",
+        &format!("[webhooks]\nlisten = \"127.0.0.1:{port}\""),
     );
     let dir = tempfile::tempdir().expect("temp dir");
     let config_path = dir.path().join("ordersync.toml");

@@ -18,7 +18,11 @@ use tokio::sync::Notify;
 pub(super) fn assemble(assembly: &Assembly<'_>, app: &mut App) {
     let store = assembly.store;
     for account in assembly.config.getitdone.iter().filter(|a| a.enabled) {
-        let gate = Arc::new(RateGate::new(account.rate_limit));
+        let gate = Arc::new(RateGate::for_account(
+            account.rate_limit,
+            ProviderKind::GetItDone.as_str(),
+            &account.name,
+        ));
         let client = match GetItDoneClient::new(assembly.http.clone(), gate.clone(), account) {
             Ok(client) => Arc::new(client),
             Err(error) => {

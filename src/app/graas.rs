@@ -15,7 +15,11 @@ use std::sync::Arc;
 pub(super) fn assemble(assembly: &Assembly<'_>, app: &mut App) {
     let store = assembly.store;
     for account in assembly.config.graas.iter().filter(|a| a.enabled) {
-        let gate = Arc::new(RateGate::new(account.rate_limit));
+        let gate = Arc::new(RateGate::for_account(
+            account.rate_limit,
+            ProviderKind::Graas.as_str(),
+            &account.name,
+        ));
         let client = Arc::new(GraasClient::new(
             assembly.http.clone(),
             gate.clone(),

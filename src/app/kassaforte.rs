@@ -14,7 +14,11 @@ use std::sync::Arc;
 pub(super) fn assemble(assembly: &Assembly<'_>, app: &mut App) {
     let store = assembly.store;
     for shop in assembly.config.kassaforte.iter().filter(|s| s.enabled) {
-        let gate = Arc::new(RateGate::new(shop.rate_limit));
+        let gate = Arc::new(RateGate::for_account(
+            shop.rate_limit,
+            ProviderKind::KassaForte.as_str(),
+            &shop.name,
+        ));
         let client = Arc::new(KassaForteClient::new(
             assembly.http.clone(),
             gate.clone(),

@@ -18,6 +18,7 @@ use crate::sync::job::ScheduledJob;
 use crate::sync::{DaemonError, StreamRunner, Worker};
 use chrono::Utc;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::time::Duration;
 use tasks::Tasks;
 use tokio::sync::Notify;
@@ -44,6 +45,8 @@ pub struct App {
     /// Wakes idle dispatchers when the admin API queues an action.
     pub wake: Arc<Notify>,
     pub store: Option<Arc<dyn Store>>,
+    /// Beaten by the scheduler itself, for `/healthz` and the systemd watchdog.
+    pub liveness: Arc<crate::server::ops::Liveness>,
 }
 
 impl From<Vec<Arc<StreamRunner>>> for App {
@@ -233,6 +236,26 @@ impl Daemon {
                 report_gates(gates, store, shutdown),
             );
         }
+        let heartbeat = Heartbeat::from_env();
+        let beat = {
+            let (liveness, beats) = (app.liveness.clone(), Arc::new(AtomicU64::new(0)));
+            move |_, _| {
+                let count = beats.fetch_add(1, AtomicOrdering::Relaxed);
+                // A test switch that stalls the beat, as a scheduler that stopped firing would.
+                if heartbeat.stall_after.is_none_or(|after| count < after) {
+                    liveness.beat();
+                    if heartbeat.watchdog {
+                        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+                    }
+                }
+                Box::pin(async {})
+                    as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+            }
+        };
+        app.liveness.beat();
+        scheduler
+            .add(Job::new_async(heartbeat.schedule().as_str(), beat)?)
+            .await?;
         scheduler.start().await?;
         Ok(Daemon {
             scheduler,
@@ -267,6 +290,45 @@ impl Daemon {
             Err(_) => self.tasks.still_running(),
         }
     }
+}
+
+/// How often the scheduler beats: well inside systemd's `WatchdogSec` when it asks for pings
+/// (a third of it, 1-5 s), else every 5 s.
+struct Heartbeat {
+    every_secs: u64,
+    watchdog: bool,
+    stall_after: Option<u64>,
+}
+
+impl Heartbeat {
+    fn from_env() -> Heartbeat {
+        let mut usec = 0;
+        let watchdog = sd_notify::watchdog_enabled(false, &mut usec);
+        let every_secs = match watchdog {
+            true => [5, 4, 3, 2, 1]
+                .into_iter()
+                .find(|s| s * 3_000_000 <= usec)
+                .unwrap_or(1),
+            false => 5,
+        };
+        Heartbeat {
+            every_secs,
+            watchdog,
+            stall_after: std::env::var("ORDERSYNC_TEST_STALL_HEARTBEAT_AFTER")
+                .ok()
+                .and_then(|v| v.parse().ok()),
+        }
+    }
+
+    fn schedule(&self) -> String {
+        format!("*/{} * * * * *", self.every_secs)
+    }
+}
+
+/// How long `/healthz` waits for a beat before it calls the process dead: three beats and a
+/// little.
+pub fn liveness_stale_after() -> Duration {
+    Duration::from_secs(Heartbeat::from_env().every_secs * 3 + 2)
 }
 
 /// Writes each gate's pause and 429 count to the database when it changes.

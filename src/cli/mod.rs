@@ -14,6 +14,7 @@ use ordersync::providers::http::{HttpClient, RateGate};
 use ordersync::sandbox::{Mutations, Sandbox, SandboxConfig};
 use ordersync::server::Server;
 use ordersync::server::admin::{self, AdminState};
+use ordersync::server::ops;
 use ordersync::server::webhooks;
 use ordersync::store::{self, Store};
 use ordersync::sync::health::{self, Health};
@@ -249,30 +250,34 @@ async fn run(config: ConfigArg, once: bool) -> anyhow::Result<ExitCode> {
 /// Serves the admin API and runs the daemon until SIGTERM/Ctrl-C, then shuts down within
 /// `daemon.shutdown_timeout`; true when something had to be abandoned at the deadline.
 async fn run_daemon(config: &Config, store: &Arc<dyn Store>, app: App) -> anyhow::Result<bool> {
-    let admin = match &config.admin.token {
-        Some(token) => {
-            let state = AdminState {
-                config: Arc::new(config.clone()),
-                store: store.clone(),
-                token: token.clone(),
-                wake: app.wake.clone(),
-            };
-            let server = Server::start(config.admin.listen, admin::router(state))
-                .await
-                .with_context(|| {
-                    format!(
-                        "admin.listen: cannot listen on {}; choose a free address",
-                        config.admin.listen
-                    )
-                })?;
-            tracing::info!(listen = %server.addr(), "admin API listening");
-            Some(server)
-        }
+    // The internal listener: probes and metrics always, the admin API with a token.
+    let ops = ops::router(ops::OpsState {
+        store: store.clone(),
+        liveness: app.liveness.clone(),
+        stale_after: ordersync::app::liveness_stale_after(),
+    });
+    let router = match &config.admin.token {
+        Some(token) => ops.merge(admin::router(AdminState {
+            config: Arc::new(config.clone()),
+            store: store.clone(),
+            token: token.clone(),
+            wake: app.wake.clone(),
+        })),
         None => {
             tracing::info!("admin API off: set [admin] token to serve it");
-            None
+            ops
         }
     };
+    let server = Server::start(config.admin.listen, router)
+        .await
+        .with_context(|| {
+            format!(
+                "admin.listen: cannot listen on {}; choose a free address",
+                config.admin.listen
+            )
+        })?;
+    tracing::info!(listen = %server.addr(), "internal listener up: /healthz, /readyz, /metrics{}", if config.admin.token.is_some() { ", /api/v1" } else { "" });
+    let admin = Some(server);
     let webhooks = if app.hooks.is_empty() {
         None
     } else {
@@ -294,7 +299,10 @@ async fn run_daemon(config: &Config, store: &Arc<dyn Store>, app: App) -> anyhow
         dispatchers = daemon.dispatchers().len(),
         "ordersync running"
     );
+    // Migrated, listening and scheduled: ready (a no-op outside systemd).
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     shutdown_signal().await;
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
 
     let timeout = config.daemon.shutdown_timeout;
     let deadline = tokio::time::Instant::now() + timeout;
@@ -302,7 +310,7 @@ async fn run_daemon(config: &Config, store: &Arc<dyn Store>, app: App) -> anyhow
         timeout = %humantime::format_duration(timeout),
         "shutting down: finishing the current transactions and batches"
     );
-    for (name, server) in [("admin API", admin), ("webhook listener", webhooks)] {
+    for (name, server) in [("internal listener", admin), ("webhook listener", webhooks)] {
         if let Some(server) = server
             && tokio::time::timeout_at(deadline, server.stop())
                 .await

@@ -235,6 +235,15 @@ impl Dispatcher {
                 }
             };
             counter.fetch_add(1, Ordering::Relaxed);
+            let kind = crate::store::outcome_columns(&outcome).0;
+            crate::metrics::metrics()
+                .action_outcomes
+                .get_or_create(&crate::metrics::outcome(
+                    self.provider.as_str(),
+                    &self.account,
+                    if kind == "defer" { "deferred" } else { kind },
+                ))
+                .inc();
             match &outcome {
                 ActionOutcome::Failed { error } => {
                     tracing::warn!(action = action.id, kind = %action.kind, account = %self.account, %error, "action failed")

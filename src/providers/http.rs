@@ -26,6 +26,8 @@ pub struct RateGate {
     limiter: DefaultDirectRateLimiter,
     paused_until: Mutex<Option<Instant>>,
     rate_limited: AtomicU64,
+    /// The account's labels in the metrics.
+    labels: crate::metrics::AccountLabels,
 }
 
 impl RateGate {
@@ -38,6 +40,15 @@ impl RateGate {
             limiter: DefaultDirectRateLimiter::direct(quota),
             paused_until: Mutex::new(None),
             rate_limited: AtomicU64::new(0),
+            labels: crate::metrics::account("", ""),
+        }
+    }
+
+    /// The gate of one provider's account, named so in the metrics.
+    pub fn for_account(rate: RateLimit, provider: &str, account: &str) -> Self {
+        RateGate {
+            labels: crate::metrics::account(provider, account),
+            ..RateGate::new(rate)
         }
     }
 
@@ -56,6 +67,10 @@ impl RateGate {
     /// Holds every request of this account for `duration` (an upstream 429 asked for it).
     pub async fn pause(&self, duration: Duration) {
         self.rate_limited.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::metrics()
+            .rate_gate_pauses
+            .get_or_create(&self.labels)
+            .inc();
         let until = Instant::now() + duration;
         let mut paused = self.paused_until.lock().await;
         if paused.is_none_or(|current| current < until) {
@@ -70,6 +85,32 @@ impl RateGate {
         chrono::Duration::from_std(left)
             .ok()
             .map(|left| chrono::Utc::now() + left)
+    }
+
+    /// One request in the metrics: its outcome class and how long it took.
+    fn count(&self, answered: &Result<Response, ProviderError>, took: Duration) {
+        let outcome = match answered {
+            Ok(response) if response.status < 300 => "2xx",
+            Ok(_) => "4xx",
+            Err(ProviderError::RateLimited { .. }) => "429",
+            Err(ProviderError::Server { .. }) => "5xx",
+            Err(ProviderError::Timeout) => "timeout",
+            Err(ProviderError::Unauthorized { .. } | ProviderError::Rejected { .. }) => "4xx",
+            Err(_) => "error",
+        };
+        let metrics = crate::metrics::metrics();
+        metrics
+            .upstream_requests
+            .get_or_create(&crate::metrics::outcome(
+                &self.labels.provider,
+                &self.labels.account,
+                outcome,
+            ))
+            .inc();
+        metrics
+            .upstream_request_duration
+            .get_or_create(&self.labels)
+            .observe(took.as_secs_f64());
     }
 
     /// How many 429 answers this account has had.
@@ -173,12 +214,13 @@ impl HttpClient {
             .build();
         loop {
             gate.ready().await;
-            let outcome = match build(&self.client).send().await {
-                Ok(response) => classify(provider, response, repeat == Repeat::AnswerAsIs)
-                    .await
-                    .and_then(&parse),
+            let sent_at = std::time::Instant::now();
+            let answered = match build(&self.client).send().await {
+                Ok(response) => classify(provider, response, repeat == Repeat::AnswerAsIs).await,
                 Err(error) => Err(transport_error(&error)),
             };
+            gate.count(&answered, sent_at.elapsed());
+            let outcome = answered.and_then(&parse);
             let error = match outcome {
                 Ok(value) => return Ok(value),
                 Err(error) if !error.is_retryable() => return Err(error),

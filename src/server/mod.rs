@@ -1,6 +1,7 @@
 //! The daemon's HTTP side (axum). Today: the admin API for actions, behind a bearer token.
 
 pub mod admin;
+pub mod ops;
 pub mod webhooks;
 
 use std::net::SocketAddr;

@@ -80,10 +80,12 @@ async fn receive(
     {
         Ok(accepted) => accepted,
         Err(Refusal::Unauthenticated(reason)) => {
+            count(&provider, &account, "unauthenticated");
             tracing::warn!(%provider, %account, %reason, headers = ?header_names(&headers), "webhook refused: not authenticated");
             return refuse(StatusCode::UNAUTHORIZED, &reason);
         }
         Err(Refusal::Malformed(reason)) => {
+            count(&provider, &account, "malformed");
             tracing::warn!(%provider, %account, %reason, "webhook refused: not an event");
             return refuse(StatusCode::BAD_REQUEST, &reason);
         }
@@ -101,10 +103,16 @@ async fn receive(
     };
     let (done, stored) = oneshot::channel();
     if state.writer.send((delivery, done)).await.is_err() {
+        count(&provider, &account, "unavailable");
         return refuse(StatusCode::SERVICE_UNAVAILABLE, "shutting down; retry");
     }
     match tokio::time::timeout(STORE_DEADLINE, stored).await {
         Ok(Ok(Ok(new))) => {
+            count(
+                &provider,
+                &account,
+                if new { "stored" } else { "duplicate" },
+            );
             if new {
                 hook.wake.notify_one();
             }
@@ -115,17 +123,30 @@ async fn receive(
                 .into_response()
         }
         Ok(Ok(Err(error))) => {
+            count(&provider, &account, "unavailable");
             tracing::error!(%provider, %account, %error, "webhook not stored; answered 503 so it is sent again");
             refuse(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "cannot store the delivery now; retry",
             )
         }
-        Ok(Err(_)) | Err(_) => refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "cannot store the delivery now; retry",
-        ),
+        Ok(Err(_)) | Err(_) => {
+            count(&provider, &account, "unavailable");
+            refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cannot store the delivery now; retry",
+            )
+        }
     }
+}
+
+/// One delivery in `ordersync_webhook_deliveries_total`; only for accounts ordersync serves, so
+/// probes of made-up accounts cannot grow the label set.
+fn count(provider: &str, account: &str, result: &str) {
+    crate::metrics::metrics()
+        .webhook_deliveries
+        .get_or_create(&crate::metrics::outcome(provider, account, result))
+        .inc();
 }
 
 /// Header names only: values may hold signatures, and names are what tells a wrong setup.

@@ -51,14 +51,35 @@ impl Store for Bounded {
         self.inner.migrate().await
     }
 
+    async fn readiness(&self) -> Result<(), StoreError> {
+        self.within("checking readiness", self.inner.readiness())
+            .await
+    }
+
     async fn cursor(&self, stream: &StreamKey) -> Result<Option<String>, StoreError> {
         self.within("reading a cursor", self.inner.cursor(stream))
             .await
     }
 
     async fn commit_batch(&self, batch: &Batch<'_>) -> Result<BatchOutcome, StoreError> {
-        self.within("committing orders", self.inner.commit_batch(batch))
-            .await
+        let outcome = self
+            .within("committing orders", self.inner.commit_batch(batch))
+            .await?;
+        let metrics = crate::metrics::metrics();
+        let labels = crate::metrics::account(batch.stream.provider.as_str(), &batch.stream.account);
+        metrics
+            .orders_written
+            .get_or_create(&labels)
+            .inc_by(outcome.written);
+        metrics
+            .orders_unchanged
+            .get_or_create(&labels)
+            .inc_by(outcome.unchanged);
+        metrics
+            .orders_quarantined
+            .get_or_create(&labels)
+            .inc_by(outcome.quarantined);
+        Ok(outcome)
     }
 
     async fn run_started(&self, stream: &StreamKey, at: DateTime<Utc>) -> Result<(), StoreError> {

@@ -74,6 +74,10 @@ pub enum StoreError {
     )]
     Corrupt(String),
     #[error(
+        "the database's schema is at migration {applied}, this build needs {needed}; run `ordersync migrate`"
+    )]
+    NotMigrated { applied: i64, needed: i64 },
+    #[error(
         "the database did not answer within {after:?} while {operation}; check that it is up and not locked, or raise database.statement_timeout"
     )]
     Timeout {
@@ -151,6 +155,10 @@ pub struct StatusChange {
 pub trait Store: Send + Sync {
     /// Applies the migrations in `migrations/<backend>`.
     async fn migrate(&self) -> Result<(), StoreError>;
+
+    /// The database answers and every migration this build knows is applied; the reason when
+    /// not (for `/readyz`).
+    async fn readiness(&self) -> Result<(), StoreError>;
 
     async fn cursor(&self, stream: &StreamKey) -> Result<Option<String>, StoreError>;
 
@@ -554,6 +562,20 @@ pub async fn open(config: &DatabaseConfig) -> Result<Arc<dyn Store>, StoreError>
             after: config.call_timeout(),
         }))?;
     Ok(Arc::new(Bounded::new(store, config.call_timeout())))
+}
+
+/// Compares the newest applied migration with the newest this build carries.
+pub(crate) fn check_migrated(
+    applied: Option<i64>,
+    migrator: &sqlx::migrate::Migrator,
+) -> Result<(), StoreError> {
+    let needed = migrator.iter().map(|m| m.version).max().unwrap_or(0);
+    let applied = applied.unwrap_or(0);
+    if applied >= needed {
+        Ok(())
+    } else {
+        Err(StoreError::NotMigrated { applied, needed })
+    }
 }
 
 /// Keeps one copy per order key: the newest `upstream_updated_at`, the later one on a tie, because

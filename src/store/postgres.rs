@@ -177,6 +177,14 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    async fn readiness(&self) -> Result<(), StoreError> {
+        let applied: Option<i64> =
+            sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+                .fetch_one(&self.pool)
+                .await?;
+        super::check_migrated(applied, &sqlx::migrate!("migrations/postgres"))
+    }
+
     async fn cursor(&self, stream: &StreamKey) -> Result<Option<String>, StoreError> {
         let row = sqlx::query(
             "SELECT cursor FROM sync_cursors WHERE provider = $1 AND account = $2 AND resource = $3",

@@ -77,6 +77,14 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn readiness(&self) -> Result<(), StoreError> {
+        let applied: Option<i64> =
+            sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+                .fetch_one(&self.pool)
+                .await?;
+        super::check_migrated(applied, &sqlx::migrate!("migrations/sqlite"))
+    }
+
     async fn cursor(&self, stream: &StreamKey) -> Result<Option<String>, StoreError> {
         let row = sqlx::query(
             "SELECT cursor FROM sync_cursors WHERE provider = ? AND account = ? AND resource = ?",

@@ -103,14 +103,16 @@ impl TestDb {
         }
     }
 
-    /// The `[database]` section for this database.
+    /// The `[database]` section for this database, and an `[admin]` section whose internal
+    /// listener takes any free port (tests run many daemons at once).
     pub fn toml(&self) -> String {
+        let admin = "[admin]\nlisten = \"127.0.0.1:0\"\n";
         match &self.schema {
             Some(schema) => format!(
-                "[database]\nurl = \"{}\"\nschema = \"{schema}\"\n",
+                "{admin}[database]\nurl = \"{}\"\nschema = \"{schema}\"\n",
                 self.url
             ),
-            None => format!("[database]\nurl = \"{}\"\n", self.url),
+            None => format!("{admin}[database]\nurl = \"{}\"\n", self.url),
         }
     }
 }
