@@ -371,6 +371,35 @@ async fn status_reports_each_stream(db: TestDb) {
         stdout.contains("graas/shop-2/orders") && stdout.contains("never run"),
         "{stdout}"
     );
+    // The same for scripts.
+    let json = ordersync(&["status", "--json", "--config", &config]);
+    assert!(!json.status.success());
+    let report: serde_json::Value =
+        serde_json::from_slice(&json.stdout).expect("status --json prints one JSON object");
+    assert_eq!(report["healthy"], false);
+    let health: Vec<(String, String)> = report["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["stream"].as_str().unwrap().to_owned(),
+                s["health"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        health.contains(&("graas/shop-1/orders".into(), "ok".into())),
+        "{health:?}"
+    );
+    assert!(
+        health.contains(&("graas/shop-2/orders".into(), "never run".into())),
+        "{health:?}"
+    );
+    assert!(
+        report["accounts"][0]["actions"]["pending"].is_number(),
+        "{report}"
+    );
     s.sandbox.stop().await;
 }
 on_both_backends!(status_reports_each_stream);

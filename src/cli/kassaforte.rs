@@ -207,3 +207,28 @@ pub fn print_shops(config: &Config, states: &[ShopState], now: DateTime<Utc>) {
         );
     }
 }
+
+/// The shops' part of `ordersync status --json`.
+pub fn shops_json(config: &Config, states: &[ShopState]) -> serde_json::Value {
+    let shops: Vec<serde_json::Value> = config
+        .kassaforte
+        .iter()
+        .filter(|s| s.enabled)
+        .map(|shop| {
+            let state = states.iter().find(|s| {
+                s.provider == ProviderKind::KassaForte.as_str() && s.account == shop.name
+            });
+            serde_json::json!({
+                "account": shop.name,
+                "last_poll_at": state.map(|s| s.observed_at),
+                "hours_open": state.map(|s| s.hours_open),
+                "delivery_open": state.and_then(|s| s.delivery_open),
+                "pickup_open": state.and_then(|s| s.pickup_open),
+                "connection_ok": state.and_then(|s| s.connection_ok),
+                "state_since": state.map(|s| s.changed_at),
+                "unavailable_products": state.map(|s| s.unavailable_products.clone()),
+            })
+        })
+        .collect();
+    serde_json::Value::Array(shops)
+}

@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
 use ordersync::app::{App, Daemon};
 use ordersync::config::{Config, LogConfig, LogFormat};
+use ordersync::model::ActionState;
 use ordersync::providers::graas::GraasClient;
 use ordersync::providers::http::{HttpClient, RateGate};
 use ordersync::sandbox::{Mutations, Sandbox, SandboxConfig};
@@ -69,6 +70,9 @@ enum Command {
     Status {
         #[command(flatten)]
         config: ConfigArg,
+        /// The same as one JSON object, for scripts.
+        #[arg(long)]
+        json: bool,
     },
     /// Serve the simulated provider APIs, to test a setup against.
     Sandbox(SandboxArgs),
@@ -159,7 +163,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run { config, once } => run(config, once).await,
         Command::Migrate { config } => migrate(config).await,
         Command::CheckConfig { config } => Ok(check_config(config)),
-        Command::Status { config } => status(config).await,
+        Command::Status { config, json } => status(config, json).await,
         Command::Sandbox(args) => sandbox(args).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Action { command } => action::run(command).await,
@@ -398,7 +402,18 @@ fn check_config(config: ConfigArg) -> ExitCode {
     }
 }
 
-async fn status(config: ConfigArg) -> anyhow::Result<ExitCode> {
+async fn status(config: ConfigArg, json: bool) -> anyhow::Result<ExitCode> {
+    // The tables for people, or one JSON object with the same facts for scripts.
+    macro_rules! say {
+        ($($arg:tt)*) => {
+            if !json {
+                println!($($arg)*);
+            }
+        };
+    }
+    let mut report = serde_json::json!({});
+    let (mut streams_json, mut accounts_json, mut inboxes_json) =
+        (Vec::new(), Vec::new(), Vec::new());
     let config = load(&config)?;
     let store = open_store(&config).await?;
     let streams = store.streams().await?;
@@ -412,9 +427,13 @@ async fn status(config: ConfigArg) -> anyhow::Result<ExitCode> {
         t.map(|t| format!("{}s ago", (now - t).num_seconds()))
             .unwrap_or_else(|| "never".into())
     };
-    println!(
+    say!(
         "{:<32} {:<9} {:>10} {:>14} {:>14}  last error",
-        "stream", "health", "lag", "last run", "last success"
+        "stream",
+        "health",
+        "lag",
+        "last run",
+        "last success"
     );
     let mut healthy = true;
     // The streams are the daemon's own jobs, each judged against its own schedule.
@@ -429,7 +448,17 @@ async fn status(config: ConfigArg) -> anyhow::Result<ExitCode> {
             .and_then(|c| c.parse::<i64>().ok())
             .map(|c| format!("{}s", now.timestamp() - c))
             .unwrap_or_else(|| "-".into());
-        println!(
+        streams_json.push(serde_json::json!({
+                "stream": key.to_string(),
+                "health": health.as_str(),
+                "schedule": job.schedule(),
+                "cursor": found.and_then(|s| s.cursor.clone()),
+                "last_run_started_at": found.and_then(|s| s.last_run_started_at),
+                "last_success_at": found.and_then(|s| s.last_success_at),
+                "last_error": found.and_then(|s| s.last_error.clone()),
+                "consecutive_failures": found.map_or(0, |s| s.consecutive_failures),
+        }));
+        say!(
             "{:<32} {:<9} {:>10} {:>14} {:>14}  {}",
             key.to_string(),
             health.as_str(),
@@ -439,10 +468,18 @@ async fn status(config: ConfigArg) -> anyhow::Result<ExitCode> {
             found.and_then(|s| s.last_error.clone()).unwrap_or_default()
         );
     }
-    println!();
-    println!(
+    say!();
+    say!(
         "{:<24} {:>8} {:>9} {:>6} {:>8} {:>10} {:>7} {:>5} {:>12}  rate gate",
-        "actions", "pending", "in_flight", "sent", "unknown", "succeeded", "failed", "dead", "429s"
+        "actions",
+        "pending",
+        "in_flight",
+        "sent",
+        "unknown",
+        "succeeded",
+        "failed",
+        "dead",
+        "429s"
     );
     let mut unknown_actions = 0;
     for account_gate in &app.gates {
@@ -466,7 +503,18 @@ async fn status(config: ConfigArg) -> anyhow::Result<ExitCode> {
             _ => "open".into(),
         };
         unknown_actions += count("unknown");
-        println!(
+        let by_state: serde_json::Map<String, serde_json::Value> = ActionState::ALL
+            .iter()
+            .map(|state| (state.as_str().to_owned(), count(state.as_str()).into()))
+            .collect();
+        accounts_json.push(serde_json::json!({
+            "provider": provider,
+            "account": account,
+            "actions": by_state,
+            "rate_limited": gate.map_or(0, |g| g.rate_limited),
+            "paused_until": gate.and_then(|g| g.paused_until).filter(|until| *until > now),
+        }));
+        say!(
             "{:<24} {:>8} {:>9} {:>6} {:>8} {:>10} {:>7} {:>5} {:>12}  {}",
             format!("{provider}/{account}"),
             count("pending"),
@@ -482,16 +530,23 @@ async fn status(config: ConfigArg) -> anyhow::Result<ExitCode> {
     }
     if unknown_actions > 0 {
         healthy = false;
-        println!(
+        say!(
             "WARNING: {unknown_actions} action(s) in state unknown may or may not have reached the upstream; `ordersync action list --state unknown`, then `ordersync action resolve ID --submitted-as <id>` or `--not-submitted`"
         );
     }
-    kassaforte::print_shops(&config, &shops, now);
+    if json {
+        report["shops"] = kassaforte::shops_json(&config, &shops);
+    } else {
+        kassaforte::print_shops(&config, &shops, now);
+    }
     if !config.getitdone.is_empty() {
-        println!();
-        println!(
+        say!();
+        say!(
             "{:<24} {:>14} {:>8} {:>7}  note",
-            "webhook inbox", "last delivery", "pending", "failed"
+            "webhook inbox",
+            "last delivery",
+            "pending",
+            "failed"
         );
     }
     for account in config.getitdone.iter().filter(|a| a.enabled) {
@@ -512,7 +567,15 @@ async fn status(config: ConfigArg) -> anyhow::Result<ExitCode> {
             }
             Some(_) => String::new(),
         };
-        println!(
+        inboxes_json.push(serde_json::json!({
+            "provider": "getitdone",
+            "account": account.name,
+            "last_delivery_at": last,
+            "pending": stat.map_or(0, |s| s.pending),
+            "failed": stat.map_or(0, |s| s.failed),
+            "warning": (!note.is_empty()).then_some(note.clone()),
+        }));
+        say!(
             "{:<24} {:>14} {:>8} {:>7}  {}",
             format!("getitdone/{}", account.name),
             ago(last),
@@ -520,6 +583,14 @@ async fn status(config: ConfigArg) -> anyhow::Result<ExitCode> {
             stat.map_or(0, |s| s.failed),
             note
         );
+    }
+    if json {
+        report["streams"] = streams_json.into();
+        report["accounts"] = accounts_json.into();
+        report["webhook_inboxes"] = inboxes_json.into();
+        report["healthy"] = healthy.into();
+        report["unknown_actions"] = unknown_actions.into();
+        println!("{}", serde_json::to_string_pretty(&report)?);
     }
     // Non-zero when any stream needs a look, so monitoring can run this command as it is.
     Ok(if healthy {
