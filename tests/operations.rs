@@ -197,6 +197,10 @@ async fn probes_and_metrics_tell_what_happened(db: TestDb) {
     // Logs to a file carry no colour codes.
     let log = std::fs::read_to_string(s.log()).expect("log");
     assert!(!log.contains('\u{1b}'), "escape codes in the log");
+    assert!(
+        !log.contains("catch-up"),
+        "a progress display outside a terminal"
+    );
     store.close().await;
     s.sandbox.stop().await;
 }

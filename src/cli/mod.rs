@@ -3,6 +3,7 @@
 mod action;
 mod demo;
 mod kassaforte;
+mod progress;
 
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
@@ -236,6 +237,9 @@ async fn run(config: ConfigArg, once: bool) -> anyhow::Result<ExitCode> {
     if app.jobs().is_empty() {
         tracing::warn!("no enabled accounts in the configuration; nothing to sync");
     }
+    let shown = CancellationToken::new();
+    progress::spawn(&config, &app.runners, shown.clone());
+    let _stop_showing = shown.drop_guard();
     let failed = if once {
         let failed = run_once(&app).await;
         store.close().await;
