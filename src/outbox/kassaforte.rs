@@ -93,6 +93,31 @@ impl KassaForteExecutor {
         Ok(None)
     }
 
+    /// Clears the sending mark once the answer says what happened, keeping a 201's order id on
+    /// the action at once; only a lost answer keeps the mark.
+    async fn keep_answer(&self, action: &Action, answer: &Result<SubmitAnswer, ProviderError>) {
+        let result = match answer {
+            Ok(SubmitAnswer::Created { order_id, .. }) => {
+                Some(json!({ "orderId": order_id, "submittedAt": Utc::now() }))
+            }
+            Ok(_)
+            | Err(
+                ProviderError::Connect(_)
+                | ProviderError::RateLimited { .. }
+                | ProviderError::Server { .. }
+                | ProviderError::Unauthorized { .. },
+            ) => None,
+            Err(_) => return,
+        };
+        if let Err(error) = self
+            .store
+            .clear_sending(action.id, &self.worker, result.as_ref())
+            .await
+        {
+            tracing::warn!(action = action.id, %error, "cannot record the submission's answer before the batch is recorded");
+        }
+    }
+
     async fn execute_one(&self, action: &Action) -> Verdict {
         if action.provider != ProviderKind::KassaForte.as_str() {
             return Verdict::Refused(format!("provider `{}` is not kassaforte", action.provider));
@@ -108,6 +133,30 @@ impl KassaForteExecutor {
                 Ok(submission) => submission,
                 Err(error) => return Verdict::Refused(error),
             };
+        // An earlier attempt got its 201 and kept it, but its batch was not recorded: done, and
+        // the order row written again in case the crash came before it (an older copy never
+        // replaces a newer one).
+        if action.sending_since.is_none()
+            && let Some(result) = action.result.as_ref()
+            && let Some(order_id) = result.get("orderId").and_then(Value::as_str)
+        {
+            let submitted_at = result
+                .get("submittedAt")
+                .and_then(|t| serde_json::from_value::<DateTime<Utc>>(t.clone()).ok())
+                .unwrap_or(action.created_at);
+            let order = submitted_order(
+                action,
+                &submission,
+                order_id,
+                result.to_string(),
+                submitted_at,
+                &self.monitor.shop().currency,
+            );
+            if let Err(error) = record_order(&*self.store, order).await {
+                return Verdict::Transient(error.to_string());
+            }
+            return Verdict::Done(result.clone());
+        }
         if let Some(since) = action.sending_since {
             return Verdict::Unknown(format!(
                 "an earlier attempt began sending this order at {since} and stopped before its answer was recorded; it may have reached KassaForte, which has no lookup. Check the till, then `ordersync action resolve {} --submitted-as <order id>` or `--not-submitted`",
@@ -141,7 +190,9 @@ impl KassaForteExecutor {
             Ok(false) => return Verdict::Transient("the claim expired before sending".into()),
             Err(error) => return Verdict::Transient(error.to_string()),
         }
-        match self.monitor.client().submit(&submission.wire_body).await {
+        let answer = self.monitor.client().submit(&submission.wire_body).await;
+        self.keep_answer(action, &answer).await;
+        match answer {
             Ok(SubmitAnswer::Created { order_id, body }) => {
                 let submitted_at = Utc::now();
                 let order = submitted_order(

@@ -319,6 +319,19 @@ impl Store for Bounded {
         .await
     }
 
+    async fn clear_sending(
+        &self,
+        id: i64,
+        worker: &str,
+        result: Option<&serde_json::Value>,
+    ) -> Result<(), StoreError> {
+        self.within(
+            "recording an answer",
+            self.inner.clear_sending(id, worker, result),
+        )
+        .await
+    }
+
     async fn resolve_unknown(
         &self,
         id: i64,

@@ -311,6 +311,16 @@ pub trait Store: Send + Sync {
         at: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
 
+    /// The answer to a marked request came: the mark is cleared and, for a created object, its
+    /// answer kept on the action at once (a crash before the batch is recorded then loses
+    /// nothing: the next claim finds the answer instead of the mark).
+    async fn clear_sending(
+        &self,
+        id: i64,
+        worker: &str,
+        result: Option<&serde_json::Value>,
+    ) -> Result<(), StoreError>;
+
     /// Settles an action in state `unknown`; `None` when there is no such action in that state.
     async fn resolve_unknown(
         &self,

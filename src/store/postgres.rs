@@ -826,6 +826,24 @@ impl Store for PostgresStore {
         Ok(done.rows_affected() == 1)
     }
 
+    async fn clear_sending(
+        &self,
+        id: i64,
+        worker: &str,
+        result: Option<&serde_json::Value>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE actions SET sending_since = NULL, result = COALESCE($1::json, result) \
+             WHERE id = $2 AND state = 'in_flight' AND claimed_by = $3",
+        )
+        .bind(result.map(ToString::to_string))
+        .bind(id)
+        .bind(worker)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     async fn resolve_unknown(
         &self,
         id: i64,

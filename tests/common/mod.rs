@@ -117,10 +117,19 @@ impl TestDb {
     }
 }
 
-/// A schema or database name for `test`, unique across test processes and calls.
+/// A schema or database name for `test`, unique across test processes and calls, and across
+/// runs: a pid comes back in a later run, so the start time of this process is part of it
+/// (a schema left by an earlier run must never be found again).
 fn unique_name(prefix: &str, test: &str) -> String {
+    static STARTED: std::sync::OnceLock<u128> = std::sync::OnceLock::new();
+    let started = STARTED.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() % 1_000_000_000)
+            .unwrap_or(0)
+    });
     format!(
-        "{prefix}_{}_{}_{}",
+        "{prefix}_{}_{}_{started}_{}",
         test.chars()
             .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
             .take(30)
