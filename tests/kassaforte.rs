@@ -747,6 +747,55 @@ async fn a_lost_answer_is_unknown_never_resent_and_resolved_by_a_person(db: Test
     );
     assert_eq!(sim.stats(SHOP).expect("stats").submissions, submissions);
 
+    // A process that died after its 201 was kept but before its batch was recorded: the next
+    // attempt finishes from the kept answer, without a request, and the order is stored.
+    let kept = enqueue(
+        &store,
+        &config,
+        submit(
+            SHOP,
+            sim.valid_order(SHOP, "delivery", "OS-kept").expect("order"),
+        ),
+    )
+    .await;
+    let now = chrono::Utc::now();
+    store
+        .claim(&ordersync::store::Claim {
+            provider: KF,
+            account: SHOP,
+            limit: 10,
+            worker: "another-process-that-died",
+            now,
+            visible_until: now - chrono::Duration::seconds(1),
+        })
+        .await
+        .expect("claim");
+    assert!(
+        store
+            .mark_sending(kept, "another-process-that-died", now)
+            .await
+            .expect("mark")
+    );
+    let answer = json!({ "orderId": "20269999999999", "submittedAt": now });
+    store
+        .clear_sending(kept, "another-process-that-died", Some(&answer))
+        .await
+        .expect("keep the answer");
+    app.run_once(&token).await;
+    let action = &actions_by_id(&store).await[&kept];
+    assert_eq!(action.state, "succeeded", "{action:?}");
+    assert_eq!(
+        action.result.as_ref().expect("result")["orderId"],
+        "20269999999999"
+    );
+    assert_eq!(sim.stats(SHOP).expect("stats").submissions, submissions);
+    let stored = store.orders_of(KF, SHOP).await.expect("orders");
+    assert!(
+        stored
+            .iter()
+            .any(|o| o.external_id == "20269999999999" && o.channel == "delivery")
+    );
+
     // The admin API takes submissions too, and names the field of a bad one.
     let admin = ordersync::server::admin::AdminState {
         config: Arc::new(config.clone()),
