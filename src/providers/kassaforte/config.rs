@@ -135,32 +135,44 @@ pub struct KassaForteShop {
 }
 
 impl KassaForteShop {
-    /// The cron schedule of the state poll: one tick per open-rate interval.
+    /// The cron schedule of the state poll: one tick per open-rate interval, at a second of its
+    /// own (from the shop's name), so hundreds of shops do not all fire at second 0.
     pub fn infos_schedule(&self) -> String {
-        every_as_cron(self.infos_every_open).unwrap_or_else(|_| "0 * * * * *".to_owned())
+        every_as_cron(self.infos_every_open, spread_of(&self.name))
+            .unwrap_or_else(|_| "0 * * * * *".to_owned())
     }
 
-    /// The cron schedule of the order follow-up.
+    /// The cron schedule of the order follow-up, spread the same way.
     pub fn follow_schedule(&self) -> String {
-        every_as_cron(self.follow_every).unwrap_or_else(|_| "*/30 * * * * *".to_owned())
+        every_as_cron(self.follow_every, spread_of(&self.name).wrapping_add(17))
+            .unwrap_or_else(|_| "*/30 * * * * *".to_owned())
     }
 }
 
-/// A cron expression that fires every `every`: seconds that divide a minute, or minutes that
-/// divide an hour (so the ticks are evenly spaced; cron cannot say "every 7 minutes").
-pub fn every_as_cron(every: Duration) -> Result<String, String> {
+/// A stable number from a name (FNV-1a), to place its ticks.
+fn spread_of(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// A cron expression that fires every `every`, shifted by `offset` seconds within the period:
+/// seconds that divide a minute, or minutes that divide an hour (so the ticks are evenly
+/// spaced; cron cannot say "every 7 minutes").
+pub fn every_as_cron(every: Duration, offset: u64) -> Result<String, String> {
     let seconds = every.as_secs();
     if every.subsec_nanos() != 0 || seconds == 0 {
         return Err("must be a whole number of seconds".to_owned());
     }
     if seconds < 60 && 60 % seconds == 0 {
-        return Ok(format!("*/{seconds} * * * * *"));
+        return Ok(format!("{}/{seconds} * * * * *", offset % seconds));
     }
     let minutes = seconds / 60;
     if seconds % 60 == 0 && minutes <= 60 && 60 % minutes == 0 {
+        let (second, minute) = (offset % 60, (offset / 60) % minutes);
         return Ok(match minutes {
-            60 => "0 0 * * * *".to_owned(),
-            m => format!("0 */{m} * * * *"),
+            60 => format!("{second} {minute} * * * *"),
+            m => format!("{second} {minute}/{m} * * * *"),
         });
     }
     Err("must divide a minute (e.g. 15s, 30s) or an hour (e.g. 1m, 5m, 20m, 1h)".to_owned())
@@ -228,7 +240,7 @@ impl AccountSection for KassaForteShop {
             }
         }
         let infos_every_open = p.duration(at("infos_every_open"), &raw.infos_every_open);
-        if let Err(message) = every_as_cron(infos_every_open) {
+        if let Err(message) = every_as_cron(infos_every_open, 0) {
             p.push(at("infos_every_open"), message);
         }
         let infos_every_closed = p.duration(at("infos_every_closed"), &raw.infos_every_closed);
@@ -250,7 +262,7 @@ impl AccountSection for KassaForteShop {
             );
         }
         let follow_every = p.duration(at("follow_every"), &raw.follow_every);
-        if let Err(message) = every_as_cron(follow_every) {
+        if let Err(message) = every_as_cron(follow_every, 0) {
             p.push(at("follow_every"), message);
         }
         let follow_fast_for = p.duration(at("follow_fast_for"), &raw.follow_fast_for);
@@ -296,13 +308,20 @@ mod tests {
     #[test]
     fn poll_intervals_become_evenly_spaced_cron_ticks() {
         let s = Duration::from_secs;
-        assert_eq!(every_as_cron(s(60)).unwrap(), "0 */1 * * * *");
-        assert_eq!(every_as_cron(s(30)).unwrap(), "*/30 * * * * *");
-        assert_eq!(every_as_cron(s(300)).unwrap(), "0 */5 * * * *");
-        assert_eq!(every_as_cron(s(3600)).unwrap(), "0 0 * * * *");
-        assert!(every_as_cron(s(7 * 60)).is_err());
-        assert!(every_as_cron(s(45)).is_err());
-        assert!(every_as_cron(s(0)).is_err());
+        assert_eq!(every_as_cron(s(60), 0).unwrap(), "0 0/1 * * * *");
+        assert_eq!(every_as_cron(s(30), 0).unwrap(), "0/30 * * * * *");
+        assert_eq!(every_as_cron(s(30), 47).unwrap(), "17/30 * * * * *");
+        assert_eq!(every_as_cron(s(300), 125).unwrap(), "5 2/5 * * * *");
+        assert_eq!(every_as_cron(s(3600), 61).unwrap(), "1 1 * * * *");
+        assert!(every_as_cron(s(7 * 60), 0).is_err());
+        assert!(every_as_cron(s(45), 0).is_err());
+        assert!(every_as_cron(s(0), 0).is_err());
+        for offset in [0, 7, 59, 61, 3599, u64::MAX] {
+            for every in [1, 5, 30, 60, 300, 3600] {
+                let cron = every_as_cron(s(every), offset).unwrap();
+                assert!(crate::config::check_schedule(&cron).is_ok(), "{cron}");
+            }
+        }
     }
 
     #[test]
