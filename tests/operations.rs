@@ -365,3 +365,46 @@ async fn systemd_hears_ready_watchdog_and_stopping(db: TestDb) {
     s.sandbox.stop().await;
 }
 on_both_backends!(systemd_hears_ready_watchdog_and_stopping);
+
+/// `format = "json"`: every line of the log is one JSON object, the run's lines name their
+/// stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line() {
+    let db = TestDb::new(common::Backend::Sqlite, "json_logs");
+    let s = Setup::start(
+        &db,
+        SandboxConfig::graas(1, 50),
+        &AccountToml::default(),
+        |text| text,
+    )
+    .await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ordersync"))
+        .args(["run", "--once", "--config"])
+        .arg(&s.config_path)
+        .env_remove("ORDERSYNC_CONFIG")
+        .env("ORDERSYNC_LOG__FORMAT", "json")
+        .env("ORDERSYNC_LOG__LEVEL", "info")
+        .output()
+        .expect("run ordersync");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    let finished: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["fields"]["message"] == "run finished")
+        .map(|l| &l["fields"]["stream"])
+        .collect();
+    assert!(
+        finished.contains(&&serde_json::json!("graas/shop-1/orders")),
+        "{finished:?} in {log}"
+    );
+    assert!(!log.contains('\u{1b}'));
+    s.sandbox.stop().await;
+}
