@@ -95,10 +95,15 @@ impl KassaForteExecutor {
 
     /// Clears the sending mark once the answer says what happened, keeping a 201's order id on
     /// the action at once; only a lost answer keeps the mark.
-    async fn keep_answer(&self, action: &Action, answer: &Result<SubmitAnswer, ProviderError>) {
+    async fn keep_answer(
+        &self,
+        action: &Action,
+        answer: &Result<SubmitAnswer, ProviderError>,
+        submitted_at: DateTime<Utc>,
+    ) {
         let result = match answer {
             Ok(SubmitAnswer::Created { order_id, .. }) => {
-                Some(json!({ "orderId": order_id, "submittedAt": Utc::now() }))
+                Some(created_result(order_id, submitted_at))
             }
             Ok(_)
             | Err(
@@ -116,6 +121,33 @@ impl KassaForteExecutor {
         {
             tracing::warn!(action = action.id, %error, "cannot record the submission's answer before the batch is recorded");
         }
+    }
+
+    /// A submission KassaForte created: the order row (so it is followed) and the result. The
+    /// id is kept on the action either way, so a failed row write is logged, not retried.
+    async fn created(
+        &self,
+        action: &Action,
+        submission: &Submission,
+        order_id: &str,
+        payload: String,
+        submitted_at: DateTime<Utc>,
+    ) -> Verdict {
+        let order = submitted_order(
+            action,
+            submission,
+            order_id,
+            payload,
+            submitted_at,
+            &self.monitor.shop().currency,
+        );
+        match record_order(&*self.store, order).await {
+            Ok(()) => self.monitor.note_submitted(),
+            Err(error) => {
+                tracing::error!(action = action.id, %order_id, %error, "submitted, but the order row could not be written; it is not followed")
+            }
+        }
+        Verdict::Done(created_result(order_id, submitted_at))
     }
 
     async fn execute_one(&self, action: &Action) -> Verdict {
@@ -144,18 +176,15 @@ impl KassaForteExecutor {
                 .get("submittedAt")
                 .and_then(|t| serde_json::from_value::<DateTime<Utc>>(t.clone()).ok())
                 .unwrap_or(action.created_at);
-            let order = submitted_order(
-                action,
-                &submission,
-                order_id,
-                result.to_string(),
-                submitted_at,
-                &self.monitor.shop().currency,
-            );
-            if let Err(error) = record_order(&*self.store, order).await {
-                return Verdict::Transient(error.to_string());
-            }
-            return Verdict::Done(result.clone());
+            return self
+                .created(
+                    action,
+                    &submission,
+                    order_id,
+                    result.to_string(),
+                    submitted_at,
+                )
+                .await;
         }
         if let Some(since) = action.sending_since {
             return Verdict::Unknown(format!(
@@ -191,26 +220,12 @@ impl KassaForteExecutor {
             Err(error) => return Verdict::Transient(error.to_string()),
         }
         let answer = self.monitor.client().submit(&submission.wire_body).await;
-        self.keep_answer(action, &answer).await;
+        let submitted_at = Utc::now();
+        self.keep_answer(action, &answer, submitted_at).await;
         match answer {
             Ok(SubmitAnswer::Created { order_id, body }) => {
-                let submitted_at = Utc::now();
-                let order = submitted_order(
-                    action,
-                    &submission,
-                    &order_id,
-                    body,
-                    submitted_at,
-                    &self.monitor.shop().currency,
-                );
-                match record_order(&*self.store, order).await {
-                    Ok(()) => self.monitor.note_submitted(),
-                    // The id is kept on the action; `action resolve` is not needed for it.
-                    Err(error) => {
-                        tracing::error!(action = action.id, %order_id, %error, "submitted, but the order row could not be written; it is not followed")
-                    }
-                }
-                Verdict::Done(json!({ "orderId": order_id, "submittedAt": submitted_at }))
+                self.created(action, &submission, &order_id, body, submitted_at)
+                    .await
             }
             Ok(SubmitAnswer::Conflict(conflict)) => {
                 let mut reason = conflict.describe();
@@ -268,6 +283,11 @@ impl Executor for KassaForteExecutor {
         }
         verdicts
     }
+}
+
+/// What a submitted action keeps: the order id and when KassaForte took it.
+fn created_result(order_id: &str, submitted_at: DateTime<Utc>) -> Value {
+    json!({ "orderId": order_id, "submittedAt": submitted_at })
 }
 
 /// The `orders` row of a submitted order: channel = delivery type, external id = its id.
