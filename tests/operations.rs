@@ -359,6 +359,11 @@ async fn systemd_hears_ready_watchdog_and_stopping(db: TestDb) {
         watchdog <= 2,
         "{watchdog} pings from a stalled scheduler: {pings:?}"
     );
+    // Dead once three beats and two seconds have passed since the last one.
+    wait_until(Duration::from_secs(15), "/healthz to fail", || async move {
+        get(port, "/healthz").await.0 == 503
+    })
+    .await;
     let (status, body) = get(port, "/healthz").await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("has not ticked"), "{body}");
