@@ -8,7 +8,7 @@ use ordersync::config::{Config, HttpConfig};
 use ordersync::model::ProviderKind;
 use ordersync::providers::http::{HttpClient, RateGate};
 use ordersync::providers::kassaforte::KassaForteClient;
-use ordersync::providers::kassaforte::money::minor_to_decimal;
+use ordersync::providers::money::minor_to_decimal;
 use ordersync::providers::kassaforte::wire::Discount;
 use ordersync::store::ShopState;
 use std::process::ExitCode;

@@ -348,6 +348,15 @@ pub fn error_message(body: &[u8]) -> String {
     text.chars().take(200).collect()
 }
 
+/// `base` plus an API path, keeping any path prefix of `base` (a stage segment such as
+/// Grafterr's `dev/`): one `/` between them whether or not either side has it.
+pub fn join(base: &url::Url, path: &str) -> Result<url::Url, ProviderError> {
+    let base = base.as_str().trim_end_matches('/');
+    let path = path.trim_start_matches('/');
+    url::Url::parse(&format!("{base}/{path}"))
+        .map_err(|e| ProviderError::Transport(format!("cannot build the URL for {path}: {e}")))
+}
+
 /// `Retry-After` as seconds or as an HTTP date.
 pub fn parse_retry_after(value: &str) -> Option<Duration> {
     let value = value.trim();
@@ -375,6 +384,22 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn joining_keeps_the_stage_segment() {
+        let base = url::Url::parse("https://x.execute-api.aws.com/dev/").unwrap();
+        for path in ["orders/42", "/orders/42"] {
+            assert_eq!(
+                join(&base, path).unwrap().as_str(),
+                "https://x.execute-api.aws.com/dev/orders/42"
+            );
+        }
+        let bare = url::Url::parse("https://api.example.com").unwrap();
+        assert_eq!(
+            join(&bare, "/v3/poll").unwrap().as_str(),
+            "https://api.example.com/v3/poll"
+        );
     }
 
     #[test]

@@ -10,6 +10,8 @@ pub mod getitdone;
 pub mod graas;
 pub mod http;
 pub mod kassaforte;
+pub mod money;
+pub mod token;
 
 use crate::model::{Order, Quarantined, StreamKey};
 use async_trait::async_trait;

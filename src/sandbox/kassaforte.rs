@@ -6,7 +6,7 @@
 
 use super::Faults;
 use super::faults::{Admission, FaultGate, TrafficStats};
-use crate::providers::kassaforte::money::{decimal_to_minor, minor_to_decimal};
+use crate::providers::money::{decimal_to_minor, minor_to_decimal};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};

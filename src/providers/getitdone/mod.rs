@@ -3,18 +3,17 @@
 //! as `POST /v3/commands` and their outcome is read back by command id. What ordersync speaks
 //! to Get It Done, and what is assumed: `docs/providers/getitdone.md`.
 
-pub mod auth;
 pub mod config;
 pub mod contract;
 pub mod signature;
 pub mod webhook;
 pub mod wire;
 
-use super::http::{HttpClient, RateGate, Response};
+use super::http::{HttpClient, RateGate, Response, join};
 use super::{OrderLookup, ProviderError};
 use crate::model::{Order, ProviderKind, StreamKey};
 use async_trait::async_trait;
-use auth::{Token, TokenSource};
+use crate::providers::token::{Token, TokenRequest, TokenSource};
 use chrono::Utc;
 use config::GetItDoneAccount;
 use contract::ApiContract;
@@ -63,9 +62,13 @@ impl GetItDoneClient {
             tokens: TokenSource::new(
                 http.clone(),
                 gate.clone(),
-                token_url,
-                &account.client_id,
-                account.client_secret.clone(),
+                TokenRequest {
+                    provider: PROVIDER,
+                    url: token_url,
+                    client_id: account.client_id.clone(),
+                    client_secret: account.client_secret.clone(),
+                    api_key: None,
+                },
             ),
             http,
             gate,
@@ -243,12 +246,6 @@ impl GetItDoneClient {
     }
 }
 
-/// `base` plus an absolute API path, keeping any path prefix of `base` (a stage segment).
-fn join(base: &Url, path: &str) -> Result<Url, ProviderError> {
-    let base = base.as_str().trim_end_matches('/');
-    Url::parse(&format!("{base}{path}"))
-        .map_err(|e| ProviderError::Transport(format!("cannot build the URL for {path}: {e}")))
-}
 
 #[async_trait]
 impl OrderLookup for GetItDoneClient {

@@ -168,14 +168,6 @@ pub struct FeedPage {
     pub next_cursor: Option<String>,
 }
 
-/// The token endpoint's answer.
-#[derive(Debug, Deserialize)]
-pub struct TokenResponse {
-    pub access_token: String,
-    #[serde(default)]
-    pub expires_in: Option<u64>,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,6 @@
 pub mod config;
 pub mod conflict;
 pub mod hours;
-pub mod money;
 pub mod submission;
 pub mod wire;
 

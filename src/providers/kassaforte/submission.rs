@@ -2,7 +2,7 @@
 //! integer minor units. [`Submission::parse`] checks it and writes the wire body, with the
 //! amounts as decimals in major units.
 
-use super::money::minor_to_decimal;
+use crate::providers::money::minor_to_decimal;
 use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 use serde_json::Value;
 use serde_json::value::RawValue;

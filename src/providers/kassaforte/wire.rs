@@ -2,7 +2,7 @@
 //! infos, open hours and the error codes; every other name here is assumed (see
 //! `docs/providers/kassaforte.md`) and kept in this one file so the real schemas can replace it.
 
-use super::money;
+use crate::providers::money;
 use chrono::NaiveTime;
 use serde::Deserialize;
 use serde_json::Value;

@@ -1,5 +1,6 @@
-//! Money between our integer minor units and KassaForte's decimal major units, exactly: by
-//! digits, never through a float (a one-cent drift is a 102/203/606 conflict).
+//! Money between our integer minor units and the decimal major units KassaForte and Grafterr
+//! send, exactly: by digits, never through a float (a one-cent drift is a KassaForte conflict
+//! and a wrong total in the books).
 
 /// `850` → `8.50`, `-5` → `-0.05`.
 pub fn minor_to_decimal(minor: i64) -> String {

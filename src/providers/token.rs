@@ -1,8 +1,7 @@
-//! One JWT per account, shared by every task of that account. A token is refreshed shortly
-//! before it expires, one refresh at a time (the others wait for its result); a token the API
-//! refused is replaced once, by whichever task noticed first.
+//! One bearer token per account, shared by every task of that account (Get It Done, Grafterr).
+//! A token is refreshed shortly before it expires, one refresh at a time (the others wait for
+//! its result); a token the API refused is replaced once, by whichever task noticed first.
 
-use super::wire::TokenResponse;
 use crate::config::Secret;
 use crate::providers::ProviderError;
 use crate::providers::http::{HttpClient, RateGate};
@@ -13,7 +12,6 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 use url::Url;
 
-const PROVIDER: &str = "getitdone";
 /// Used when the token tells no lifetime (neither `expires_in` nor a readable `exp`).
 const UNKNOWN_LIFETIME: Duration = Duration::from_secs(300);
 
@@ -29,12 +27,44 @@ struct Cached {
     refresh_at: Instant,
 }
 
+/// Where and how an account asks for its token.
+pub struct TokenRequest {
+    pub provider: &'static str,
+    pub url: Url,
+    pub client_id: String,
+    pub client_secret: Secret,
+    /// A header sent with the token request too (Grafterr's `x-api-key`).
+    pub api_key: Option<(&'static str, Secret)>,
+}
+
+/// The token answer, read leniently: `access_token`, `token` or `data.access_token`, with
+/// `expires_in` when given (else the JWT's `exp`).
+#[derive(Debug, serde::Deserialize)]
+struct TokenResponse {
+    #[serde(default, alias = "token")]
+    access_token: Option<String>,
+    #[serde(default)]
+    expires_in: Option<u64>,
+    #[serde(default)]
+    data: Option<Box<TokenResponse>>,
+}
+
+impl TokenResponse {
+    fn into_parts(self) -> Option<(String, Option<u64>)> {
+        match (self.access_token, self.data) {
+            (Some(token), _) if !token.is_empty() => Some((token, self.expires_in)),
+            (_, Some(data)) => data
+                .into_parts()
+                .map(|(token, expires)| (token, expires.or(self.expires_in))),
+            _ => None,
+        }
+    }
+}
+
 pub struct TokenSource {
     http: HttpClient,
     gate: Arc<RateGate>,
-    url: Url,
-    client_id: String,
-    client_secret: Secret,
+    request: TokenRequest,
     // Held across the token request: that is the single flight.
     cached: Mutex<Option<Cached>>,
     /// The newest token, readable without waiting: a request picks it up when the rate gate
@@ -44,19 +74,11 @@ pub struct TokenSource {
 }
 
 impl TokenSource {
-    pub fn new(
-        http: HttpClient,
-        gate: Arc<RateGate>,
-        url: Url,
-        client_id: &str,
-        client_secret: Secret,
-    ) -> Self {
+    pub fn new(http: HttpClient, gate: Arc<RateGate>, request: TokenRequest) -> Self {
         TokenSource {
             http,
             gate,
-            url,
-            client_id: client_id.to_owned(),
-            client_secret,
+            request,
             cached: Mutex::new(None),
             newest: std::sync::Mutex::new(None),
             generation: std::sync::atomic::AtomicU64::new(0),
@@ -105,29 +127,41 @@ impl TokenSource {
     }
 
     async fn fetch(&self) -> Result<Cached, ProviderError> {
+        let request = &self.request;
         let body = serde_json::json!({
-            "client_id": self.client_id,
-            "client_secret": self.client_secret.expose(),
+            "client_id": request.client_id,
+            "client_secret": request.client_secret.expose(),
         });
-        let what = format!("POST {}", self.url.path());
+        let what = format!("POST {}", request.url.path());
         let requested_at = Instant::now();
-        let response: TokenResponse = self
+        let (access_token, expires_in) = self
             .http
             .send(
-                PROVIDER,
+                request.provider,
                 &self.gate,
                 &what,
-                |client| client.post(self.url.clone()).json(&body),
+                |client| {
+                    let post = client.post(request.url.clone()).json(&body);
+                    match &request.api_key {
+                        Some((name, key)) => post.header(*name, key.expose()),
+                        None => post,
+                    }
+                },
                 |response| {
-                    serde_json::from_slice(&response.body)
-                        .map_err(|e| ProviderError::Malformed(format!("{what}: {e}")))
+                    serde_json::from_slice::<TokenResponse>(&response.body)
+                        .map_err(|e| ProviderError::Malformed(format!("{what}: {e}")))?
+                        .into_parts()
+                        .ok_or_else(|| {
+                            ProviderError::Malformed(format!(
+                                "{what}: no `access_token` (nor `token`, `data.access_token`) in the answer"
+                            ))
+                        })
                 },
             )
             .await?;
-        let lifetime = response
-            .expires_in
+        let lifetime = expires_in
             .map(Duration::from_secs)
-            .or_else(|| jwt_lifetime(&response.access_token))
+            .or_else(|| jwt_lifetime(&access_token))
             .unwrap_or(UNKNOWN_LIFETIME);
         // Refresh a minute early, or a quarter of a short lifetime early: a request may wait
         // at the rate gate between taking the token and sending it.
@@ -136,14 +170,15 @@ impl TokenSource {
             .generation
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::debug!(
-            account_client = %self.client_id,
+            provider = request.provider,
+            account_client = %request.client_id,
             lifetime_s = lifetime.as_secs(),
             generation,
-            "Get It Done token refreshed"
+            "token refreshed"
         );
         Ok(Cached {
             token: Token {
-                value: Secret::new(response.access_token),
+                value: Secret::new(access_token),
                 generation,
             },
             refresh_at: requested_at + lifetime.saturating_sub(margin),
@@ -177,5 +212,24 @@ mod tests {
         let left = jwt_lifetime(&format!("eyJhbGciOiJIUzI1NiJ9.{claims}.sig")).unwrap();
         assert!(left > Duration::from_secs(115) && left <= Duration::from_secs(120));
         assert_eq!(jwt_lifetime("opaque-token"), None);
+    }
+
+    #[test]
+    fn token_answers_are_read_in_every_known_shape() {
+        let read = |text: &str| {
+            serde_json::from_str::<TokenResponse>(text)
+                .unwrap()
+                .into_parts()
+        };
+        assert_eq!(
+            read(r#"{"access_token":"a","expires_in":60}"#),
+            Some(("a".into(), Some(60)))
+        );
+        assert_eq!(read(r#"{"token":"b"}"#), Some(("b".into(), None)));
+        assert_eq!(
+            read(r#"{"data":{"access_token":"c","expires_in":30}}"#),
+            Some(("c".into(), Some(30)))
+        );
+        assert_eq!(read(r#"{"token_type":"Bearer"}"#), None);
     }
 }
