@@ -3,7 +3,7 @@
 //! ends a call whose connection went silent (a paused network, a frozen server), which no server
 //! timeout can, so no run or batch waits on the database forever.
 
-use super::{
+use super::{InboxEntry, InboxFilter, Registration,
     ActionCount, ActionFilter, AsnRow, AsnUpdate, Batch, BatchOutcome, Claim, Delivery,
     DeliveryDone, DeliveryStat, GateState, NewAsn, NewDelivery, ObjectDone, RetryFilter,
     StatusChange, Store, StoreError, StoredOrder, StreamStatus,
@@ -284,6 +284,52 @@ impl Store for Bounded {
     async fn delivery_stats(&self) -> Result<Vec<DeliveryStat>, StoreError> {
         self.within("reading the inbox's state", self.inner.delivery_stats())
             .await
+    }
+
+    async fn inbox(&self, filter: &InboxFilter) -> Result<Vec<InboxEntry>, StoreError> {
+        self.within("reading the inbox", self.inner.inbox(filter))
+            .await
+    }
+
+    async fn requeue_deliveries(&self, filter: &InboxFilter) -> Result<u64, StoreError> {
+        self.within(
+            "putting deliveries back to pending",
+            self.inner.requeue_deliveries(filter),
+        )
+        .await
+    }
+
+    async fn registrations(
+        &self,
+        provider: &str,
+        account: &str,
+    ) -> Result<Vec<Registration>, StoreError> {
+        self.within(
+            "reading webhook registrations",
+            self.inner.registrations(provider, account),
+        )
+        .await
+    }
+
+    async fn save_registration(&self, registration: &Registration) -> Result<(), StoreError> {
+        self.within(
+            "recording a webhook registration",
+            self.inner.save_registration(registration),
+        )
+        .await
+    }
+
+    async fn drop_registration(
+        &self,
+        provider: &str,
+        account: &str,
+        registration_id: &str,
+    ) -> Result<(), StoreError> {
+        self.within(
+            "forgetting a webhook registration",
+            self.inner.drop_registration(provider, account, registration_id),
+        )
+        .await
     }
 
     async fn open_orders(

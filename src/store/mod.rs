@@ -294,6 +294,31 @@ pub trait Store: Send + Sync {
     /// Per account: the last delivery and how many wait or failed.
     async fn delivery_stats(&self) -> Result<Vec<DeliveryStat>, StoreError>;
 
+    /// Stored deliveries matching `filter`, newest first, without their bodies.
+    async fn inbox(&self, filter: &InboxFilter) -> Result<Vec<InboxEntry>, StoreError>;
+
+    /// Puts the processed, ignored or failed deliveries matching `filter` back to `pending`,
+    /// so their account's inbox worker maps them again; returns how many.
+    async fn requeue_deliveries(&self, filter: &InboxFilter) -> Result<u64, StoreError>;
+
+    /// The webhooks ordersync registered for an account.
+    async fn registrations(
+        &self,
+        provider: &str,
+        account: &str,
+    ) -> Result<Vec<Registration>, StoreError>;
+
+    /// Records a webhook ordersync registered (or adopted), replacing one with its id.
+    async fn save_registration(&self, registration: &Registration) -> Result<(), StoreError>;
+
+    /// Forgets a registration that was deleted upstream.
+    async fn drop_registration(
+        &self,
+        provider: &str,
+        account: &str,
+        registration_id: &str,
+    ) -> Result<(), StoreError>;
+
     /// The ids of an account's stored orders whose status is not one of `terminal`.
     async fn open_orders(
         &self,
@@ -447,6 +472,51 @@ impl DeliveryState {
             DeliveryState::Failed => "failed",
         }
     }
+}
+
+/// Which stored deliveries `inbox list` shows and `inbox replay` maps again; every field
+/// narrows, none set means all.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct InboxFilter {
+    pub provider: Option<String>,
+    pub account: Option<String>,
+    /// `pending`, `processed`, `ignored` or `failed`.
+    pub state: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub ids: Vec<i64>,
+    pub limit: i64,
+}
+
+/// One stored delivery, for `inbox list`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct InboxEntry {
+    pub id: i64,
+    pub provider: String,
+    pub account: String,
+    pub event_id: Option<String>,
+    pub event_type: Option<String>,
+    pub object_id: Option<String>,
+    pub state: String,
+    pub error: Option<String>,
+    pub received_at: DateTime<Utc>,
+    pub processed_at: Option<DateTime<Utc>>,
+    pub body_bytes: i64,
+}
+
+/// A webhook ordersync registered upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    pub provider: String,
+    pub account: String,
+    /// The upstream's id of the webhook (what a delete names).
+    pub registration_id: String,
+    /// What deliveries carry to name it.
+    pub guid: String,
+    pub feature_id: String,
+    pub feature_method: String,
+    pub group_wide: bool,
+    pub url: String,
+    pub created_at: DateTime<Utc>,
 }
 
 /// One account's inbox, for `status`.

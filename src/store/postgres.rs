@@ -2,7 +2,7 @@
 
 use super::outcome_columns;
 use super::rows;
-use super::{
+use super::{InboxEntry, InboxFilter, Registration,
     ActionCount, ActionFilter, AsnRow, AsnUpdate, Batch, BatchOutcome, Claim, Delivery,
     DeliveryDone, DeliveryStat, GateState, NewAsn, NewDelivery, ObjectDone, RetryFilter,
     StatusChange, Store, StoreError, StoredOrder, StreamStatus, body_sha256, newest_per_key,
@@ -774,6 +774,106 @@ impl Store for PostgresStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(rows::delivery_stat).collect()
+    }
+
+    async fn inbox(&self, filter: &InboxFilter) -> Result<Vec<InboxEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, provider, account, event_id, event_type, object_id, state, error, \
+                    received_at, processed_at, octet_length(body)::bigint \
+             FROM webhook_deliveries \
+             WHERE ($1::text IS NULL OR provider = $1) AND ($2::text IS NULL OR account = $2) \
+               AND ($3::text IS NULL OR state = $3) \
+               AND ($4::timestamptz IS NULL OR received_at >= $4) \
+               AND (cardinality($5::bigint[]) = 0 OR id = ANY($5)) \
+             ORDER BY id DESC LIMIT $6",
+        )
+        .bind(&filter.provider)
+        .bind(&filter.account)
+        .bind(&filter.state)
+        .bind(filter.since)
+        .bind(&filter.ids)
+        .bind(filter.limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(rows::inbox_entry).collect()
+    }
+
+    async fn requeue_deliveries(&self, filter: &InboxFilter) -> Result<u64, StoreError> {
+        Ok(sqlx::query(
+            "UPDATE webhook_deliveries SET state = 'pending', error = NULL, processed_at = NULL \
+             WHERE state <> 'pending' \
+               AND ($1::text IS NULL OR provider = $1) AND ($2::text IS NULL OR account = $2) \
+               AND ($3::text IS NULL OR state = $3) \
+               AND ($4::timestamptz IS NULL OR received_at >= $4) \
+               AND (cardinality($5::bigint[]) = 0 OR id = ANY($5))",
+        )
+        .bind(&filter.provider)
+        .bind(&filter.account)
+        .bind(&filter.state)
+        .bind(filter.since)
+        .bind(&filter.ids)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    async fn registrations(
+        &self,
+        provider: &str,
+        account: &str,
+    ) -> Result<Vec<Registration>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT provider, account, registration_id, guid, feature_id, feature_method, \
+                    group_wide, url, created_at \
+             FROM webhook_registrations WHERE provider = $1 AND account = $2 \
+             ORDER BY feature_id, feature_method, registration_id",
+        )
+        .bind(provider)
+        .bind(account)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(rows::registration).collect()
+    }
+
+    async fn save_registration(&self, r: &Registration) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO webhook_registrations (provider, account, registration_id, guid, \
+             feature_id, feature_method, group_wide, url, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+             ON CONFLICT (provider, account, registration_id) DO UPDATE SET guid = excluded.guid, \
+             feature_id = excluded.feature_id, feature_method = excluded.feature_method, \
+             group_wide = excluded.group_wide, url = excluded.url, created_at = excluded.created_at",
+        )
+        .bind(&r.provider)
+        .bind(&r.account)
+        .bind(&r.registration_id)
+        .bind(&r.guid)
+        .bind(&r.feature_id)
+        .bind(&r.feature_method)
+        .bind(r.group_wide)
+        .bind(&r.url)
+        .bind(r.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn drop_registration(
+        &self,
+        provider: &str,
+        account: &str,
+        registration_id: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "DELETE FROM webhook_registrations \
+             WHERE provider = $1 AND account = $2 AND registration_id = $3",
+        )
+        .bind(provider)
+        .bind(account)
+        .bind(registration_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     async fn open_orders(

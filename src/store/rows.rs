@@ -4,7 +4,7 @@
 
 use super::{ActionCount, AsnRow, Delivery, DeliveryStat, GateState, StatusChange, StoreError};
 use super::{FollowedOrder, RefreshValues, ShopDocument, ShopDocumentKind, ShopState};
-use super::{ShopStateChange, StoredOrder, StreamStatus};
+use super::{InboxEntry, Registration, ShopStateChange, StoredOrder, StreamStatus};
 use crate::model::{Action, ProviderKind, StreamKey};
 use chrono::{DateTime, Utc};
 use sqlx::Row;
@@ -208,6 +208,40 @@ pub(crate) fn delivery(row: &impl Columns) -> Result<Delivery, StoreError> {
         object_id: row.opt_text(3)?,
         body: row.text(4)?,
         received_at: row.time(5)?,
+    })
+}
+
+/// `id, provider, account, event_id, event_type, object_id, state, error, received_at,
+/// processed_at, body bytes`
+pub(crate) fn inbox_entry(row: &impl Columns) -> Result<InboxEntry, StoreError> {
+    Ok(InboxEntry {
+        id: row.int(0)?,
+        provider: row.text(1)?,
+        account: row.text(2)?,
+        event_id: row.opt_text(3)?,
+        event_type: row.opt_text(4)?,
+        object_id: row.opt_text(5)?,
+        state: row.text(6)?,
+        error: row.opt_text(7)?,
+        received_at: row.time(8)?,
+        processed_at: row.opt_time(9)?,
+        body_bytes: row.int(10)?,
+    })
+}
+
+/// `provider, account, registration_id, guid, feature_id, feature_method, group_wide, url,
+/// created_at`
+pub(crate) fn registration(row: &impl Columns) -> Result<Registration, StoreError> {
+    Ok(Registration {
+        provider: row.text(0)?,
+        account: row.text(1)?,
+        registration_id: row.text(2)?,
+        guid: row.text(3)?,
+        feature_id: row.text(4)?,
+        feature_method: row.text(5)?,
+        group_wide: row.flag(6)?,
+        url: row.text(7)?,
+        created_at: row.time(8)?,
     })
 }
 

@@ -2,7 +2,7 @@
 
 use super::outcome_columns;
 use super::rows;
-use super::{
+use super::{InboxEntry, InboxFilter, Registration,
     ActionCount, ActionFilter, AsnRow, AsnUpdate, Batch, BatchOutcome, Claim, Delivery,
     DeliveryDone, DeliveryStat, GateState, NewAsn, NewDelivery, ObjectDone, ROWS_PER_STATEMENT,
     RetryFilter, StatusChange, Store, StoreError, StoredOrder, StreamStatus, body_sha256,
@@ -725,6 +725,101 @@ impl Store for SqliteStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(rows::delivery_stat).collect()
+    }
+
+    async fn inbox(&self, filter: &InboxFilter) -> Result<Vec<InboxEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, provider, account, event_id, event_type, object_id, state, error, \
+                    received_at, processed_at, length(CAST(body AS BLOB)) \
+             FROM webhook_deliveries \
+             WHERE (?1 IS NULL OR provider = ?1) AND (?2 IS NULL OR account = ?2) \
+               AND (?3 IS NULL OR state = ?3) AND (?4 IS NULL OR received_at >= ?4) \
+               AND (?5 = '[]' OR id IN (SELECT value FROM json_each(?5))) \
+             ORDER BY id DESC LIMIT ?6",
+        )
+        .bind(&filter.provider)
+        .bind(&filter.account)
+        .bind(&filter.state)
+        .bind(filter.since.map(ts))
+        .bind(serde_json::Value::from(filter.ids.clone()).to_string())
+        .bind(filter.limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(rows::inbox_entry).collect()
+    }
+
+    async fn requeue_deliveries(&self, filter: &InboxFilter) -> Result<u64, StoreError> {
+        Ok(sqlx::query(
+            "UPDATE webhook_deliveries SET state = 'pending', error = NULL, processed_at = NULL \
+             WHERE state <> 'pending' \
+               AND (?1 IS NULL OR provider = ?1) AND (?2 IS NULL OR account = ?2) \
+               AND (?3 IS NULL OR state = ?3) AND (?4 IS NULL OR received_at >= ?4) \
+               AND (?5 = '[]' OR id IN (SELECT value FROM json_each(?5)))",
+        )
+        .bind(&filter.provider)
+        .bind(&filter.account)
+        .bind(&filter.state)
+        .bind(filter.since.map(ts))
+        .bind(serde_json::Value::from(filter.ids.clone()).to_string())
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    async fn registrations(
+        &self,
+        provider: &str,
+        account: &str,
+    ) -> Result<Vec<Registration>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT provider, account, registration_id, guid, feature_id, feature_method, \
+                    group_wide, url, created_at \
+             FROM webhook_registrations WHERE provider = ?1 AND account = ?2 \
+             ORDER BY feature_id, feature_method, registration_id",
+        )
+        .bind(provider)
+        .bind(account)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(rows::registration).collect()
+    }
+
+    async fn save_registration(&self, r: &Registration) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT OR REPLACE INTO webhook_registrations (provider, account, registration_id, \
+             guid, feature_id, feature_method, group_wide, url, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&r.provider)
+        .bind(&r.account)
+        .bind(&r.registration_id)
+        .bind(&r.guid)
+        .bind(&r.feature_id)
+        .bind(&r.feature_method)
+        .bind(i64::from(r.group_wide))
+        .bind(&r.url)
+        .bind(ts(r.created_at))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn drop_registration(
+        &self,
+        provider: &str,
+        account: &str,
+        registration_id: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "DELETE FROM webhook_registrations \
+             WHERE provider = ? AND account = ? AND registration_id = ?",
+        )
+        .bind(provider)
+        .bind(account)
+        .bind(registration_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     async fn open_orders(
