@@ -127,22 +127,49 @@ pub enum Refusal {
 }
 
 /// A delivery that passed its checks: what the inbox stores.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct AcceptedDelivery {
+    /// What makes a repeat a duplicate: the upstream's event id, or one derived from the body.
     pub event_id: Option<String>,
     pub event_type: Option<String>,
     pub object_id: Option<String>,
+    /// The upstream webhook the delivery names (Lagerkoll's `guid`): accepted only when it is
+    /// one ordersync registered, which the listener checks against the database.
+    pub registration: Option<String>,
 }
 
-/// One account's webhook: checks a delivery on its raw bytes (signature, freshness) and reads
-/// the few fields the inbox keeps in columns. Never touches the database.
+/// One account's webhook: checks a delivery on its raw bytes (path token, signature,
+/// freshness) and reads the few fields the inbox keeps in columns. Never touches the database.
 pub trait PushReceiver: Send + Sync {
     fn provider(&self) -> crate::model::ProviderKind;
     fn account(&self) -> &str;
+    /// `path_token` is the URL's segment after the account, when it has one.
     fn accept(
         &self,
         headers: &reqwest::header::HeaderMap,
         body: &[u8],
         now: i64,
+        path_token: Option<&str>,
     ) -> Result<AcceptedDelivery, Refusal>;
+}
+
+/// Checks a webhook URL's path token in constant time. A receiver configured with a token
+/// refuses a URL without it, and one configured without refuses a URL with one.
+pub fn check_path_token(
+    expected: Option<&crate::config::Secret>,
+    given: Option<&str>,
+) -> Result<(), Refusal> {
+    use subtle::ConstantTimeEq;
+    match (expected, given) {
+        (None, None) => Ok(()),
+        (Some(expected), Some(given))
+            if bool::from(expected.expose().as_bytes().ct_eq(given.as_bytes())) =>
+        {
+            Ok(())
+        }
+        (Some(_), None) => Err(Refusal::Unauthenticated(
+            "the URL lacks the account's path token".into(),
+        )),
+        _ => Err(Refusal::Unauthenticated("wrong path token".into())),
+    }
 }

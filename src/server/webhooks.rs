@@ -1,13 +1,15 @@
-//! The public webhook listener: `POST /webhooks/{provider}/{account}`. A delivery is checked on
-//! its raw bytes by the account's receiver, stored in `webhook_deliveries`, and only then
-//! answered 2xx; it is processed afterwards by the account's inbox worker. Deliveries that
+//! The public webhook listener: `POST /webhooks/{provider}/{account}` (signed deliveries) and
+//! `POST /webhooks/{provider}/{account}/{path_token}` (deliveries authenticated by an
+//! unguessable URL). A delivery is checked on its raw bytes by the account's receiver (and, when
+//! it names an upstream webhook, against the ones ordersync registered), stored in
+//! `webhook_deliveries`, and only then answered 2xx; it is processed afterwards by the account's inbox worker. Deliveries that
 //! arrive together are stored in one transaction (group commit), so many senders cost few
 //! fsyncs while each one is still acknowledged only once it is durable.
 
 use crate::config::WebhooksConfig;
 use crate::model::ProviderKind;
 use crate::providers::{PushReceiver, Refusal};
-use crate::store::{DeliverySource, NewDelivery, Store};
+use crate::store::{DeliverySource, NewDelivery, Store, StoreError};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -16,9 +18,9 @@ use axum::routing::post;
 use axum::{Json, Router};
 use chrono::Utc;
 use serde_json::json;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 /// Deliveries stored per transaction at most.
@@ -37,6 +39,45 @@ pub struct Hook {
 pub struct WebhookState {
     hooks: Arc<HashMap<(ProviderKind, String), Hook>>,
     writer: mpsc::Sender<(NewDelivery, oneshot::Sender<Result<bool, String>>)>,
+    registrations: Arc<KnownRegistrations>,
+}
+
+/// The upstream webhooks ordersync registered, per account, read from the database: kept in
+/// memory and read again on a miss (at most once a second per account), so a registration
+/// made by another process (`lagerkoll webhooks --apply`) is known at its first delivery.
+struct KnownRegistrations {
+    store: Arc<dyn Store>,
+    known: tokio::sync::Mutex<HashMap<(ProviderKind, String), (HashSet<String>, Instant)>>,
+}
+
+/// How often a miss may read an account's registrations again.
+const REGISTRATIONS_REREAD: Duration = Duration::from_secs(1);
+
+impl KnownRegistrations {
+    async fn knows(
+        &self,
+        provider: ProviderKind,
+        account: &str,
+        guid: &str,
+    ) -> Result<bool, StoreError> {
+        let mut known = self.known.lock().await;
+        let key = (provider, account.to_owned());
+        if let Some((guids, read_at)) = known.get(&key)
+            && (guids.contains(guid) || read_at.elapsed() < REGISTRATIONS_REREAD)
+        {
+            return Ok(guids.contains(guid));
+        }
+        let guids: HashSet<String> = self
+            .store
+            .registrations(provider.as_str(), account)
+            .await?
+            .into_iter()
+            .map(|r| r.guid)
+            .collect();
+        let found = guids.contains(guid);
+        known.insert(key, (guids, Instant::now()));
+        Ok(found)
+    }
 }
 
 /// The webhook routes, and the task that stores deliveries for them (it ends when the router
@@ -50,19 +91,45 @@ pub fn router(hooks: Vec<Hook>, store: Arc<dyn Store>, config: &WebhooksConfig) 
         })
         .collect();
     let (writer, queue) = mpsc::channel(4 * GROUP_COMMIT_MAX);
+    let registrations = Arc::new(KnownRegistrations {
+        store: store.clone(),
+        known: tokio::sync::Mutex::new(HashMap::new()),
+    });
     tokio::spawn(store_deliveries(queue, store));
     Router::new()
         .route("/webhooks/{provider}/{account}", post(receive))
+        .route("/webhooks/{provider}/{account}/{path_token}", post(receive_at))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .with_state(WebhookState {
             hooks: Arc::new(hooks),
             writer,
+            registrations,
         })
 }
 
 async fn receive(
     State(state): State<WebhookState>,
     Path((provider, account)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    take(state, provider, account, None, headers, body).await
+}
+
+async fn receive_at(
+    State(state): State<WebhookState>,
+    Path((provider, account, path_token)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    take(state, provider, account, Some(path_token), headers, body).await
+}
+
+async fn take(
+    state: WebhookState,
+    provider: String,
+    account: String,
+    path_token: Option<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -76,8 +143,12 @@ async fn receive(
     };
     let accepted = match hook
         .receiver
-        .accept(&headers, &body, Utc::now().timestamp())
-    {
+        .accept(
+            &headers,
+            &body,
+            Utc::now().timestamp(),
+            path_token.as_deref(),
+        ) {
         Ok(accepted) => accepted,
         Err(Refusal::Unauthenticated(reason)) => {
             count(&provider, &account, "unauthenticated");
@@ -90,6 +161,31 @@ async fn receive(
             return refuse(StatusCode::BAD_REQUEST, &reason);
         }
     };
+    if let Some(guid) = &accepted.registration {
+        match state
+            .registrations
+            .knows(hook.receiver.provider(), &account, guid)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                count(&provider, &account, "unregistered");
+                tracing::warn!(%provider, %account, %guid, "webhook refused: it names a webhook ordersync did not register (deleted while in flight, or someone else's pointed here)");
+                return refuse(
+                    StatusCode::UNAUTHORIZED,
+                    "the delivery names a webhook ordersync did not register",
+                );
+            }
+            Err(error) => {
+                count(&provider, &account, "unavailable");
+                tracing::error!(%provider, %account, %error, "cannot check the webhook registration; answered 503 so it is sent again");
+                return refuse(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "cannot check the delivery now; retry",
+                );
+            }
+        }
+    }
     let delivery = NewDelivery {
         provider: hook.receiver.provider(),
         account: account.clone(),

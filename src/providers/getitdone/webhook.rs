@@ -43,7 +43,10 @@ impl PushReceiver for GetItDoneReceiver {
         headers: &HeaderMap,
         body: &[u8],
         now: i64,
+        path_token: Option<&str>,
     ) -> Result<AcceptedDelivery, Refusal> {
+        // Get It Done signs its deliveries; its URL carries no token.
+        crate::providers::check_path_token(None, path_token)?;
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         signature::verify(
             &self.secrets,
@@ -61,6 +64,7 @@ impl PushReceiver for GetItDoneReceiver {
                 .filter(|id| !id.is_empty() && id != "polled"),
             event_type: Some(envelope.event_type),
             object_id: envelope.order_id,
+            registration: None,
         })
     }
 }
