@@ -4,6 +4,7 @@
 
 mod getitdone;
 mod graas;
+mod grafterr;
 mod kassaforte;
 mod tasks;
 
@@ -127,6 +128,7 @@ impl App {
         graas::assemble(&assembly, &mut app);
         getitdone::assemble(&assembly, &mut app);
         kassaforte::assemble(&assembly, &mut app);
+        grafterr::assemble(&assembly, &mut app);
         Ok(app)
     }
 }

@@ -6,7 +6,9 @@
 
 pub use crate::providers::getitdone::config::{GetItDoneAccount, RawGetItDoneAccount};
 pub use crate::providers::graas::config::{GraasAccount, RawGraasAccount};
+pub use crate::providers::grafterr::config::{GrafterrAccount, RawGrafterrAccount};
 pub use crate::providers::kassaforte::config::{KassaForteShop, RawKassaForteShop};
+pub use crate::providers::lagerkoll::config::{LagerkollAccount, RawLagerkollAccount};
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use serde::Deserialize;
@@ -176,6 +178,10 @@ pub struct RawConfig {
     pub getitdone: Vec<Entry<RawGetItDoneAccount>>,
     #[serde(default)]
     pub kassaforte: Vec<Entry<RawKassaForteShop>>,
+    #[serde(default)]
+    pub grafterr: Vec<Entry<RawGrafterrAccount>>,
+    #[serde(default)]
+    pub lagerkoll: Vec<Entry<RawLagerkollAccount>>,
 }
 
 /// One `[[section]]` entry as read, with its position in the file for messages.
@@ -532,6 +538,8 @@ pub struct Config {
     pub graas: Vec<GraasAccount>,
     pub getitdone: Vec<GetItDoneAccount>,
     pub kassaforte: Vec<KassaForteShop>,
+    pub grafterr: Vec<GrafterrAccount>,
+    pub lagerkoll: Vec<LagerkollAccount>,
 }
 
 #[derive(Debug, Clone)]
@@ -551,6 +559,14 @@ impl Config {
 
     pub fn kassaforte_shop(&self, name: &str) -> Option<&KassaForteShop> {
         self.kassaforte.iter().find(|a| a.name == name)
+    }
+
+    pub fn grafterr_account(&self, name: &str) -> Option<&GrafterrAccount> {
+        self.grafterr.iter().find(|a| a.name == name)
+    }
+
+    pub fn lagerkoll_account(&self, name: &str) -> Option<&LagerkollAccount> {
+        self.lagerkoll.iter().find(|a| a.name == name)
     }
 }
 
@@ -681,6 +697,8 @@ impl Config {
             graas: Option<figment::value::Value>,
             getitdone: Option<figment::value::Value>,
             kassaforte: Option<figment::value::Value>,
+            grafterr: Option<figment::value::Value>,
+            lagerkoll: Option<figment::value::Value>,
         }
         let mut problems = ConfigError::from_figment_at(&[], figment.extract::<Sections>().err());
         let raw = RawConfig {
@@ -694,6 +712,8 @@ impl Config {
             graas: extract_accounts::<GraasAccount>(&figment, account_env, &mut problems),
             getitdone: extract_accounts::<GetItDoneAccount>(&figment, account_env, &mut problems),
             kassaforte: extract_accounts::<KassaForteShop>(&figment, account_env, &mut problems),
+            grafterr: extract_accounts::<GrafterrAccount>(&figment, account_env, &mut problems),
+            lagerkoll: extract_accounts::<LagerkollAccount>(&figment, account_env, &mut problems),
         };
         match raw.validate() {
             Ok(config) if problems.is_empty() => Ok(config),
@@ -796,10 +816,12 @@ impl ConfigError {
 }
 
 /// Sections whose entries are a list (`[[graas]]`): their keys are overridden per position.
-const LIST_SECTIONS: [&str; 3] = [
+const LIST_SECTIONS: [&str; 5] = [
     GraasAccount::SECTION,
     GetItDoneAccount::SECTION,
     KassaForteShop::SECTION,
+    GrafterrAccount::SECTION,
+    LagerkollAccount::SECTION,
 ];
 
 /// `ORDERSYNC_…` variables as config keys. `ORDERSYNC_CONFIG` (the file's path) and
@@ -1128,6 +1150,8 @@ impl RawConfig {
         let graas = validate_accounts(self.graas, &mut p);
         let getitdone = validate_accounts(self.getitdone, &mut p);
         let kassaforte = validate_accounts(self.kassaforte, &mut p);
+        let grafterr = validate_accounts(self.grafterr, &mut p);
+        let lagerkoll = validate_accounts(self.lagerkoll, &mut p);
         let webhooks = self.webhooks.validate(&mut p);
 
         if p.0.is_empty() {
@@ -1142,6 +1166,8 @@ impl RawConfig {
                 graas,
                 getitdone,
                 kassaforte,
+                grafterr,
+                lagerkoll,
             })
         } else {
             Err(ConfigError { problems: p.0 })

@@ -7,9 +7,11 @@
 //!   scheduled snapshots (KassaForte) get their interfaces with the providers that need them.
 
 pub mod getitdone;
+pub mod grafterr;
 pub mod graas;
 pub mod http;
 pub mod kassaforte;
+pub mod lagerkoll;
 pub mod money;
 pub mod token;
 

@@ -677,8 +677,7 @@ pub(crate) fn newest_per_key(orders: &[Order]) -> Vec<&Order> {
 }
 
 pub(crate) fn body_sha256(raw: &str) -> String {
-    let digest = Sha256::digest(raw.as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(Sha256::digest(raw.as_bytes()))
 }
 
 /// Rows per multi-row statement; well under both databases' bind-parameter limits.

@@ -3,6 +3,8 @@
 
 pub mod asn;
 pub mod getitdone;
+pub mod grafterr;
+pub mod inbox;
 pub mod health;
 pub mod job;
 pub mod kassaforte;

@@ -129,6 +129,12 @@ fn provider_of(config: &Config, account: &str) -> Result<ProviderKind, InvalidAc
     if config.kassaforte_shop(account).is_some() {
         owners.push(ProviderKind::KassaForte);
     }
+    if config.grafterr_account(account).is_some() {
+        owners.push(ProviderKind::Grafterr);
+    }
+    if config.lagerkoll_account(account).is_some() {
+        owners.push(ProviderKind::Lagerkoll);
+    }
     match owners.as_slice() {
         [one] => Ok(*one),
         // Nobody's: Graas's check names the configured accounts.
@@ -172,11 +178,22 @@ impl ActionRequest {
             ProviderKind::Graas => graas::check(self, config)?,
             ProviderKind::GetItDone => getitdone::check(self, config)?,
             ProviderKind::KassaForte => kassaforte::check(self, config)?,
-            other => {
+            // Push-only upstreams: their APIs document no command to send.
+            ProviderKind::Grafterr => {
                 return Err(invalid(
-                    "provider",
+                    "kind",
                     format!(
-                        "`{other}` takes no actions yet; `graas`, `getitdone` and `kassaforte` do"
+                        "Grafterr has no order commands: `{}` cannot be sent to Grafterr (its API only delivers orders)",
+                        self.kind
+                    ),
+                ));
+            }
+            ProviderKind::Lagerkoll => {
+                return Err(invalid(
+                    "kind",
+                    format!(
+                        "Lagerkoll has no order commands: `{}` cannot be sent to Lagerkoll (ordersync only receives its webhooks)",
+                        self.kind
                     ),
                 ));
             }
@@ -231,8 +248,11 @@ mod tests {
         let unknown = accept(Some("shopee")).into_action(&config).unwrap_err();
         assert_eq!(unknown.field, "provider");
         assert!(unknown.message.contains("graas, getitdone"), "{unknown}");
-        let no_actions = accept(Some("lagerkoll")).into_action(&config).unwrap_err();
-        assert_eq!(no_actions.field, "provider");
-        assert!(no_actions.message.contains("no actions"), "{no_actions}");
+        let no_actions = accept(Some("grafterr")).into_action(&config).unwrap_err();
+        assert_eq!(no_actions.field, "kind");
+        assert!(
+            no_actions.message.contains("Grafterr has no order commands"),
+            "{no_actions}"
+        );
     }
 }
