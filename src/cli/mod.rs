@@ -543,7 +543,16 @@ async fn status(config: ConfigArg, json: bool) -> anyhow::Result<ExitCode> {
     } else {
         kassaforte::print_shops(&config, &shops, now);
     }
-    if !config.getitdone.is_empty() {
+    // Every account that receives pushes: (provider, account, silence_alert, what to check).
+    let pushed: Vec<(&str, &str, Duration, &str)> = config
+        .getitdone
+        .iter()
+        .filter(|a| a.enabled)
+        .map(|a| ("getitdone", a.name.as_str(), a.silence_alert, "check the webhook registration and the listener. Orders never delivered cannot be discovered without discovery = \"feed\""))
+        .chain(config.grafterr.iter().filter(|a| a.enabled).map(|a| ("grafterr", a.name.as_str(), a.silence_alert, "check the endpoint in Grafterr's panel (API Settings → Webhook) and the listener; Grafterr has no order list to catch up from")))
+        .chain(config.lagerkoll.iter().filter(|a| a.enabled).map(|a| ("lagerkoll", a.name.as_str(), a.silence_alert, "check `ordersync lagerkoll webhooks --account NAME` and the listener")))
+        .collect();
+    if !pushed.is_empty() {
         say!();
         say!(
             "{:<24} {:>14} {:>8} {:>7}  note",
@@ -553,38 +562,46 @@ async fn status(config: ConfigArg, json: bool) -> anyhow::Result<ExitCode> {
             "failed"
         );
     }
-    for account in config.getitdone.iter().filter(|a| a.enabled) {
+    for (provider, account, silence_alert, hint) in pushed {
         let stat = inboxes
             .iter()
-            .find(|s| s.provider == "getitdone" && s.account == account.name);
+            .find(|s| s.provider == provider && s.account == account);
         let last = stat.and_then(|s| s.last_received_at);
         let silent_for = last.map(|t| (now - t).to_std().unwrap_or_default());
         let note = match silent_for {
-            None => "no delivery yet: give Get It Done the webhook URL (see README)".to_owned(),
-            Some(silence) if silence > account.silence_alert => {
+            None => "no delivery yet: give the upstream the webhook URL (see README)".to_owned(),
+            Some(silence) if silence > silence_alert => {
                 healthy = false;
                 format!(
-                    "WARNING: silent for {} (silence_alert {}); check the webhook registration and the listener. Orders never delivered cannot be discovered without discovery = \"feed\"",
+                    "WARNING: silent for {} (silence_alert {}); {hint}",
                     humantime::format_duration(Duration::from_secs(silence.as_secs())),
-                    humantime::format_duration(account.silence_alert)
+                    humantime::format_duration(silence_alert)
                 )
             }
             Some(_) => String::new(),
         };
+        let failed = stat.map_or(0, |s| s.failed);
+        let note = if failed > 0 && note.is_empty() {
+            format!(
+                "{failed} delivery(ies) failed to map: `ordersync inbox list --state failed --provider {provider}`"
+            )
+        } else {
+            note
+        };
         inboxes_json.push(serde_json::json!({
-            "provider": "getitdone",
-            "account": account.name,
+            "provider": provider,
+            "account": account,
             "last_delivery_at": last,
             "pending": stat.map_or(0, |s| s.pending),
-            "failed": stat.map_or(0, |s| s.failed),
+            "failed": failed,
             "warning": (!note.is_empty()).then_some(note.clone()),
         }));
         say!(
             "{:<24} {:>14} {:>8} {:>7}  {}",
-            format!("getitdone/{}", account.name),
+            format!("{provider}/{account}"),
             ago(last),
             stat.map_or(0, |s| s.pending),
-            stat.map_or(0, |s| s.failed),
+            failed,
             note
         );
     }

@@ -7,8 +7,8 @@
 //!   scheduled snapshots (KassaForte) get their interfaces with the providers that need them.
 
 pub mod getitdone;
-pub mod grafterr;
 pub mod graas;
+pub mod grafterr;
 pub mod http;
 pub mod kassaforte;
 pub mod lagerkoll;

@@ -4,6 +4,7 @@
 pub mod faults;
 pub mod getitdone;
 pub mod graas;
+pub mod grafterr;
 pub mod kassaforte;
 
 use serde::{Deserialize, Serialize};
@@ -87,6 +88,11 @@ pub struct SandboxConfig {
     pub kassaforte: Vec<kassaforte::KassaForteShopSpec>,
     #[serde(default)]
     pub kassaforte_options: kassaforte::KassaForteOptions,
+    /// Simulated Grafterr accounts.
+    #[serde(default)]
+    pub grafterr: Vec<grafterr::GrafterrAccountSpec>,
+    #[serde(default)]
+    pub grafterr_options: grafterr::GrafterrOptions,
 }
 
 impl SandboxConfig {
@@ -109,6 +115,8 @@ impl SandboxConfig {
             getitdone_options: getitdone::GetItDoneOptions::default(),
             kassaforte: Vec::new(),
             kassaforte_options: kassaforte::KassaForteOptions::default(),
+            grafterr: Vec::new(),
+            grafterr_options: grafterr::GrafterrOptions::default(),
         }
     }
 
@@ -134,6 +142,12 @@ impl SandboxConfig {
         self.kassaforte = kassaforte::shop_specs(shops);
         self
     }
+
+    /// Adds `accounts` Grafterr accounts of `orders` each, named `cafe-1…`.
+    pub fn with_grafterr(mut self, accounts: usize, orders: usize) -> Self {
+        self.grafterr = grafterr::account_specs(accounts, orders);
+        self
+    }
 }
 
 /// A running sandbox. Dropping it does not stop it; call [`Sandbox::stop`].
@@ -142,6 +156,7 @@ pub struct Sandbox {
     graas: Arc<graas::GraasSim>,
     getitdone: Arc<getitdone::GetItDoneSim>,
     kassaforte: Arc<kassaforte::KassaForteSim>,
+    grafterr: Arc<grafterr::GrafterrSim>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -165,9 +180,16 @@ impl Sandbox {
             config.faults.clone(),
             config.seed,
         ));
+        let grafterr = Arc::new(grafterr::GrafterrSim::new(
+            &config.grafterr,
+            config.grafterr_options.clone(),
+            config.faults.clone(),
+            config.seed,
+        ));
         let app = graas::router(graas.clone())
             .merge(getitdone::router(getitdone.clone()))
-            .merge(kassaforte::router(kassaforte.clone()));
+            .merge(kassaforte::router(kassaforte.clone()))
+            .merge(grafterr::router(grafterr.clone()));
         tasks.spawn(getitdone.clone().deliver(shutdown.clone()));
         let stop = shutdown.clone();
         tasks.spawn(async move {
@@ -208,6 +230,7 @@ impl Sandbox {
             graas,
             getitdone,
             kassaforte,
+            grafterr,
             shutdown,
             tasks,
         })
@@ -231,6 +254,15 @@ impl Sandbox {
 
     pub fn kassaforte(&self) -> &Arc<kassaforte::KassaForteSim> {
         &self.kassaforte
+    }
+
+    pub fn grafterr(&self) -> &Arc<grafterr::GrafterrSim> {
+        &self.grafterr
+    }
+
+    /// The base URL an account's `base_url` names for the simulated Grafterr (with its stage).
+    pub fn grafterr_base_url(&self) -> String {
+        format!("{}/{}/", self.base_url(), grafterr::STAGE)
     }
 
     pub async fn stop(self) {

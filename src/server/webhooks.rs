@@ -98,7 +98,10 @@ pub fn router(hooks: Vec<Hook>, store: Arc<dyn Store>, config: &WebhooksConfig) 
     tokio::spawn(store_deliveries(queue, store));
     Router::new()
         .route("/webhooks/{provider}/{account}", post(receive))
-        .route("/webhooks/{provider}/{account}/{path_token}", post(receive_at))
+        .route(
+            "/webhooks/{provider}/{account}/{path_token}",
+            post(receive_at),
+        )
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .with_state(WebhookState {
             hooks: Arc::new(hooks),
@@ -141,14 +144,12 @@ async fn take(
         tracing::warn!(%provider, %account, "webhook for an account ordersync does not serve; refused");
         return refuse(StatusCode::UNAUTHORIZED, "unknown account");
     };
-    let accepted = match hook
-        .receiver
-        .accept(
-            &headers,
-            &body,
-            Utc::now().timestamp(),
-            path_token.as_deref(),
-        ) {
+    let accepted = match hook.receiver.accept(
+        &headers,
+        &body,
+        Utc::now().timestamp(),
+        path_token.as_deref(),
+    ) {
         Ok(accepted) => accepted,
         Err(Refusal::Unauthenticated(reason)) => {
             count(&provider, &account, "unauthenticated");

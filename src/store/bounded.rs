@@ -3,10 +3,11 @@
 //! ends a call whose connection went silent (a paused network, a frozen server), which no server
 //! timeout can, so no run or batch waits on the database forever.
 
-use super::{InboxEntry, InboxFilter, Registration,
+use super::{
     ActionCount, ActionFilter, AsnRow, AsnUpdate, Batch, BatchOutcome, Claim, Delivery,
-    DeliveryDone, DeliveryStat, GateState, NewAsn, NewDelivery, ObjectDone, RetryFilter,
-    StatusChange, Store, StoreError, StoredOrder, StreamStatus,
+    DeliveryDone, DeliveryStat, GateState, InboxEntry, InboxFilter, NewAsn, NewDelivery,
+    ObjectDone, Registration, RetryFilter, StatusChange, Store, StoreError, StoredOrder,
+    StreamStatus,
 };
 use super::{
     FollowedOrder, Resolution, ShopDocument, ShopDocumentKind, ShopState, ShopStateChange,
@@ -327,7 +328,8 @@ impl Store for Bounded {
     ) -> Result<(), StoreError> {
         self.within(
             "forgetting a webhook registration",
-            self.inner.drop_registration(provider, account, registration_id),
+            self.inner
+                .drop_registration(provider, account, registration_id),
         )
         .await
     }

@@ -2,10 +2,11 @@
 
 use super::outcome_columns;
 use super::rows;
-use super::{InboxEntry, InboxFilter, Registration,
+use super::{
     ActionCount, ActionFilter, AsnRow, AsnUpdate, Batch, BatchOutcome, Claim, Delivery,
-    DeliveryDone, DeliveryStat, GateState, NewAsn, NewDelivery, ObjectDone, RetryFilter,
-    StatusChange, Store, StoreError, StoredOrder, StreamStatus, body_sha256, newest_per_key,
+    DeliveryDone, DeliveryStat, GateState, InboxEntry, InboxFilter, NewAsn, NewDelivery,
+    ObjectDone, Registration, RetryFilter, StatusChange, Store, StoreError, StoredOrder,
+    StreamStatus, body_sha256, newest_per_key,
 };
 use super::{
     FollowedOrder, Resolution, ShopDocument, ShopDocumentKind, ShopState, ShopStateChange,

@@ -2,11 +2,11 @@
 
 use super::outcome_columns;
 use super::rows;
-use super::{InboxEntry, InboxFilter, Registration,
+use super::{
     ActionCount, ActionFilter, AsnRow, AsnUpdate, Batch, BatchOutcome, Claim, Delivery,
-    DeliveryDone, DeliveryStat, GateState, NewAsn, NewDelivery, ObjectDone, ROWS_PER_STATEMENT,
-    RetryFilter, StatusChange, Store, StoreError, StoredOrder, StreamStatus, body_sha256,
-    newest_per_key,
+    DeliveryDone, DeliveryStat, GateState, InboxEntry, InboxFilter, NewAsn, NewDelivery,
+    ObjectDone, ROWS_PER_STATEMENT, Registration, RetryFilter, StatusChange, Store, StoreError,
+    StoredOrder, StreamStatus, body_sha256, newest_per_key,
 };
 use super::{
     FollowedOrder, Resolution, ShopDocument, ShopDocumentKind, ShopState, ShopStateChange,

@@ -155,11 +155,7 @@ impl InboxWorker {
                     continue;
                 }
             };
-            done.push(DeliveryDone {
-                id,
-                state,
-                note,
-            });
+            done.push(DeliveryDone { id, state, note });
         }
         if !orders.is_empty() {
             let committed = self

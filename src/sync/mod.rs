@@ -4,8 +4,8 @@
 pub mod asn;
 pub mod getitdone;
 pub mod grafterr;
-pub mod inbox;
 pub mod health;
+pub mod inbox;
 pub mod job;
 pub mod kassaforte;
 pub mod progress;

@@ -251,7 +251,9 @@ mod tests {
         let no_actions = accept(Some("grafterr")).into_action(&config).unwrap_err();
         assert_eq!(no_actions.field, "kind");
         assert!(
-            no_actions.message.contains("Grafterr has no order commands"),
+            no_actions
+                .message
+                .contains("Grafterr has no order commands"),
             "{no_actions}"
         );
     }

@@ -12,8 +12,8 @@ pub mod wire;
 use super::http::{HttpClient, RateGate, Response, join};
 use super::{OrderLookup, ProviderError};
 use crate::model::{Order, ProviderKind, StreamKey};
-use async_trait::async_trait;
 use crate::providers::token::{Token, TokenRequest, TokenSource};
+use async_trait::async_trait;
 use chrono::Utc;
 use config::GetItDoneAccount;
 use contract::ApiContract;
@@ -245,7 +245,6 @@ impl GetItDoneClient {
         .await
     }
 }
-
 
 #[async_trait]
 impl OrderLookup for GetItDoneClient {

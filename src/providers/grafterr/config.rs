@@ -161,7 +161,10 @@ impl AccountSection for GrafterrAccount {
         if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_alphabetic()) {
             p.push(
                 at("currency"),
-                format!("`{}` is not an ISO 4217 code; write e.g. \"GBP\"", raw.currency),
+                format!(
+                    "`{}` is not an ISO 4217 code; write e.g. \"GBP\"",
+                    raw.currency
+                ),
             );
         }
         let rate_limit = p.rate_limit(at("rate_limit"), &raw.rate_limit);

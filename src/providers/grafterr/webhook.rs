@@ -100,7 +100,8 @@ mod tests {
         }
     }
 
-    const BODY: &[u8] = br#"{"eventId":"e1","event":"pos.order.created","data":{"order":{"orderId":"A"}}}"#;
+    const BODY: &[u8] =
+        br#"{"eventId":"e1","event":"pos.order.created","data":{"order":{"orderId":"A"}}}"#;
 
     #[test]
     fn the_path_token_and_the_signature_decide() {
@@ -118,23 +119,38 @@ mod tests {
 
         let signed = receiver(Some("hook-secret"));
         let mut headers = HeaderMap::new();
-        headers.insert("x-grafterr-signature", sign("hook-secret", BODY).parse().unwrap());
-        assert!(signed.accept(&headers, BODY, 0, Some("0123456789abcdef0123")).is_ok());
+        headers.insert(
+            "x-grafterr-signature",
+            sign("hook-secret", BODY).parse().unwrap(),
+        );
+        assert!(
+            signed
+                .accept(&headers, BODY, 0, Some("0123456789abcdef0123"))
+                .is_ok()
+        );
         let mut changed = BODY.to_vec();
         changed[10] ^= 1;
         assert!(matches!(
             signed.accept(&headers, &changed, 0, Some("0123456789abcdef0123")),
             Err(Refusal::Unauthenticated(_))
         ));
-        assert!(signed.accept(&HeaderMap::new(), BODY, 0, Some("0123456789abcdef0123")).is_err());
+        assert!(
+            signed
+                .accept(&HeaderMap::new(), BODY, 0, Some("0123456789abcdef0123"))
+                .is_err()
+        );
     }
 
     #[test]
     fn without_an_event_id_the_body_hash_identifies_a_repeat() {
         let body = br#"{"event":"web.order.updated","data":{"order":{"orderId":"B"}}}"#;
         let token = Some("0123456789abcdef0123");
-        let first = receiver(None).accept(&HeaderMap::new(), body, 0, token).unwrap();
-        let again = receiver(None).accept(&HeaderMap::new(), body, 0, token).unwrap();
+        let first = receiver(None)
+            .accept(&HeaderMap::new(), body, 0, token)
+            .unwrap();
+        let again = receiver(None)
+            .accept(&HeaderMap::new(), body, 0, token)
+            .unwrap();
         assert!(first.event_id.as_deref().unwrap().starts_with("sha256:"));
         assert_eq!(first.event_id, again.event_id);
         assert!(matches!(

@@ -95,8 +95,11 @@ fn scalar_text(value: &RawValue) -> Option<String> {
     if let Ok(text) = serde_json::from_str::<String>(text) {
         return (!text.is_empty()).then_some(text);
     }
-    (!text.is_empty() && text.bytes().all(|b| b.is_ascii_digit() || b == b'.' || b == b'-'))
-        .then(|| text.to_owned())
+    (!text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b == b'.' || b == b'-'))
+    .then(|| text.to_owned())
 }
 
 /// True when the order carries its items: a delivery without them is completed by a fetch.
@@ -228,9 +231,21 @@ mod tests {
         assert_eq!(mapped.key.channel, "web");
         assert_eq!(mapped.key.external_id, "A-1");
         assert_eq!(mapped.status.as_deref(), Some("accepted"));
-        assert_eq!(mapped.total, Some(Money { minor: 640, currency: "GBP".into() }));
-        assert!(mapped.payload.contains(r#""total": 6.40"#), "kept as it arrived");
-        assert_eq!(mapped.upstream_updated_at.to_rfc3339(), "2024-05-22T10:15:02+00:00");
+        assert_eq!(
+            mapped.total,
+            Some(Money {
+                minor: 640,
+                currency: "GBP".into()
+            })
+        );
+        assert!(
+            mapped.payload.contains(r#""total": 6.40"#),
+            "kept as it arrived"
+        );
+        assert_eq!(
+            mapped.upstream_updated_at.to_rfc3339(),
+            "2024-05-22T10:15:02+00:00"
+        );
     }
 
     #[test]
@@ -248,7 +263,11 @@ mod tests {
         let error = map_order("cafe", &odd, None, "GBP", None).unwrap_err();
         assert!(error.contains("order.total"), "{error}");
         let no_time = RawValue::from_string(r#"{"orderId":"x","source":"pos"}"#.into()).unwrap();
-        assert!(map_order("cafe", &no_time, None, "GBP", None).unwrap_err().contains("updatedAt"));
+        assert!(
+            map_order("cafe", &no_time, None, "GBP", None)
+                .unwrap_err()
+                .contains("updatedAt")
+        );
     }
 
     #[test]

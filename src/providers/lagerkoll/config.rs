@@ -129,7 +129,11 @@ impl AccountSection for LagerkollAccount {
             );
         }
         let api_key = p.secret(at("api_key"), &raw.api_key);
-        let public_url = p.http_url(at("public_url"), &raw.public_url, "https://hooks.example.com");
+        let public_url = p.http_url(
+            at("public_url"),
+            &raw.public_url,
+            "https://hooks.example.com",
+        );
         if let Some(url) = &public_url
             && (url.query().is_some() || url.fragment().is_some())
         {
@@ -145,10 +149,16 @@ impl AccountSection for LagerkollAccount {
         for (i, hook) in raw.webhooks.iter().enumerate() {
             let key = |k: &str| at(&format!("webhooks[{i}].{k}"));
             if hook.feature_id.trim().is_empty() {
-                p.push(key("feature_id"), "is empty; give the installed feature's id");
+                p.push(
+                    key("feature_id"),
+                    "is empty; give the installed feature's id",
+                );
             }
             if hook.feature_method.trim().is_empty() {
-                p.push(key("feature_method"), "is empty; give the method, e.g. \"orderCreated\"");
+                p.push(
+                    key("feature_method"),
+                    "is empty; give the method, e.g. \"orderCreated\"",
+                );
             }
             let wanted = WantedWebhook {
                 feature_id: hook.feature_id.trim().to_owned(),
@@ -167,13 +177,20 @@ impl AccountSection for LagerkollAccount {
                 "is above Lagerkoll's documented 200 requests per minute; write \"200/m\" or less",
             );
         }
-        let base_url = p.http_url(at("base_url"), &raw.base_url, "https://capi.lagerkoll.com/v1/");
+        let base_url = p.http_url(
+            at("base_url"),
+            &raw.base_url,
+            "https://capi.lagerkoll.com/v1/",
+        );
         p.schedule(at("reconcile_schedule"), &raw.reconcile_schedule);
         let currency = raw.currency.trim().to_ascii_uppercase();
         if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_alphabetic()) {
             p.push(
                 at("currency"),
-                format!("`{}` is not an ISO 4217 code; write e.g. \"SEK\"", raw.currency),
+                format!(
+                    "`{}` is not an ISO 4217 code; write e.g. \"SEK\"",
+                    raw.currency
+                ),
             );
         }
         let silence_alert = p.duration(at("silence_alert"), &raw.silence_alert);
