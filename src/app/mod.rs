@@ -6,6 +6,7 @@ mod getitdone;
 mod graas;
 mod grafterr;
 mod kassaforte;
+pub mod lagerkoll;
 mod tasks;
 
 use crate::config::Config;
@@ -129,6 +130,7 @@ impl App {
         getitdone::assemble(&assembly, &mut app);
         kassaforte::assemble(&assembly, &mut app);
         grafterr::assemble(&assembly, &mut app);
+        lagerkoll::assemble(&assembly, &mut app);
         Ok(app)
     }
 }

@@ -163,8 +163,46 @@ impl HttpClient {
         build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
         parse: impl Fn(Response) -> Result<T, ProviderError>,
     ) -> Result<T, ProviderError> {
-        self.send_with(provider, gate, what, Repeat::Transient, build, parse)
+        self.send_with(provider, gate, what, Repeat::Transient, Answers::Errors, build, parse)
             .await
+    }
+
+    /// Like [`HttpClient::send`], but every 4xx answer but a 429 (401 and 403 too) goes to
+    /// `parse` with its status: for upstreams whose error body, not the status, says what
+    /// went wrong (Lagerkoll's `errorCode`). `parse` decides; a retryable error it returns is
+    /// retried like any other.
+    pub async fn send_reading_refusals<T>(
+        &self,
+        provider: &'static str,
+        gate: &RateGate,
+        what: &str,
+        build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+        parse: impl Fn(Response) -> Result<T, ProviderError>,
+    ) -> Result<T, ProviderError> {
+        self.send_with(provider, gate, what, Repeat::Transient, Answers::Every, build, parse)
+            .await
+    }
+
+    /// [`HttpClient::send_reading_refusals`] for a request that creates something: only a
+    /// 429 is sent again.
+    pub async fn send_once_reading_refusals<T>(
+        &self,
+        provider: &'static str,
+        gate: &RateGate,
+        what: &str,
+        build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+        parse: impl Fn(Response) -> Result<T, ProviderError>,
+    ) -> Result<T, ProviderError> {
+        self.send_with(
+            provider,
+            gate,
+            what,
+            Repeat::RateLimitedOnly,
+            Answers::Every,
+            build,
+            parse,
+        )
+        .await
     }
 
     /// Like [`HttpClient::send`] for a request that must not be repeated blindly (it creates
@@ -178,8 +216,16 @@ impl HttpClient {
         build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
         parse: impl Fn(Response) -> Result<T, ProviderError>,
     ) -> Result<T, ProviderError> {
-        self.send_with(provider, gate, what, Repeat::RateLimitedOnly, build, parse)
-            .await
+        self.send_with(
+            provider,
+            gate,
+            what,
+            Repeat::RateLimitedOnly,
+            Answers::Errors,
+            build,
+            parse,
+        )
+        .await
     }
 
     /// Sends a request that creates something, once: only a 429 (refused before anything was
@@ -193,16 +239,26 @@ impl HttpClient {
         build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
         parse: impl Fn(Response) -> Result<T, ProviderError>,
     ) -> Result<T, ProviderError> {
-        self.send_with(provider, gate, what, Repeat::AnswerAsIs, build, parse)
-            .await
+        self.send_with(
+            provider,
+            gate,
+            what,
+            Repeat::RateLimitedOnly,
+            Answers::ClientErrors,
+            build,
+            parse,
+        )
+        .await
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn send_with<T>(
         &self,
         provider: &'static str,
         gate: &RateGate,
         what: &str,
         repeat: Repeat,
+        answers: Answers,
         build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
         parse: impl Fn(Response) -> Result<T, ProviderError>,
     ) -> Result<T, ProviderError> {
@@ -216,7 +272,7 @@ impl HttpClient {
             gate.ready().await;
             let sent_at = std::time::Instant::now();
             let answered = match build(&self.client).send().await {
-                Ok(response) => classify(provider, response, repeat == Repeat::AnswerAsIs).await,
+                Ok(response) => classify(provider, response, answers).await,
                 Err(error) => Err(transport_error(&error)),
             };
             gate.count(&answered, sent_at.elapsed());
@@ -255,8 +311,17 @@ impl HttpClient {
 enum Repeat {
     Transient,
     RateLimitedOnly,
-    /// As `RateLimitedOnly`, and client errors are answers for the caller to read.
-    AnswerAsIs,
+}
+
+/// Which answers besides a 2xx go to the caller's `parse`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answers {
+    /// None: every other status becomes a [`ProviderError`].
+    Errors,
+    /// 4xx other than 401, 403 and 429 (a KassaForte 409's code).
+    ClientErrors,
+    /// Every 4xx but 429 (Lagerkoll's `errorCode` decides, whatever the status).
+    Every,
 }
 
 fn transport_error(error: &reqwest::Error) -> ProviderError {
@@ -292,7 +357,7 @@ impl WithoutUrl for reqwest::Error {
 async fn classify(
     provider: &'static str,
     response: reqwest::Response,
-    client_errors_as_answers: bool,
+    answers: Answers,
 ) -> Result<Response, ProviderError> {
     let status = response.status().as_u16();
     let retry_after = response
@@ -306,9 +371,10 @@ async fn classify(
     };
     match status {
         200..=299 => Ok(Response { status, body }),
-        400..=499 if client_errors_as_answers && !matches!(status, 401 | 403 | 429) => {
+        400..=499 if answers == Answers::ClientErrors && !matches!(status, 401 | 403 | 429) => {
             Ok(Response { status, body })
         }
+        400..=499 if answers == Answers::Every && status != 429 => Ok(Response { status, body }),
         429 => Err(ProviderError::RateLimited { retry_after }),
         401 | 403 => Err(ProviderError::Unauthorized {
             provider,

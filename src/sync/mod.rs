@@ -8,6 +8,7 @@ pub mod health;
 pub mod inbox;
 pub mod job;
 pub mod kassaforte;
+pub mod lagerkoll;
 pub mod progress;
 pub mod window;
 
