@@ -163,8 +163,16 @@ impl HttpClient {
         build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
         parse: impl Fn(Response) -> Result<T, ProviderError>,
     ) -> Result<T, ProviderError> {
-        self.send_with(provider, gate, what, Repeat::Transient, Answers::Errors, build, parse)
-            .await
+        self.send_with(
+            provider,
+            gate,
+            what,
+            Repeat::Transient,
+            Answers::Errors,
+            build,
+            parse,
+        )
+        .await
     }
 
     /// Like [`HttpClient::send`], but every 4xx answer but a 429 (401 and 403 too) goes to
@@ -179,8 +187,16 @@ impl HttpClient {
         build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
         parse: impl Fn(Response) -> Result<T, ProviderError>,
     ) -> Result<T, ProviderError> {
-        self.send_with(provider, gate, what, Repeat::Transient, Answers::Every, build, parse)
-            .await
+        self.send_with(
+            provider,
+            gate,
+            what,
+            Repeat::Transient,
+            Answers::Every,
+            build,
+            parse,
+        )
+        .await
     }
 
     /// [`HttpClient::send_reading_refusals`] for a request that creates something: only a

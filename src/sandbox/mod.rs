@@ -6,6 +6,7 @@ pub mod getitdone;
 pub mod graas;
 pub mod grafterr;
 pub mod kassaforte;
+pub mod lagerkoll;
 
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -93,6 +94,11 @@ pub struct SandboxConfig {
     pub grafterr: Vec<grafterr::GrafterrAccountSpec>,
     #[serde(default)]
     pub grafterr_options: grafterr::GrafterrOptions,
+    /// Simulated Lagerkoll stores.
+    #[serde(default)]
+    pub lagerkoll: Vec<lagerkoll::LagerkollStoreSpec>,
+    #[serde(default)]
+    pub lagerkoll_options: lagerkoll::LagerkollOptions,
 }
 
 impl SandboxConfig {
@@ -117,6 +123,8 @@ impl SandboxConfig {
             kassaforte_options: kassaforte::KassaForteOptions::default(),
             grafterr: Vec::new(),
             grafterr_options: grafterr::GrafterrOptions::default(),
+            lagerkoll: Vec::new(),
+            lagerkoll_options: lagerkoll::LagerkollOptions::default(),
         }
     }
 
@@ -143,6 +151,12 @@ impl SandboxConfig {
         self
     }
 
+    /// Adds `stores` Lagerkoll stores, named `sthlm-1…`.
+    pub fn with_lagerkoll(mut self, stores: usize) -> Self {
+        self.lagerkoll = lagerkoll::store_specs(stores);
+        self
+    }
+
     /// Adds `accounts` Grafterr accounts of `orders` each, named `cafe-1…`.
     pub fn with_grafterr(mut self, accounts: usize, orders: usize) -> Self {
         self.grafterr = grafterr::account_specs(accounts, orders);
@@ -157,6 +171,7 @@ pub struct Sandbox {
     getitdone: Arc<getitdone::GetItDoneSim>,
     kassaforte: Arc<kassaforte::KassaForteSim>,
     grafterr: Arc<grafterr::GrafterrSim>,
+    lagerkoll: Arc<lagerkoll::LagerkollSim>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -190,6 +205,11 @@ impl Sandbox {
             .merge(getitdone::router(getitdone.clone()))
             .merge(kassaforte::router(kassaforte.clone()))
             .merge(grafterr::router(grafterr.clone()));
+        let lagerkoll = Arc::new(lagerkoll::LagerkollSim::new(
+            &config.lagerkoll,
+            config.lagerkoll_options.clone(),
+        ));
+        let app = app.merge(lagerkoll::router(lagerkoll.clone()));
         tasks.spawn(getitdone.clone().deliver(shutdown.clone()));
         let stop = shutdown.clone();
         tasks.spawn(async move {
@@ -231,6 +251,7 @@ impl Sandbox {
             getitdone,
             kassaforte,
             grafterr,
+            lagerkoll,
             shutdown,
             tasks,
         })
@@ -258,6 +279,15 @@ impl Sandbox {
 
     pub fn grafterr(&self) -> &Arc<grafterr::GrafterrSim> {
         &self.grafterr
+    }
+
+    pub fn lagerkoll(&self) -> &Arc<lagerkoll::LagerkollSim> {
+        &self.lagerkoll
+    }
+
+    /// The `base_url` of a Lagerkoll account for the simulated Lagerkoll.
+    pub fn lagerkoll_base_url(&self) -> String {
+        format!("{}/{}/", self.base_url(), lagerkoll::BASE_PATH)
     }
 
     /// The base URL an account's `base_url` names for the simulated Grafterr (with its stage).

@@ -9,7 +9,7 @@
 use crate::config::WebhooksConfig;
 use crate::model::ProviderKind;
 use crate::providers::{PushReceiver, Refusal};
-use crate::store::{DeliverySource, NewDelivery, Store, StoreError};
+use crate::store::{DeliverySource, NewDelivery, Store};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -18,9 +18,9 @@ use axum::routing::post;
 use axum::{Json, Router};
 use chrono::Utc;
 use serde_json::json;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 /// Deliveries stored per transaction at most.
@@ -39,45 +39,7 @@ pub struct Hook {
 pub struct WebhookState {
     hooks: Arc<HashMap<(ProviderKind, String), Hook>>,
     writer: mpsc::Sender<(NewDelivery, oneshot::Sender<Result<bool, String>>)>,
-    registrations: Arc<KnownRegistrations>,
-}
-
-/// The upstream webhooks ordersync registered, per account, read from the database: kept in
-/// memory and read again on a miss (at most once a second per account), so a registration
-/// made by another process (`lagerkoll webhooks --apply`) is known at its first delivery.
-struct KnownRegistrations {
     store: Arc<dyn Store>,
-    known: tokio::sync::Mutex<HashMap<(ProviderKind, String), (HashSet<String>, Instant)>>,
-}
-
-/// How often a miss may read an account's registrations again.
-const REGISTRATIONS_REREAD: Duration = Duration::from_secs(1);
-
-impl KnownRegistrations {
-    async fn knows(
-        &self,
-        provider: ProviderKind,
-        account: &str,
-        guid: &str,
-    ) -> Result<bool, StoreError> {
-        let mut known = self.known.lock().await;
-        let key = (provider, account.to_owned());
-        if let Some((guids, read_at)) = known.get(&key)
-            && (guids.contains(guid) || read_at.elapsed() < REGISTRATIONS_REREAD)
-        {
-            return Ok(guids.contains(guid));
-        }
-        let guids: HashSet<String> = self
-            .store
-            .registrations(provider.as_str(), account)
-            .await?
-            .into_iter()
-            .map(|r| r.guid)
-            .collect();
-        let found = guids.contains(guid);
-        known.insert(key, (guids, Instant::now()));
-        Ok(found)
-    }
 }
 
 /// The webhook routes, and the task that stores deliveries for them (it ends when the router
@@ -91,11 +53,7 @@ pub fn router(hooks: Vec<Hook>, store: Arc<dyn Store>, config: &WebhooksConfig) 
         })
         .collect();
     let (writer, queue) = mpsc::channel(4 * GROUP_COMMIT_MAX);
-    let registrations = Arc::new(KnownRegistrations {
-        store: store.clone(),
-        known: tokio::sync::Mutex::new(HashMap::new()),
-    });
-    tokio::spawn(store_deliveries(queue, store));
+    tokio::spawn(store_deliveries(queue, store.clone()));
     Router::new()
         .route("/webhooks/{provider}/{account}", post(receive))
         .route(
@@ -106,7 +64,7 @@ pub fn router(hooks: Vec<Hook>, store: Arc<dyn Store>, config: &WebhooksConfig) 
         .with_state(WebhookState {
             hooks: Arc::new(hooks),
             writer,
-            registrations,
+            store,
         })
 }
 
@@ -162,12 +120,11 @@ async fn take(
             return refuse(StatusCode::BAD_REQUEST, &reason);
         }
     };
+    // Read from the database each time (one indexed lookup): a registration made or deleted
+    // a moment ago, by this process or another, counts at once.
     if let Some(guid) = &accepted.registration {
-        match state
-            .registrations
-            .knows(hook.receiver.provider(), &account, guid)
-            .await
-        {
+        let provider_name = hook.receiver.provider().as_str();
+        match state.store.is_registered(provider_name, &account, guid).await {
             Ok(true) => {}
             Ok(false) => {
                 count(&provider, &account, "unregistered");

@@ -312,6 +312,19 @@ impl Store for Bounded {
         .await
     }
 
+    async fn is_registered(
+        &self,
+        provider: &str,
+        account: &str,
+        guid: &str,
+    ) -> Result<bool, StoreError> {
+        self.within(
+            "checking a webhook registration",
+            self.inner.is_registered(provider, account, guid),
+        )
+        .await
+    }
+
     async fn save_registration(&self, registration: &Registration) -> Result<(), StoreError> {
         self.within(
             "recording a webhook registration",

@@ -308,6 +308,14 @@ pub trait Store: Send + Sync {
         account: &str,
     ) -> Result<Vec<Registration>, StoreError>;
 
+    /// True when `guid` names a webhook ordersync registered for the account.
+    async fn is_registered(
+        &self,
+        provider: &str,
+        account: &str,
+        guid: &str,
+    ) -> Result<bool, StoreError>;
+
     /// Records a webhook ordersync registered (or adopted), replacing one with its id.
     async fn save_registration(&self, registration: &Registration) -> Result<(), StoreError>;
 

@@ -784,6 +784,22 @@ impl Store for SqliteStore {
         rows.iter().map(rows::registration).collect()
     }
 
+    async fn is_registered(
+        &self,
+        provider: &str,
+        account: &str,
+        guid: &str,
+    ) -> Result<bool, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM webhook_registrations WHERE provider = ?1 AND account = ?2 AND guid = ?3)",
+        )
+        .bind(provider)
+        .bind(account)
+        .bind(guid)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
     async fn save_registration(&self, r: &Registration) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT OR REPLACE INTO webhook_registrations (provider, account, registration_id, \

@@ -105,7 +105,11 @@ impl Reconciler {
     /// Checks the credentials: the configured store must be one they reach.
     pub async fn check_store(&self) -> Result<(), ReconcileError> {
         let answer = self.client.stores().await?;
-        if answer.stores.iter().any(|s| s.store_id == self.account.store) {
+        if answer
+            .stores
+            .iter()
+            .any(|s| s.store_id == self.account.store)
+        {
             return Ok(());
         }
         let listed: Vec<i64> = answer.stores.iter().map(|s| s.store_id).collect();
@@ -145,8 +149,10 @@ impl Reconciler {
                 Err(other) => return Err(other.into()),
             }
         }
-        let recorded_ids: BTreeSet<&str> =
-            recorded.iter().map(|r| r.registration_id.as_str()).collect();
+        let recorded_ids: BTreeSet<&str> = recorded
+            .iter()
+            .map(|r| r.registration_id.as_str())
+            .collect();
         let mut claimed: BTreeSet<i64> = BTreeSet::new();
         let mut wanted_left: Vec<&WantedWebhook> = self.account.webhooks.iter().collect();
         for registration in &recorded {
@@ -236,7 +242,12 @@ impl Reconciler {
             let feature = FeatureId(wanted.feature_id.clone());
             let created = match self
                 .client
-                .create(&feature, &wanted.feature_method, &our_url, wanted.group_wide)
+                .create(
+                    &feature,
+                    &wanted.feature_method,
+                    &our_url,
+                    wanted.group_wide,
+                )
                 .await
             {
                 Ok(created) => created,
@@ -396,7 +407,13 @@ impl DeliveryMapper for LagerkollMapper {
         };
         let at = wire::delivery_time(&parsed).unwrap_or(delivery.received_at);
         Ok(
-            match wire::map_order(&self.stream.account, self.store_id, data, &self.currency, at) {
+            match wire::map_order(
+                &self.stream.account,
+                self.store_id,
+                data,
+                &self.currency,
+                at,
+            ) {
                 Ok(order) => Mapped::Orders(vec![order]),
                 Err(reason) => Mapped::Failed(reason),
             },

@@ -102,7 +102,11 @@ impl LagerkollClient {
         let parse = |response: Response| {
             if response.status >= 400 {
                 return Err(
-                    match wire::interpret(resource, response.status, &ErrorBody::parse(&response.body)) {
+                    match wire::interpret(
+                        resource,
+                        response.status,
+                        &ErrorBody::parse(&response.body),
+                    ) {
                         Refused::StopStore(message) => ProviderError::Unauthorized {
                             provider: PROVIDER,
                             status: response.status,
@@ -152,9 +156,14 @@ impl LagerkollClient {
     /// `GET /v1/webhooks/{featureId}`: every webhook of a feature, ours or not.
     pub async fn webhooks(&self, feature: &FeatureId) -> Result<Vec<Webhook>, LagerkollError> {
         let url = self.url(&format!("webhooks/{}", encode(&feature.0)))?;
-        self.call(Resource::Webhooks, reqwest::Method::GET, url, None, false, |body| {
-            json::<wire::WebhookList>(body).map(|list| list.webhooks)
-        })
+        self.call(
+            Resource::Webhooks,
+            reqwest::Method::GET,
+            url,
+            None,
+            false,
+            |body| json::<wire::WebhookList>(body).map(|list| list.webhooks),
+        )
         .await
     }
 
@@ -167,26 +176,49 @@ impl LagerkollClient {
         group_wide: bool,
     ) -> Result<Webhook, LagerkollError> {
         let mut endpoint = self.url("webhooks/")?;
-        endpoint
-            .query_pairs_mut()
-            .append_pair("enable_for_group", if group_wide { "true" } else { "false" });
-        let body = serde_json::json!({ "featureId": feature.0, "featureMethod": method, "url": url });
-        self.call(Resource::Webhooks, reqwest::Method::POST, endpoint, Some(body), true, json)
-            .await
+        endpoint.query_pairs_mut().append_pair(
+            "enable_for_group",
+            if group_wide { "true" } else { "false" },
+        );
+        let body =
+            serde_json::json!({ "featureId": feature.0, "featureMethod": method, "url": url });
+        self.call(
+            Resource::Webhooks,
+            reqwest::Method::POST,
+            endpoint,
+            Some(body),
+            true,
+            json,
+        )
+        .await
     }
 
     /// `POST /v1/webhooks/{guid}`: fires the webhook once (a test delivery to its URL).
     pub async fn execute(&self, guid: &str) -> Result<(), LagerkollError> {
         let url = self.url(&format!("webhooks/{}", encode(guid)))?;
-        self.call(Resource::Webhooks, reqwest::Method::POST, url, None, true, |_| Ok(()))
-            .await
+        self.call(
+            Resource::Webhooks,
+            reqwest::Method::POST,
+            url,
+            None,
+            true,
+            |_| Ok(()),
+        )
+        .await
     }
 
     /// `DELETE /v1/webhooks/{id}`.
     pub async fn delete(&self, id: WebhookId) -> Result<(), LagerkollError> {
         let url = self.url(&format!("webhooks/{}", id.0))?;
-        self.call(Resource::Webhooks, reqwest::Method::DELETE, url, None, false, |_| Ok(()))
-            .await
+        self.call(
+            Resource::Webhooks,
+            reqwest::Method::DELETE,
+            url,
+            None,
+            false,
+            |_| Ok(()),
+        )
+        .await
     }
 }
 

@@ -75,7 +75,9 @@ pub fn interpret(resource: Resource, status: u16, error: &ErrorBody) -> Refused 
         (902122, _) => Refused::Permanent(format!(
             "dependency not installed (902122 {detail}); install it in Lagerkoll"
         )),
-        (902124, _) => Refused::Permanent(format!("reversed dependency installed (902124 {detail})")),
+        (902124, _) => {
+            Refused::Permanent(format!("reversed dependency installed (902124 {detail})"))
+        }
         (902101, Resource::Webhooks) => {
             Refused::Permanent(format!("error when getting webhook (902101 {detail})"))
         }
@@ -195,8 +197,11 @@ fn scalar_text(value: &RawValue) -> Option<String> {
     if let Ok(text) = serde_json::from_str::<String>(text) {
         return (!text.trim().is_empty()).then(|| text.trim().to_owned());
     }
-    (!text.is_empty() && text.bytes().all(|b| b.is_ascii_digit() || b == b'.' || b == b'-'))
-        .then(|| text.to_owned())
+    (!text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b == b'.' || b == b'-'))
+    .then(|| text.to_owned())
 }
 
 /// The order's id in `data`, when it names one.
@@ -279,14 +284,32 @@ mod tests {
             error_message: Some("x".into()),
             ..ErrorBody::default()
         };
-        assert!(matches!(interpret(Resource::Stores, 400, &body(900001)), Refused::StopStore(m) if m.contains("store/api_key")));
-        assert!(matches!(interpret(Resource::Webhooks, 400, &body(902123)), Refused::StopStore(m) if m.contains("activate the API feature")));
-        assert!(matches!(interpret(Resource::Webhooks, 500, &body(900101)), Refused::Transient(_)));
-        assert!(matches!(interpret(Resource::Webhooks, 400, &body(902101)), Refused::Permanent(m) if m.contains("getting webhook")));
-        assert!(matches!(interpret(Resource::Feature, 400, &body(902101)), Refused::Permanent(m) if m.contains("getting feature")));
-        assert!(matches!(interpret(Resource::Webhooks, 400, &body(902125)), Refused::Permanent(m) if m.contains("feature_id")));
-        assert!(matches!(interpret(Resource::Stores, 401, &ErrorBody::default()), Refused::StopStore(_)));
-        assert!(matches!(interpret(Resource::Stores, 400, &body(123456)), Refused::Permanent(m) if m.contains("123456")));
+        assert!(
+            matches!(interpret(Resource::Stores, 400, &body(900001)), Refused::StopStore(m) if m.contains("store/api_key"))
+        );
+        assert!(
+            matches!(interpret(Resource::Webhooks, 400, &body(902123)), Refused::StopStore(m) if m.contains("activate the API feature"))
+        );
+        assert!(matches!(
+            interpret(Resource::Webhooks, 500, &body(900101)),
+            Refused::Transient(_)
+        ));
+        assert!(
+            matches!(interpret(Resource::Webhooks, 400, &body(902101)), Refused::Permanent(m) if m.contains("getting webhook"))
+        );
+        assert!(
+            matches!(interpret(Resource::Feature, 400, &body(902101)), Refused::Permanent(m) if m.contains("getting feature"))
+        );
+        assert!(
+            matches!(interpret(Resource::Webhooks, 400, &body(902125)), Refused::Permanent(m) if m.contains("feature_id"))
+        );
+        assert!(matches!(
+            interpret(Resource::Stores, 401, &ErrorBody::default()),
+            Refused::StopStore(_)
+        ));
+        assert!(
+            matches!(interpret(Resource::Stores, 400, &body(123456)), Refused::Permanent(m) if m.contains("123456"))
+        );
     }
 
     #[test]
@@ -300,9 +323,20 @@ mod tests {
         let order = map_order("sthlm", 9875, &data, "SEK", at).unwrap();
         assert_eq!(order.key.channel, "9875");
         assert_eq!(order.key.external_id, "77");
-        assert_eq!(order.total, Some(Money { minor: 12950, currency: "SEK".into() }));
+        assert_eq!(
+            order.total,
+            Some(Money {
+                minor: 12950,
+                currency: "SEK".into()
+            })
+        );
         let undated = RawValue::from_string(r#"{"orderId": "A"}"#.into()).unwrap();
-        assert_eq!(map_order("s", 1, &undated, "SEK", at).unwrap().upstream_updated_at, at);
+        assert_eq!(
+            map_order("s", 1, &undated, "SEK", at)
+                .unwrap()
+                .upstream_updated_at,
+            at
+        );
         let empty = RawValue::from_string("{ }".into()).unwrap();
         assert!(is_empty_data(Some(&empty)));
         assert!(!is_empty_data(Some(&data)));
