@@ -17,7 +17,7 @@ mod common;
 use common::{BIN, Process, env_number, start_sandbox};
 use ordersync::config::Config;
 use ordersync::outbox::request::ActionRequest;
-use ordersync::providers::kassaforte::money::decimal_to_minor;
+use ordersync::providers::money::decimal_to_minor;
 use ordersync::sandbox::kassaforte::shop_specs;
 use ordersync::store;
 use std::process::{Command, Stdio};

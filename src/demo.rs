@@ -9,7 +9,9 @@ use crate::outbox::request::{ActionRequest, InvalidAction};
 use crate::providers::http::ClientBuildError;
 use crate::sandbox::getitdone::{DeliveryFaults, GetItDoneStats};
 use crate::sandbox::graas::AccountStats;
+use crate::sandbox::grafterr::{GrafterrStats, PushPlan};
 use crate::sandbox::kassaforte::KassaForteStats;
+use crate::sandbox::lagerkoll::LagerkollStats;
 use crate::sandbox::{Faults, Mutations, Sandbox, SandboxConfig};
 use crate::server::Server;
 use crate::server::webhooks;
@@ -24,6 +26,90 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+
+/// The Lagerkoll feature whose order methods the demo registers webhooks for.
+const LAGERKOLL_FEATURE: &str = "orders-feature";
+
+/// The sandbox's pushing providers at work until `stop`: Grafterr sends every order's history
+/// (with repeats, reordering and bodies without items), then a few changes every two seconds;
+/// Lagerkoll, once ordersync registered its webhooks, fires new and changed orders.
+async fn push(
+    grafterr: Arc<crate::sandbox::grafterr::GrafterrSim>,
+    lagerkoll: Arc<crate::sandbox::lagerkoll::LagerkollSim>,
+    spec: SandboxConfig,
+    listener: std::net::SocketAddr,
+    fired: Arc<std::sync::Mutex<HashMap<String, String>>>,
+    stop: CancellationToken,
+) {
+    let plan = PushPlan {
+        updates_per_order: 1,
+        duplicate_ratio: 0.05,
+        reorder_ratio: 0.05,
+        no_items_ratio: 0.05,
+        no_event_id_ratio: 0.05,
+        forged_ratio: 0.01,
+        concurrency: 8,
+    };
+    let grafterr_url = |name: &str| format!("http://{listener}/webhooks/grafterr/{name}");
+    for account in &spec.grafterr {
+        let url = grafterr_url(&account.name);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = grafterr.push(&account.name, &url, &plan) => {}
+        }
+    }
+    let statuses = ["paid", "packed", "shipped", "delivered"];
+    let mut next = 0usize;
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        for account in &spec.grafterr {
+            grafterr
+                .advance(&account.name, &grafterr_url(&account.name), 3)
+                .await;
+        }
+        for store in &spec.lagerkoll {
+            // Until ordersync registered (and fired) its webhooks there is nobody to fire at.
+            if lagerkoll.stats(&store.name).is_none_or(|s| s.executes == 0) {
+                continue;
+            }
+            for _ in 0..2 {
+                next += 1;
+                let id = format!("LK-{next}");
+                let data = serde_json::json!({ "orderId": id, "status": statuses[0], "total": format!("{next}9.50"), "currency": "SEK", "updatedAt": Utc::now().to_rfc3339() });
+                lagerkoll
+                    .fire(&store.name, LAGERKOLL_FEATURE, "orderCreated", data)
+                    .await;
+                fired
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(id, statuses[0].to_owned());
+            }
+            let changed = {
+                let fired = fired.lock().unwrap_or_else(|e| e.into_inner());
+                fired
+                    .iter()
+                    .find(|(_, s)| s.as_str() != statuses[3])
+                    .map(|(id, s)| (id.clone(), s.clone()))
+            };
+            if let Some((id, status)) = changed {
+                let position = statuses.iter().position(|s| *s == status).unwrap_or(0);
+                let status = statuses[(position + 1).min(statuses.len() - 1)];
+                let data = serde_json::json!({ "orderId": id, "status": status, "updatedAt": Utc::now().to_rfc3339() });
+                lagerkoll
+                    .fire(&store.name, LAGERKOLL_FEATURE, "orderUpdated", data)
+                    .await;
+                fired
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(id, status.to_owned());
+            }
+        }
+    }
+}
 
 /// How long the demo gives its daemon to stop.
 const SHUTDOWN: Duration = Duration::from_secs(30);
@@ -65,11 +151,15 @@ pub struct Demo {
     pub sandbox: Sandbox,
     spec: SandboxConfig,
     runners: Vec<Arc<StreamRunner>>,
-    /// Get It Done's inbox workers and re-polls, for the final catch-up.
-    gid_workers: Vec<Arc<dyn Worker>>,
+    /// Every webhook inbox worker and Get It Done's re-polls, for the final catch-up.
+    inbox_workers: Vec<Arc<dyn Worker>>,
     gid_repolls: Vec<Arc<dyn ScheduledJob>>,
     /// KassaForte's order follow-ups, for the final catch-up.
     kf_follows: Vec<Arc<dyn ScheduledJob>>,
+    /// Grafterr's and Lagerkoll's senders in the sandbox, stopped when the demo finishes.
+    pushers: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
+    /// What the demo fired through Lagerkoll: order id → its last status.
+    lagerkoll_fired: Arc<std::sync::Mutex<HashMap<String, String>>>,
     /// Taken when the demo finishes.
     daemon: Option<Daemon>,
     webhooks: Option<Server>,
@@ -143,12 +233,34 @@ impl GidVerdict {
     }
 }
 
+/// One pushed account's line in the verdict (Grafterr, Lagerkoll): the orders the sandbox
+/// sent, and how many the database holds differently or not at all.
+#[derive(Debug, Clone)]
+pub struct PushedVerdict {
+    pub provider: &'static str,
+    pub account: String,
+    pub sent: usize,
+    pub stored: usize,
+    pub differing: usize,
+    /// Webhooks ordersync registered itself (Lagerkoll).
+    pub registered: usize,
+    pub grafterr: Option<GrafterrStats>,
+    pub lagerkoll: Option<LagerkollStats>,
+}
+
+impl PushedVerdict {
+    pub fn matches(&self) -> bool {
+        self.differing == 0 && self.stored == self.sent
+    }
+}
+
 /// What the demo found at the end.
 #[derive(Debug, Clone)]
 pub struct Verdict {
     pub accounts: Vec<AccountVerdict>,
     pub getitdone: Vec<GidVerdict>,
     pub kassaforte: Vec<ShopVerdict>,
+    pub pushed: Vec<PushedVerdict>,
     /// Final catch-up runs that failed: (stream, error).
     pub failed_runs: Vec<(String, String)>,
     /// Actions by (provider, account, state) at the end.
@@ -162,6 +274,7 @@ impl Verdict {
         self.accounts.iter().all(AccountVerdict::matches)
             && self.getitdone.iter().all(GidVerdict::matches)
             && self.kassaforte.iter().all(ShopVerdict::matches)
+            && self.pushed.iter().all(PushedVerdict::matches)
     }
 }
 
@@ -171,7 +284,9 @@ impl Demo {
     pub async fn start(options: &DemoOptions) -> Result<Demo, DemoError> {
         let mut spec = SandboxConfig::graas(options.accounts, options.orders)
             .with_getitdone(1, (options.orders / 5).max(10))
-            .with_kassaforte(2);
+            .with_kassaforte(2)
+            .with_grafterr(1, (options.orders / 10).max(50))
+            .with_lagerkoll(1);
         spec.malformed_every = Some(997);
         spec.mutations = Some(Mutations::default());
         spec.getitdone_options.deliveries = DeliveryFaults {
@@ -201,12 +316,16 @@ impl Demo {
             .clone()
             .unwrap_or_else(|| temp.path().join("ordersync-demo.db"));
         let url = format!("sqlite://{}", database.display());
-        let config = Config::from_toml(&config_toml(&sandbox, &spec, &url))?;
+        // Lagerkoll is told where the listener is before it starts: a free port, chosen now.
+        let listen = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|probe| probe.local_addr())
+            .map_err(DemoError::Webhooks)?;
+        let config = Config::from_toml(&config_toml(&sandbox, &spec, &url, listen))?;
         let store = store::open(&config.database).await?;
         store.migrate().await?;
         let app = App::build(&config, &store)?;
         let runners = app.runners.clone();
-        let gid_workers = app.workers.clone();
+        let inbox_workers = app.workers.clone();
         let gid_repolls = app
             .scheduled
             .iter()
@@ -240,15 +359,27 @@ impl Demo {
         let daemon = Daemon::start(app).await?;
         // Get It Done tells of its orders by webhook: every existing one once, then changes.
         sandbox.getitdone().announce_all();
+        let lagerkoll_fired = Arc::new(std::sync::Mutex::new(HashMap::new()));
+        let stop_pushing = CancellationToken::new();
+        let pushing = tokio::spawn(push(
+            sandbox.grafterr().clone(),
+            sandbox.lagerkoll().clone(),
+            spec.clone(),
+            server.addr(),
+            lagerkoll_fired.clone(),
+            stop_pushing.clone(),
+        ));
         Ok(Demo {
             config,
             store,
             sandbox,
             spec,
             runners,
-            gid_workers,
+            inbox_workers,
             gid_repolls,
             kf_follows,
+            pushers: Some((stop_pushing, pushing)),
+            lagerkoll_fired,
             daemon: Some(daemon),
             webhooks: Some(server),
             database,
@@ -281,6 +412,10 @@ impl Demo {
         while gid.undelivered() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        if let Some((stop, pushing)) = self.pushers.take() {
+            stop.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(20), pushing).await;
+        }
         if let Some(server) = self.webhooks.take() {
             server.stop().await;
         }
@@ -309,7 +444,7 @@ impl Demo {
         }
         // Get It Done: the inbox drained, then one re-poll heals what dropped deliveries left.
         let cancel = CancellationToken::new();
-        for worker in &self.gid_workers {
+        for worker in &self.inbox_workers {
             if let Err(error) = worker.drain(&cancel).await {
                 failed_runs.push((worker.name(), error));
             }
@@ -327,6 +462,13 @@ impl Demo {
         let mut kassaforte = Vec::new();
         for shop in &self.spec.kassaforte {
             kassaforte.push(self.shop_verdict(&shop.name).await?);
+        }
+        let mut pushed = Vec::new();
+        for account in &self.spec.grafterr {
+            pushed.push(self.grafterr_verdict(&account.name).await?);
+        }
+        for shop in &self.spec.lagerkoll {
+            pushed.push(self.lagerkoll_verdict(&shop.name).await?);
         }
         let mut getitdone = Vec::new();
         for account in &self.spec.getitdone {
@@ -353,6 +495,7 @@ impl Demo {
                 accounts,
                 getitdone,
                 kassaforte,
+                pushed,
                 failed_runs,
                 actions,
                 open_actions,
@@ -411,6 +554,82 @@ impl Demo {
             unknown: count("unknown"),
             differing: differing + twice,
             sandbox: sim.stats(shop).unwrap_or_default(),
+        })
+    }
+
+    async fn grafterr_verdict(&self, name: &str) -> Result<PushedVerdict, DemoError> {
+        let sim = self.sandbox.grafterr();
+        let stored: HashMap<(String, String), (Option<String>, i64)> = self
+            .store
+            .orders_of(ProviderKind::Grafterr.as_str(), name)
+            .await?
+            .into_iter()
+            .map(|o| {
+                (
+                    (o.channel, o.external_id),
+                    (o.status, o.upstream_updated_at.timestamp()),
+                )
+            })
+            .collect();
+        let truth = sim.truth(name);
+        let differing = truth
+            .iter()
+            .filter(|t| {
+                stored
+                    .get(&(t.source.clone(), t.order_id.clone()))
+                    .is_none_or(|(status, updated)| {
+                        status.as_deref() != Some(t.status.as_str())
+                            || *updated != t.updated_at.timestamp()
+                    })
+            })
+            .count();
+        Ok(PushedVerdict {
+            provider: "grafterr",
+            account: name.to_owned(),
+            sent: truth.len(),
+            stored: stored.len(),
+            differing,
+            registered: 0,
+            grafterr: sim.stats(name),
+            lagerkoll: None,
+        })
+    }
+
+    async fn lagerkoll_verdict(&self, name: &str) -> Result<PushedVerdict, DemoError> {
+        let stored: HashMap<String, Option<String>> = self
+            .store
+            .orders_of(ProviderKind::Lagerkoll.as_str(), name)
+            .await?
+            .into_iter()
+            .map(|o| (o.external_id, o.status))
+            .collect();
+        let fired = self
+            .lagerkoll_fired
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let differing = fired
+            .iter()
+            .filter(|(id, status)| {
+                stored
+                    .get(*id)
+                    .is_none_or(|s| s.as_deref() != Some(status.as_str()))
+            })
+            .count();
+        let registered = self
+            .store
+            .registrations(ProviderKind::Lagerkoll.as_str(), name)
+            .await?
+            .len();
+        Ok(PushedVerdict {
+            provider: "lagerkoll",
+            account: name.to_owned(),
+            sent: fired.len(),
+            stored: stored.len(),
+            differing,
+            registered,
+            grafterr: None,
+            lagerkoll: self.sandbox.lagerkoll().stats(name),
         })
     }
 
@@ -492,12 +711,38 @@ impl Demo {
 }
 
 /// The demo's configuration: quick schedules and retries, quiet logs.
-fn config_toml(sandbox: &Sandbox, spec: &SandboxConfig, database_url: &str) -> String {
+fn config_toml(
+    sandbox: &Sandbox,
+    spec: &SandboxConfig,
+    database_url: &str,
+    listen: std::net::SocketAddr,
+) -> String {
     let start = Utc::now() - chrono::Duration::seconds(spec.history_secs + 3600);
     let mut text = format!(
         "[database]\nurl = \"{database_url}\"\n\n[log]\nlevel = \"error\"\n\n[http]\nrequest_timeout = \"2s\"\nmin_backoff = \"100ms\"\nmax_backoff = \"2s\"\n\n[outbox]\npoll_interval = \"200ms\"\nmin_backoff = \"500ms\"\nmax_backoff = \"5s\"\n"
     );
-    text.push_str("\n[webhooks]\nlisten = \"127.0.0.1:0\"\n");
+    text.push_str(&format!("\n[webhooks]\nlisten = \"{listen}\"\n"));
+    for account in &spec.grafterr {
+        text.push_str(&format!(
+            "\n[[grafterr]]\nname = \"{name}\"\nbase_url = \"{url}\"\napi_key = \"{key}\"\nclient_id = \"{id}\"\nclient_secret = \"{secret}\"\npath_token = \"{token}\"\nrate_limit = \"20/s\"\nsilence_alert = \"1m\"\n",
+            name = account.name,
+            url = sandbox.grafterr_base_url(),
+            key = account.api_key,
+            id = account.client_id,
+            secret = account.client_secret,
+            token = account.path_token,
+        ));
+    }
+    for store in &spec.lagerkoll {
+        text.push_str(&format!(
+            "\n[[lagerkoll]]\nname = \"{name}\"\nstore = {id}\napi_key = \"{key}\"\nbase_url = \"{url}\"\npublic_url = \"http://{listen}\"\npath_token = \"{token}\"\nwebhooks = [ {{ feature_id = \"{LAGERKOLL_FEATURE}\", feature_method = \"orderCreated\" }}, {{ feature_id = \"{LAGERKOLL_FEATURE}\", feature_method = \"orderUpdated\" }} ]\n",
+            name = store.name,
+            id = store.store_id,
+            key = store.api_key,
+            url = sandbox.lagerkoll_base_url(),
+            token = store.path_token,
+        ));
+    }
     for account in &spec.getitdone {
         text.push_str(&format!(
             "\n[[getitdone]]\nname = \"{name}\"\nbase_url = \"{url}\"\nclient_id = \"{id}\"\nclient_secret = \"{secret}\"\nwebhook_secrets = [\"{hook}\"]\ndebounce = \"500ms\"\nrepoll_schedule = \"*/20 * * * * *\"\nconfirm_schedule = \"*/5 * * * * *\"\nrate_limit = \"40/s\"\n",

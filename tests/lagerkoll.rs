@@ -15,7 +15,6 @@ use ordersync::sandbox::{Sandbox, SandboxConfig};
 use ordersync::server::Server;
 use ordersync::server::webhooks;
 use ordersync::store::{InboxFilter, Store};
-use ordersync::sync::Worker;
 use ordersync::sync::job::{Scheduled, ScheduledJob};
 use ordersync::sync::lagerkoll::Reconciler;
 use serde_json::json;

@@ -159,6 +159,43 @@ fn print_verdict(verdict: &Verdict, started: Instant) {
             stats.traffic.server_errors,
         );
     }
+    for pushed in &verdict.pushed {
+        println!(
+            "  {}/{}: {} orders sent, {} stored: {}",
+            pushed.provider,
+            pushed.account,
+            pushed.sent,
+            pushed.stored,
+            if pushed.matches() {
+                "database matches".to_owned()
+            } else {
+                format!("{} missing or different", pushed.differing)
+            },
+        );
+        if let Some(stats) = &pushed.grafterr {
+            println!(
+                "  {}: {} deliveries acknowledged ({} repeated, {} without items, completed by {} order reads), {} forged and refused",
+                pushed.account,
+                stats.deliveries_acknowledged,
+                stats.duplicates_sent,
+                stats.without_items_sent,
+                stats.order_reads,
+                stats.forged_refused,
+            );
+        }
+        if let Some(stats) = &pushed.lagerkoll {
+            println!(
+                "  {}: {} webhooks registered by ordersync ({} fired once to prove the path), {} deliveries acknowledged; {} API requests, at most {} in a minute, {} answered 429",
+                pushed.account,
+                pushed.registered,
+                stats.executes,
+                stats.deliveries_acknowledged,
+                stats.requests,
+                stats.max_per_minute,
+                stats.over_limit,
+            );
+        }
+    }
     print_action_counts(&verdict.actions);
     if verdict.open_actions > 0 {
         println!(

@@ -2,7 +2,9 @@
 
 mod action;
 mod demo;
+mod inbox;
 mod kassaforte;
+mod lagerkoll;
 mod progress;
 
 use anyhow::{Context, bail};
@@ -94,6 +96,16 @@ enum Command {
         #[command(subcommand)]
         command: kassaforte::KassaForteCommand,
     },
+    /// Lagerkoll tools: the store's webhook registrations.
+    Lagerkoll {
+        #[command(subcommand)]
+        command: lagerkoll::LagerkollCommand,
+    },
+    /// The webhook inbox: list stored deliveries, replay them through the mapping.
+    Inbox {
+        #[command(subcommand)]
+        command: inbox::InboxCommand,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -169,6 +181,8 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo(args) => demo::run(args).await,
         Command::Action { command } => action::run(command).await,
         Command::Kassaforte { command } => kassaforte::run(command).await,
+        Command::Lagerkoll { command } => lagerkoll::run(command).await,
+        Command::Inbox { command } => inbox::run(command).await,
         Command::Graas {
             command:
                 GraasCommand::Get {

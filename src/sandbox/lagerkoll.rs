@@ -226,11 +226,12 @@ impl LagerkollSim {
     }
 
     /// Fires `method` of the store's feature: every webhook registered for it gets `data`.
-    pub async fn fire(&self, store: &str, feature_id: &str, method: &str, data: Value) {
+    /// Returns how many deliveries were acknowledged.
+    pub async fn fire(&self, store: &str, feature_id: &str, method: &str, data: Value) -> usize {
         let targets: Vec<(SimWebhook, i64)> = {
             let state = self.lock();
             let Some(spec) = state.stores.iter().find(|s| s.spec.name == store) else {
-                return;
+                return 0;
             };
             let spec = spec.spec.clone();
             state
@@ -241,12 +242,16 @@ impl LagerkollSim {
                 .map(|w| (w.clone(), spec.store_id))
                 .collect()
         };
+        let mut acknowledged = 0;
         for (webhook, store_id) in targets {
-            self.deliver(store, &webhook, store_id, data.clone()).await;
+            acknowledged +=
+                usize::from(self.deliver(store, &webhook, store_id, data.clone()).await);
         }
+        acknowledged
     }
 
-    async fn deliver(&self, store: &str, webhook: &SimWebhook, store_id: i64, data: Value) {
+    /// Sends one delivery; true when it was acknowledged.
+    async fn deliver(&self, store: &str, webhook: &SimWebhook, store_id: i64, data: Value) -> bool {
         let body = json!({
             "guid": webhook.guid, "featureId": webhook.feature_id,
             "featureMethod": webhook.feature_method, "store": store_id,
@@ -266,6 +271,7 @@ impl LagerkollSim {
             Some(401) => s.stats.deliveries_refused += 1,
             _ => {}
         });
+        status.is_some_and(|s| (200..300).contains(&s))
     }
 
     /// Fires a batch of order deliveries, `concurrency` at a time.
@@ -279,7 +285,9 @@ impl LagerkollSim {
     ) {
         let sends = orders.into_iter().map(|order| {
             let sim = self.clone();
-            async move { sim.fire(store, feature_id, method, order).await }
+            async move {
+                sim.fire(store, feature_id, method, order).await;
+            }
         });
         futures_util::stream::iter(sends)
             .buffer_unordered(concurrency.max(1))
@@ -334,7 +342,7 @@ fn error(status: StatusCode, code: i64, message: &str, field: Option<&str>) -> R
 }
 
 /// Admits one request of the store its headers name: the store's index, or the answer.
-fn admit(state: &mut SimState, headers: &HeaderMap) -> Result<usize, Response> {
+fn admit(state: &mut SimState, headers: &HeaderMap) -> Result<usize, Box<Response>> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let store_id: Option<i64> = header("store").and_then(|v| v.parse().ok());
     let key = header("api_key");
@@ -343,12 +351,12 @@ fn admit(state: &mut SimState, headers: &HeaderMap) -> Result<usize, Response> {
         .iter()
         .position(|s| Some(s.spec.store_id) == store_id && Some(s.spec.api_key.as_str()) == key)
     else {
-        return Err(error(
+        return Err(Box::new(error(
             StatusCode::UNAUTHORIZED,
             900001,
             "Credentials don't match",
             None,
-        ));
+        )));
     };
     let limit = state.options.limit_per_minute;
     let retry_after = state.options.retry_after_secs;
@@ -385,28 +393,28 @@ fn admit(state: &mut SimState, headers: &HeaderMap) -> Result<usize, Response> {
         store.force_429 -= 1;
         store.stats.forced_rate_limited += 1;
         store.last_429 = Some(now);
-        return Err(rate_limited());
+        return Err(Box::new(rate_limited()));
     }
     if store.recent.len() > limit {
         store.stats.over_limit += 1;
         store.last_429 = Some(now);
-        return Err(rate_limited());
+        return Err(Box::new(rate_limited()));
     }
     if store.revoked {
-        return Err(error(
+        return Err(Box::new(error(
             StatusCode::UNAUTHORIZED,
             900001,
             "Credentials don't match",
             None,
-        ));
+        )));
     }
     if store.api_feature_off {
-        return Err(error(
+        return Err(Box::new(error(
             StatusCode::FORBIDDEN,
             902123,
             "API feature has not been activated",
             None,
-        ));
+        )));
     }
     Ok(index)
 }
@@ -415,7 +423,7 @@ async fn stores(State(sim): State<Arc<LagerkollSim>>, headers: HeaderMap) -> Res
     let mut state = sim.lock();
     let index = match admit(&mut state, &headers) {
         Ok(index) => index,
-        Err(answer) => return answer,
+        Err(answer) => return *answer,
     };
     let spec = &state.stores[index].spec;
     Json(json!({
@@ -430,7 +438,7 @@ async fn features(State(sim): State<Arc<LagerkollSim>>, headers: HeaderMap) -> R
     let mut state = sim.lock();
     let index = match admit(&mut state, &headers) {
         Ok(index) => index,
-        Err(answer) => return answer,
+        Err(answer) => return *answer,
     };
     let list: Vec<Value> = state.stores[index]
         .spec
@@ -449,7 +457,7 @@ async fn list(
     let mut state = sim.lock();
     let index = match admit(&mut state, &headers) {
         Ok(index) => index,
-        Err(answer) => return answer,
+        Err(answer) => return *answer,
     };
     let spec = state.stores[index].spec.clone();
     if !spec.features.contains(&feature_id) {
@@ -484,7 +492,7 @@ async fn create(
     let mut state = sim.lock();
     let index = match admit(&mut state, &headers) {
         Ok(index) => index,
-        Err(answer) => return answer,
+        Err(answer) => return *answer,
     };
     let Ok(request) = serde_json::from_str::<Value>(&body) else {
         return error(
@@ -540,7 +548,7 @@ async fn execute(
         let mut state = sim.lock();
         let index = match admit(&mut state, &headers) {
             Ok(index) => index,
-            Err(answer) => return answer,
+            Err(answer) => return *answer,
         };
         let store_id = state.stores[index].spec.store_id;
         let Some(webhook) = state
@@ -572,7 +580,7 @@ async fn delete(
     let mut state = sim.lock();
     let index = match admit(&mut state, &headers) {
         Ok(index) => index,
-        Err(answer) => return answer,
+        Err(answer) => return *answer,
     };
     let store_id = state.stores[index].spec.store_id;
     let Ok(id) = id.parse::<i64>() else {

@@ -124,7 +124,11 @@ async fn take(
     // a moment ago, by this process or another, counts at once.
     if let Some(guid) = &accepted.registration {
         let provider_name = hook.receiver.provider().as_str();
-        match state.store.is_registered(provider_name, &account, guid).await {
+        match state
+            .store
+            .is_registered(provider_name, &account, guid)
+            .await
+        {
             Ok(true) => {}
             Ok(false) => {
                 count(&provider, &account, "unregistered");

@@ -326,6 +326,25 @@ pub struct Applied {
     pub forgotten: usize,
 }
 
+impl Reconciler {
+    async fn pass(&self, shutdown: &CancellationToken) -> Result<(Plan, Applied), ReconcileError> {
+        self.check_store().await?;
+        let mut plan = self.plan().await?;
+        let applied = self.apply(&mut plan, shutdown).await?;
+        Ok((plan, applied))
+    }
+}
+
+impl ReconcileError {
+    /// A failure that trying again soon may not meet.
+    fn is_passing(&self) -> bool {
+        matches!(
+            self,
+            ReconcileError::Store(_) | ReconcileError::Lagerkoll(LagerkollError::Upstream(_))
+        )
+    }
+}
+
 #[async_trait]
 impl Job for Reconciler {
     type Report = Value;
@@ -336,9 +355,26 @@ impl Job for Reconciler {
     }
 
     async fn run(&self, shutdown: &CancellationToken) -> Result<Value, ReconcileError> {
-        self.check_store().await?;
-        let mut plan = self.plan().await?;
-        let applied = self.apply(&mut plan, shutdown).await?;
+        // The schedule is hours apart: a pass that failed on something passing (the database
+        // busy, Lagerkoll's server errors) is tried again now, from a fresh plan, which adopts
+        // whatever the failed pass created.
+        let mut delays = [1, 2, 4, 8].into_iter().map(std::time::Duration::from_secs);
+        let (plan, applied) = loop {
+            match self.pass(shutdown).await {
+                Ok(done) => break done,
+                Err(error) if error.is_passing() => {
+                    let Some(delay) = delays.next() else {
+                        return Err(error);
+                    };
+                    tracing::warn!(stream = %self.stream, %error, retry_in_s = delay.as_secs(), "reconciliation failed; trying again");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Err(ReconcileError::Stopped),
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+                Err(error) => return Err(error),
+            }
+        };
         if !plan.problems.is_empty() {
             return Err(ReconcileError::Unresolved(plan.problems));
         }
