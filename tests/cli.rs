@@ -309,6 +309,11 @@ fn the_example_config_is_valid() {
         .env("GID_CLIENT_SECRET", "example-secret")
         .env("GID_HOOK_SECRET", "example-hook-secret")
         .env("KF_PIZZA_MITTE_PASSWORD", "example-password")
+        .env("GRAFTERR_API_KEY", "example-api-key")
+        .env("GRAFTERR_CLIENT_SECRET", "example-client-secret")
+        .env("GRAFTERR_PATH_TOKEN", "example-path-token-0123")
+        .env("LAGERKOLL_API_KEY", "example-api-key")
+        .env("LAGERKOLL_PATH_TOKEN", "example-path-token-4567")
         .output()
         .unwrap();
     assert!(

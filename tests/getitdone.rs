@@ -442,7 +442,10 @@ async fn wait_for_state(store: &Arc<dyn Store>, id: i64, state: ActionState) -> 
 }
 
 async fn commands_are_confirmed_by_event_or_status_and_never_resent_blindly(db: TestDb) {
-    let spec = SandboxConfig::graas(0, 0).with_getitdone(1, 10);
+    let mut spec = SandboxConfig::graas(0, 0).with_getitdone(1, 10);
+    // Outcome events must arrive here (the sweep is tested on its own below): a sender that
+    // keeps trying while a loaded machine's listener answers 503 for a while.
+    spec.getitdone_options.delivery_attempts = 30;
     let sandbox = start_sandbox(&spec).await;
     let config = Config::from_toml(&config_text(&db, &sandbox, &spec, "")).expect("config");
     let running = Running::start(&config, &sandbox).await;

@@ -135,6 +135,15 @@ struct SandboxArgs {
     /// KassaForte shops to simulate (named kf-1…).
     #[arg(long, default_value_t = 1)]
     kassaforte_shops: usize,
+    /// Grafterr accounts to simulate (named cafe-1…).
+    #[arg(long, default_value_t = 1)]
+    grafterr_accounts: usize,
+    /// Grafterr orders per account.
+    #[arg(long, default_value_t = 100)]
+    grafterr_orders: usize,
+    /// Lagerkoll stores to simulate (named sthlm-1…).
+    #[arg(long, default_value_t = 1)]
+    lagerkoll_stores: usize,
 }
 
 #[derive(Debug, Args)]
@@ -406,10 +415,13 @@ fn check_config(config: ConfigArg) -> ExitCode {
     match Config::load(config.config.as_deref()) {
         Ok(config) => {
             println!(
-                "configuration is valid: {:?} database, {} Graas account(s), {} Get It Done account(s)",
+                "configuration is valid: {:?} database, {} Graas account(s), {} Get It Done account(s), {} KassaForte shop(s), {} Grafterr account(s), {} Lagerkoll store(s)",
                 config.database.backend,
                 config.graas.len(),
-                config.getitdone.len()
+                config.getitdone.len(),
+                config.kassaforte.len(),
+                config.grafterr.len(),
+                config.lagerkoll.len()
             );
             ExitCode::SUCCESS
         }
@@ -642,13 +654,17 @@ async fn sandbox(args: SandboxArgs) -> anyhow::Result<ExitCode> {
     });
     let mut config = SandboxConfig::graas(args.accounts, args.orders)
         .with_getitdone(args.getitdone_accounts, args.getitdone_orders)
-        .with_kassaforte(args.kassaforte_shops);
+        .with_kassaforte(args.kassaforte_shops)
+        .with_grafterr(args.grafterr_accounts, args.grafterr_orders)
+        .with_lagerkoll(args.lagerkoll_stores);
     config.seed = args.seed;
     config.malformed_every = args.malformed_every;
     config.mutations = args.mutate.then(Mutations::default);
     let accounts = config.graas.clone();
     let gid_accounts = config.getitdone.clone();
     let shops = config.kassaforte.clone();
+    let cafes = config.grafterr.clone();
+    let stores = config.lagerkoll.clone();
     let sandbox = Sandbox::start(args.listen, config)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -681,6 +697,35 @@ async fn sandbox(args: SandboxArgs) -> anyhow::Result<ExitCode> {
             shop.name, shop.username, shop.password
         );
     }
+    for cafe in &cafes {
+        let _ = writeln!(
+            out,
+            "grafterr name={} base_url={} api_key={} client_id={} client_secret={} path_token={} orders={}",
+            cafe.name,
+            sandbox.grafterr_base_url(),
+            cafe.api_key,
+            cafe.client_id,
+            cafe.client_secret,
+            cafe.path_token,
+            cafe.orders
+        );
+    }
+    for store in &stores {
+        let _ = writeln!(
+            out,
+            "lagerkoll name={} store={} api_key={} base_url={} features={}",
+            store.name,
+            store.store_id,
+            store.api_key,
+            sandbox.lagerkoll_base_url(),
+            store.features.join(",")
+        );
+    }
+    let _ = writeln!(
+        out,
+        "grafterr: POST {0}/_sandbox/grafterr/NAME/push {{\"url\": \"http://127.0.0.1:8322/webhooks/grafterr/NAME\", \"updates_per_order\": 2, \"duplicate_ratio\": 0.1}}   lagerkoll: POST {0}/_sandbox/lagerkoll/NAME/fire {{\"feature_id\": \"orders-feature\", \"feature_method\": \"orderCreated\", \"data\": {{\"orderId\": \"1\"}}}}",
+        sandbox.base_url()
+    );
     let _ = writeln!(
         out,
         "statistics: GET {0}/_sandbox/graas/stats   faults: PUT {0}/_sandbox/graas/faults",

@@ -486,6 +486,7 @@ pub fn router(sim: Arc<GrafterrSim>) -> Router {
         .route(&format!("/{STAGE}/auth/token"), post(token))
         .route(&format!("/{STAGE}/orders/{{order_id}}"), get(order))
         .route("/_sandbox/grafterr/{account}/stats", get(stats_route))
+        .route("/_sandbox/grafterr/{account}/push", post(push_route))
         .with_state(sim)
 }
 
@@ -572,6 +573,27 @@ async fn order(
             ([(reqwest::header::CONTENT_TYPE, "application/json")], bytes).into_response()
         }
     }
+}
+
+/// `{ "url": "http://…/webhooks/grafterr/NAME", …PushPlan }`: pushes every order's history in
+/// the background; answers 202 at once.
+#[derive(Deserialize)]
+struct PushRequest {
+    url: String,
+    #[serde(flatten)]
+    plan: PushPlan,
+}
+
+async fn push_route(
+    State(sim): State<Arc<GrafterrSim>>,
+    Path(account): Path<String>,
+    Json(request): Json<PushRequest>,
+) -> Response {
+    if sim.stats(&account).is_none() {
+        return error(StatusCode::NOT_FOUND, "no such account");
+    }
+    tokio::spawn(async move { sim.push(&account, &request.url, &request.plan).await });
+    StatusCode::ACCEPTED.into_response()
 }
 
 async fn stats_route(State(sim): State<Arc<GrafterrSim>>, Path(account): Path<String>) -> Response {

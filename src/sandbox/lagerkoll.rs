@@ -330,6 +330,7 @@ pub fn router(sim: Arc<LagerkollSim>) -> Router {
             get(list).post(execute).delete(delete),
         )
         .route("/_sandbox/lagerkoll/{store}/stats", get(stats_route))
+        .route("/_sandbox/lagerkoll/{store}/fire", post(fire_route))
         .with_state(sim)
 }
 
@@ -605,6 +606,35 @@ async fn delete(
     }
     state.stores[index].stats.deletes += 1;
     StatusCode::NO_CONTENT.into_response()
+}
+
+/// `{ "feature_id": …, "feature_method": …, "data": {…} }`: fires it at every webhook
+/// registered for it; answers how many acknowledged.
+#[derive(Deserialize)]
+struct FireRequest {
+    feature_id: String,
+    feature_method: String,
+    #[serde(default)]
+    data: Value,
+}
+
+async fn fire_route(
+    State(sim): State<Arc<LagerkollSim>>,
+    Path(store): Path<String>,
+    Json(request): Json<FireRequest>,
+) -> Response {
+    if sim.stats(&store).is_none() {
+        return error(StatusCode::NOT_FOUND, 0, "no such store", None);
+    }
+    let acknowledged = sim
+        .fire(
+            &store,
+            &request.feature_id,
+            &request.feature_method,
+            request.data,
+        )
+        .await;
+    Json(json!({ "acknowledged": acknowledged })).into_response()
 }
 
 async fn stats_route(State(sim): State<Arc<LagerkollSim>>, Path(store): Path<String>) -> Response {
