@@ -436,3 +436,78 @@ async fn reconciling_300_webhooks_stays_within_200_a_minute(db: TestDb) {
     listener.server.stop().await;
 }
 on_both_backends!(reconciling_300_webhooks_stays_within_200_a_minute);
+
+async fn the_webhooks_command_shows_the_plan_and_applies_it(db: TestDb) {
+    let spec = SandboxConfig::graas(0, 0).with_lagerkoll(1);
+    let sandbox = start_sandbox(&spec).await;
+    let sim = sandbox.lagerkoll().clone();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ordersync.toml");
+    let text = config_text(
+        &db,
+        &sandbox,
+        "http://127.0.0.1:9",
+        &spec.lagerkoll,
+        &[("orders-feature", "orderCreated")],
+    );
+    std::fs::write(&path, text).expect("config");
+    let foreign = sim.add_webhook(
+        STORE,
+        "orders-feature",
+        "orderCreated",
+        "https://other.example/x",
+    );
+    let command = |apply: bool| {
+        let path = path.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_ordersync"));
+                command
+                    .args(["lagerkoll", "webhooks", "--account", STORE, "--config"])
+                    .arg(&path);
+                if apply {
+                    command.arg("--apply");
+                }
+                let output = command.output().expect("run");
+                assert!(
+                    output.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+                String::from_utf8_lossy(&output.stdout).into_owned()
+            })
+            .await
+            .expect("joined")
+        }
+    };
+    let shown = command(false).await;
+    assert!(
+        shown.contains("create") && shown.contains("orders-feature orderCreated"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(&format!("other   {:>8}", foreign.id)),
+        "{shown}"
+    );
+    assert!(shown.contains("run with --apply"), "{shown}");
+    assert!(
+        !shown.contains("lagerkoll-path-token"),
+        "the token is not printed: {shown}"
+    );
+    assert_eq!(
+        sim.webhooks(STORE).len(),
+        1,
+        "nothing changed without --apply"
+    );
+
+    let applied = command(true).await;
+    assert!(
+        applied.contains("applied: 1 created (and fired 1)"),
+        "{applied}"
+    );
+    assert_eq!(sim.webhooks(STORE).len(), 2);
+    let again = command(false).await;
+    assert!(again.contains("keep"), "{again}");
+    assert!(!again.contains("create "), "{again}");
+}
+on_both_backends!(the_webhooks_command_shows_the_plan_and_applies_it);

@@ -10,6 +10,7 @@ pub mod getitdone;
 pub mod graas;
 pub mod grafterr;
 pub mod http;
+pub mod json;
 pub mod kassaforte;
 pub mod lagerkoll;
 pub mod money;

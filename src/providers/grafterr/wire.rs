@@ -3,6 +3,7 @@
 //! an error naming the field, and the raw delivery stays in the inbox for a replay.
 
 use crate::model::{Money, Order, OrderKey, ProviderKind};
+use crate::providers::json::{rfc3339 as time, scalar_text};
 use crate::providers::money::decimal_to_minor;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
@@ -87,19 +88,6 @@ pub fn order_id(order: &RawValue) -> Option<String> {
         .ok()?
         .order_id
         .and_then(scalar_text)
-}
-
-/// A JSON string's contents or a number's digits; `None` for anything else.
-fn scalar_text(value: &RawValue) -> Option<String> {
-    let text = value.get().trim();
-    if let Ok(text) = serde_json::from_str::<String>(text) {
-        return (!text.is_empty()).then_some(text);
-    }
-    (!text.is_empty()
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_digit() || b == b'.' || b == b'-'))
-    .then(|| text.to_owned())
 }
 
 /// True when the order carries its items: a delivery without them is completed by a fetch.
@@ -196,12 +184,6 @@ pub fn map_order(
         upstream_updated_at: updated,
         payload: order.get().to_owned(),
     })
-}
-
-fn time(text: &str) -> Result<DateTime<Utc>, String> {
-    DateTime::parse_from_rfc3339(text.trim())
-        .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| format!("`{text}` is not an RFC 3339 time ({e})"))
 }
 
 /// The envelope's `createdAt`, when readable.

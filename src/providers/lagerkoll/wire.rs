@@ -3,6 +3,7 @@
 //! says.
 
 use crate::model::{Money, Order, OrderKey, ProviderKind};
+use crate::providers::json::{rfc3339 as time, scalar_text};
 use crate::providers::money::decimal_to_minor;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
@@ -192,30 +193,12 @@ pub fn is_empty_data(data: Option<&RawValue>) -> bool {
     })
 }
 
-fn scalar_text(value: &RawValue) -> Option<String> {
-    let text = value.get().trim();
-    if let Ok(text) = serde_json::from_str::<String>(text) {
-        return (!text.trim().is_empty()).then(|| text.trim().to_owned());
-    }
-    (!text.is_empty()
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_digit() || b == b'.' || b == b'-'))
-    .then(|| text.to_owned())
-}
-
 /// The order's id in `data`, when it names one.
 pub fn order_id(data: &RawValue) -> Option<String> {
     serde_json::from_str::<WireOrder>(data.get())
         .ok()?
         .order_id
         .and_then(scalar_text)
-}
-
-fn time(text: &str) -> Result<DateTime<Utc>, String> {
-    DateTime::parse_from_rfc3339(text.trim())
-        .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| format!("`{text}` is not an RFC 3339 time ({e})"))
 }
 
 /// The delivery's `timestamp`, when readable.
