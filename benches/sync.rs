@@ -44,19 +44,24 @@ fn run_once(
     }
     let mut written = 0u64;
     let mut peak_kb = 0u64;
+    let mut requests = 0u64;
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let value: serde_json::Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
         written += value["written"].as_u64().unwrap_or(0);
+        requests += value["requests"].as_u64().unwrap_or(0);
         peak_kb = peak_kb.max(value["peak_rss_kb"].as_u64().unwrap_or(0));
     }
+    // The fewest requests that can carry the data: full pages.
+    let pages_needed = (orders as u64).div_ceil(page_size as u64).max(1);
     if written != orders as u64 {
         return Err(format!("wrote {written} orders, expected {orders}"));
     }
     println!(
-        "{label:<9} {orders:>7} orders  {:>8.2} s  {:>9.0} orders/s  peak RSS {:>6.1} MB  (page size {page_size})",
+        "{label:<9} {orders:>7} orders  {:>8.2} s  {:>9.0} orders/s  peak RSS {:>6.1} MB  requests {requests} for {pages_needed} pages ({:.2}x)  (page size {page_size})",
         wall.as_secs_f64(),
         orders as f64 / wall.as_secs_f64(),
-        peak_kb as f64 / 1024.0
+        peak_kb as f64 / 1024.0,
+        requests as f64 / pages_needed as f64
     );
     Ok(())
 }
