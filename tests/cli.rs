@@ -444,3 +444,39 @@ fn the_sandbox_outlives_a_reader_that_stops_reading() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// A run that lasts past the moment its start is recorded keeps committing meanwhile: the
+/// start's write must not wait on a commit the paused run holds (on SQLite that stalled every
+/// long run until the busy timeout, 30 s, and then failed with "database is locked").
+async fn a_long_run_records_its_start_without_stalling_its_commits(db: TestDb) {
+    let account = AccountToml {
+        page_size: 50,
+        rate_limit: "100/s",
+        ..AccountToml::default()
+    };
+    // 8,000 orders in pages of 50 at 100 requests a second: a run of about two seconds.
+    let setup = Setup::start(&db, SandboxConfig::graas(1, 8_000), &account, |t| t).await;
+    let started = Instant::now();
+    let out = Command::new(BIN)
+        .args(["run", "--once", "--config"])
+        .arg(&setup.config_path)
+        .env_remove("ORDERSYNC_CONFIG")
+        .output()
+        .expect("run");
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        took > Duration::from_secs(1),
+        "the run must outlast the start's record: {took:?}"
+    );
+    assert!(
+        !stderr.contains("cannot record the run's start"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("database is locked"), "{stderr}");
+    let store = open_store(&setup.config).await;
+    let streams = store.streams().await.expect("streams");
+    assert!(streams[0].last_run_started_at.is_some() && streams[0].last_error.is_none());
+}
+on_both_backends!(a_long_run_records_its_start_without_stalling_its_commits);

@@ -120,10 +120,15 @@ impl<J: Job> Scheduled<J> {
         let result = tokio::select! {
             result = &mut run => result,
             _ = tokio::time::sleep(RECORD_START_AFTER) => {
-                if let Err(error) = self.store.run_started(stream, started).await {
+                // The run goes on while its start is written: paused, it could hold the
+                // SQLite write lock mid-commit that this write waits for (a stall until the
+                // busy timeout, measured at 30 s per run).
+                let (result, recorded) =
+                    tokio::join!(&mut run, self.store.run_started(stream, started));
+                if let Err(error) = recorded {
                     tracing::warn!(%stream, %error, "cannot record the run's start");
                 }
-                run.await
+                result
             }
         };
         if self.should_record(&result) {
