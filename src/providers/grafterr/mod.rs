@@ -69,11 +69,13 @@ impl GrafterrClient {
             &self.base_url,
             &self.order_path.replace("{orderId}", &encoded),
         )?;
-        let token = self.tokens.token().await?;
-        let result = match self.get_order(&url, &token).await {
+        let used = std::sync::Mutex::new(self.tokens.token().await?);
+        let result = match self.get_order(&url, &used).await {
             Err(ProviderError::Unauthorized { status: 401, .. }) => {
                 tracing::info!(account = %self.account, "Grafterr refused the token; fetching a new one");
-                let fresh = self.tokens.replace(&token).await?;
+                // The token the request carried, which may be newer than the one it started with.
+                let refused = used.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let fresh = std::sync::Mutex::new(self.tokens.replace(&refused).await?);
                 self.get_order(&url, &fresh).await
             }
             other => other,
@@ -85,9 +87,14 @@ impl GrafterrClient {
         }
     }
 
-    async fn get_order(&self, url: &Url, token: &Token) -> Result<Box<RawValue>, ProviderError> {
+    /// One read with the token in `used`, which is updated to the newest token when the rate
+    /// gate lets the request through.
+    async fn get_order(
+        &self,
+        url: &Url,
+        used: &std::sync::Mutex<Token>,
+    ) -> Result<Box<RawValue>, ProviderError> {
         let what = format!("GET {}", url.path());
-        let used = std::sync::Mutex::new(token.clone());
         self.http
             .send(
                 PROVIDER,
