@@ -114,17 +114,12 @@ pub enum MapError {
 
 /// Parses one raw order of account `account` into the canonical model.
 pub fn map_order(account: &str, raw: &RawValue) -> Result<Order, MapError> {
-    // The path names the field that failed, e.g. `timeLastUpdated` or `orderItems[2].quantity`.
-    let mut json = serde_json::Deserializer::from_str(raw.get());
-    let wire: WireOrder = serde_path_to_error::deserialize(&mut json).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        if path == "." {
-            MapError::Shape(inner.to_string())
-        } else {
-            MapError::Shape(format!("{path}: {inner}"))
-        }
-    })?;
+    // Parsed plainly first (the path tracking costs on every field); only a failure is parsed
+    // again for the path that names the field, e.g. `orderItems[2].quantity`.
+    let wire: WireOrder = match serde_json::from_str(raw.get()) {
+        Ok(wire) => wire,
+        Err(error) => return Err(shape_error(raw.get(), error)),
+    };
     if wire.site.nick_name_id.trim().is_empty() {
         return Err(MapError::Empty {
             field: "site.nickNameID",
@@ -168,6 +163,22 @@ pub fn map_order(account: &str, raw: &RawValue) -> Result<Order, MapError> {
         upstream_updated_at,
         payload: raw.get().to_owned(),
     })
+}
+
+fn shape_error(raw: &str, plain: serde_json::Error) -> MapError {
+    let mut json = serde_json::Deserializer::from_str(raw);
+    match serde_path_to_error::deserialize::<_, WireOrder>(&mut json) {
+        Err(e) => {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if path == "." {
+                MapError::Shape(inner.to_string())
+            } else {
+                MapError::Shape(format!("{path}: {inner}"))
+            }
+        }
+        Ok(_) => MapError::Shape(plain.to_string()),
+    }
 }
 
 /// Graas reports `orderAmount` = Σ quantity × itemAmount; a difference is worth a log line, never a
