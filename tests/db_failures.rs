@@ -571,3 +571,89 @@ async fn a_read_only_sqlite_file_is_refused_with_a_clear_error() {
     );
     s.sandbox.stop().await;
 }
+
+fn order(account: &str, id: &str, status: &str, updated: i64) -> ordersync::model::Order {
+    ordersync::model::Order {
+        key: ordersync::model::OrderKey {
+            provider: ProviderKind::Graas,
+            account: account.to_owned(),
+            channel: "web".to_owned(),
+            external_id: id.to_owned(),
+        },
+        status: Some(status.to_owned()),
+        payment_status: None,
+        shipping_status: None,
+        total: None,
+        upstream_created_at: None,
+        upstream_updated_at: chrono::DateTime::from_timestamp(updated, 0).unwrap(),
+        payload: format!(r#"{{"orderID":"{id}","status":"{status}"}}"#),
+    }
+}
+
+/// Batches written together (Postgres writes two of a stream at once) commit in order: the
+/// later one waits for the earlier, and is rolled back, cursor and all, when the earlier fails.
+async fn a_batch_commits_only_after_the_one_before_it(db: TestDb) {
+    use ordersync::store::{Batch, EarlierCommit};
+    let config = ordersync::config::Config::from_toml(&db.toml()).unwrap();
+    let store = open_store(&config).await;
+    let stream = orders_stream("main");
+    let first = [order("main", "1", "new", 1_800_000_000)];
+    let second = [order("main", "2", "new", 1_800_000_100)];
+    let batch = |orders, cursor| Batch {
+        stream: &stream,
+        orders,
+        quarantined: &[],
+        cursor: Some(cursor),
+        seen_at: Utc::now(),
+    };
+
+    // The earlier batch fails (its report is dropped): the later one stores nothing.
+    let (failed, earlier) = EarlierCommit::pair();
+    drop(failed);
+    let error = store
+        .commit_batch_after(&batch(&second, "1800000200"), earlier)
+        .await
+        .expect_err("a batch after a failed one must not commit");
+    assert!(error.to_string().contains("earlier batch"), "{error}");
+    assert!(store.orders_of("graas", "main").await.unwrap().is_empty());
+    assert_eq!(store.cursor(&stream).await.unwrap(), None);
+
+    // The later batch is written first, then waits until the earlier one has committed.
+    let (done, earlier) = EarlierCommit::pair();
+    let later = {
+        let store = Arc::clone(&store);
+        let stream = stream.clone();
+        let second = second.clone();
+        tokio::spawn(async move {
+            let batch = Batch {
+                stream: &stream,
+                orders: &second,
+                quarantined: &[],
+                cursor: Some("1800000200"),
+                seen_at: Utc::now(),
+            };
+            store.commit_batch_after(&batch, earlier).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!later.is_finished(), "the later batch committed first");
+    assert_eq!(store.cursor(&stream).await.unwrap(), None);
+    store
+        .commit_batch(&batch(&first, "1800000050"))
+        .await
+        .unwrap();
+    done.committed();
+    let outcome = tokio::time::timeout(Duration::from_secs(10), later)
+        .await
+        .expect("the later batch finishes once the earlier one committed")
+        .unwrap()
+        .unwrap();
+    assert_eq!(outcome.written, 1);
+    assert_eq!(store.orders_of("graas", "main").await.unwrap().len(), 2);
+    assert_eq!(
+        store.cursor(&stream).await.unwrap().as_deref(),
+        Some("1800000200")
+    );
+    store.close().await;
+}
+on_both_backends!(a_batch_commits_only_after_the_one_before_it);

@@ -5,9 +5,9 @@
 
 use super::{
     ActionCount, ActionFilter, AsnRow, AsnUpdate, Batch, BatchOutcome, Claim, Delivery,
-    DeliveryDone, DeliveryStat, GateState, InboxEntry, InboxFilter, NewAsn, NewDelivery,
-    ObjectDone, Registration, RetryFilter, StatusChange, Store, StoreError, StoredOrder,
-    StreamStatus,
+    DeliveryDone, DeliveryStat, EarlierCommit, GateState, InboxEntry, InboxFilter, NewAsn,
+    NewDelivery, ObjectDone, Registration, RetryFilter, StatusChange, Store, StoreError,
+    StoredOrder, StreamStatus,
 };
 use super::{
     FollowedOrder, Resolution, ShopDocument, ShopDocumentKind, ShopState, ShopStateChange,
@@ -66,20 +66,26 @@ impl Store for Bounded {
         let outcome = self
             .within("committing orders", self.inner.commit_batch(batch))
             .await?;
-        let metrics = crate::metrics::metrics();
-        let labels = crate::metrics::account(batch.stream.provider.as_str(), &batch.stream.account);
-        metrics
-            .orders_written
-            .get_or_create(&labels)
-            .inc_by(outcome.written);
-        metrics
-            .orders_unchanged
-            .get_or_create(&labels)
-            .inc_by(outcome.unchanged);
-        metrics
-            .orders_quarantined
-            .get_or_create(&labels)
-            .inc_by(outcome.quarantined);
+        count_outcome(batch, &outcome);
+        Ok(outcome)
+    }
+
+    fn concurrent_commits(&self) -> usize {
+        self.inner.concurrent_commits()
+    }
+
+    async fn commit_batch_after(
+        &self,
+        batch: &Batch<'_>,
+        earlier: EarlierCommit,
+    ) -> Result<BatchOutcome, StoreError> {
+        let outcome = self
+            .within(
+                "committing orders",
+                self.inner.commit_batch_after(batch, earlier),
+            )
+            .await?;
+        count_outcome(batch, &outcome);
         Ok(outcome)
     }
 
@@ -492,4 +498,21 @@ impl Store for Bounded {
             );
         }
     }
+}
+
+fn count_outcome(batch: &Batch<'_>, outcome: &BatchOutcome) {
+    let metrics = crate::metrics::metrics();
+    let labels = crate::metrics::account(batch.stream.provider.as_str(), &batch.stream.account);
+    metrics
+        .orders_written
+        .get_or_create(&labels)
+        .inc_by(outcome.written);
+    metrics
+        .orders_unchanged
+        .get_or_create(&labels)
+        .inc_by(outcome.unchanged);
+    metrics
+        .orders_quarantined
+        .get_or_create(&labels)
+        .inc_by(outcome.quarantined);
 }

@@ -84,6 +84,10 @@ pub enum StoreError {
         operation: &'static str,
         after: std::time::Duration,
     },
+    #[error(
+        "an earlier batch of this stream did not commit, so this one was rolled back; the next run reads both again"
+    )]
+    EarlierBatchFailed,
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -107,6 +111,42 @@ pub struct Batch<'a> {
     /// The stream's new cursor, or `None` to leave it where it is.
     pub cursor: Option<&'a str>,
     pub seen_at: DateTime<Utc>,
+}
+
+/// Tells a batch whether the batch before it committed (see [`Store::commit_batch_after`]).
+#[derive(Debug)]
+pub struct EarlierCommit(tokio::sync::oneshot::Receiver<()>);
+
+/// Held by a batch while it commits; dropped without [`CommitDone::committed`] it reports a
+/// failure to the batch after it.
+#[derive(Debug)]
+pub struct CommitDone(tokio::sync::oneshot::Sender<()>);
+
+impl EarlierCommit {
+    /// A pair: the first for the earlier batch to report with, the second for the later one.
+    pub fn pair() -> (CommitDone, EarlierCommit) {
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        (CommitDone(sender), EarlierCommit(receiver))
+    }
+
+    /// One that has already committed: for the first batch of a run.
+    pub fn none() -> EarlierCommit {
+        let (done, earlier) = EarlierCommit::pair();
+        done.committed();
+        earlier
+    }
+
+    /// Waits for the earlier batch; it is bounded by that batch's own statement timeouts.
+    pub async fn committed(self) -> Result<(), StoreError> {
+        self.0.await.map_err(|_| StoreError::EarlierBatchFailed)
+    }
+}
+
+impl CommitDone {
+    pub fn committed(self) {
+        // The later batch may have been dropped already; nothing waits then.
+        let _ = self.0.send(());
+    }
 }
 
 /// What [`Store::commit_batch`] did with the orders it was given.
@@ -165,6 +205,25 @@ pub trait Store: Send + Sync {
     /// Upserts orders (an older upstream version never replaces a newer one), records quarantined
     /// bodies and moves the cursor, all in one transaction.
     async fn commit_batch(&self, batch: &Batch<'_>) -> Result<BatchOutcome, StoreError>;
+
+    /// How many [`Store::commit_batch_after`] of one stream may usefully run at once: a
+    /// server database works on several transactions together, SQLite has one writer.
+    fn concurrent_commits(&self) -> usize {
+        1
+    }
+
+    /// [`Store::commit_batch`] for the batch that follows the one `earlier` reports on: the
+    /// writing may overlap the earlier batch's, but this batch (and its cursor) commits only
+    /// after the earlier one did, and not at all if it failed. The caller keeps batches that
+    /// share an order from running together (they would wait on each other's row locks).
+    async fn commit_batch_after(
+        &self,
+        batch: &Batch<'_>,
+        earlier: EarlierCommit,
+    ) -> Result<BatchOutcome, StoreError> {
+        earlier.committed().await?;
+        self.commit_batch(batch).await
+    }
 
     async fn run_started(&self, stream: &StreamKey, at: DateTime<Utc>) -> Result<(), StoreError>;
 

@@ -4,9 +4,9 @@ use super::outcome_columns;
 use super::rows;
 use super::{
     ActionCount, ActionFilter, AsnRow, AsnUpdate, Batch, BatchOutcome, Claim, Delivery,
-    DeliveryDone, DeliveryStat, GateState, InboxEntry, InboxFilter, NewAsn, NewDelivery,
-    ObjectDone, Registration, RetryFilter, StatusChange, Store, StoreError, StoredOrder,
-    StreamStatus, body_sha256, newest_per_key,
+    DeliveryDone, DeliveryStat, EarlierCommit, GateState, InboxEntry, InboxFilter, NewAsn,
+    NewDelivery, ObjectDone, Registration, RetryFilter, StatusChange, Store, StoreError,
+    StoredOrder, StreamStatus, body_sha256, newest_per_key,
 };
 use super::{
     FollowedOrder, Resolution, ShopDocument, ShopDocumentKind, ShopState, ShopStateChange,
@@ -64,6 +64,10 @@ impl PostgresStore {
         Ok(PostgresStore { pool })
     }
 }
+
+/// Batches of one stream written at once: the server works on both while ordersync prepares
+/// the next (cargo bench --bench sync, Postgres, 100,000 orders: 12,182 orders/s with one).
+const CONCURRENT_COMMITS: usize = 2;
 
 /// One statement for a whole batch: the columns travel as arrays, so the statement text never
 /// changes and is prepared once per connection, however many orders a batch holds.
@@ -159,6 +163,69 @@ const FINISH_BATCH: &str = "UPDATE actions AS a SET \
      WHERE a.id = u.id AND a.state = 'in_flight' AND a.claimed_by = $6 \
      RETURNING a.id";
 
+impl PostgresStore {
+    /// [`Store::commit_batch`]; with `earlier`, the orders are written while the earlier batch
+    /// may still be committing, and everything after them waits for it: the quarantine (the
+    /// same body could be in both), the cursor and the commit.
+    async fn commit(
+        &self,
+        batch: &Batch<'_>,
+        earlier: Option<EarlierCommit>,
+    ) -> Result<BatchOutcome, StoreError> {
+        let seen = batch.seen_at;
+        let orders = newest_per_key(batch.orders);
+        let mut outcome = BatchOutcome::default();
+        let mut tx = self.pool.begin().await?;
+
+        if !orders.is_empty() {
+            let done = upsert_orders(&orders, seen).execute(&mut *tx).await?;
+            outcome.written = done.rows_affected();
+        }
+        outcome.unchanged = batch.orders.len() as u64 - outcome.written;
+        if let Some(earlier) = earlier {
+            earlier.committed().await?;
+        }
+
+        for record in batch.quarantined {
+            sqlx::query(
+                "INSERT INTO quarantine (provider, account, source, error, raw_body, body_sha256, \
+                 first_seen_at, last_seen_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7) \
+                 ON CONFLICT (provider, account, body_sha256) DO UPDATE SET \
+                 last_seen_at = excluded.last_seen_at, times_seen = quarantine.times_seen + 1, \
+                 source = excluded.source, error = excluded.error",
+            )
+            .bind(record.provider.as_str())
+            .bind(&record.account)
+            .bind(&record.source)
+            .bind(&record.error)
+            .bind(&record.raw)
+            .bind(body_sha256(&record.raw))
+            .bind(seen)
+            .execute(&mut *tx)
+            .await?;
+            outcome.quarantined += 1;
+        }
+
+        if let Some(cursor) = batch.cursor {
+            sqlx::query(
+                "INSERT INTO sync_cursors (provider, account, resource, cursor, cursor_updated_at) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (provider, account, resource) DO UPDATE \
+                 SET cursor = excluded.cursor, cursor_updated_at = excluded.cursor_updated_at",
+            )
+            .bind(batch.stream.provider.as_str())
+            .bind(&batch.stream.account)
+            .bind(&batch.stream.resource)
+            .bind(cursor)
+            .bind(seen)
+            .execute(&mut *tx)
+            .await?;
+        }
+
+        tx.commit().await?;
+        Ok(outcome)
+    }
+}
+
 #[async_trait]
 impl Store for PostgresStore {
     async fn migrate(&self) -> Result<(), StoreError> {
@@ -199,54 +266,19 @@ impl Store for PostgresStore {
     }
 
     async fn commit_batch(&self, batch: &Batch<'_>) -> Result<BatchOutcome, StoreError> {
-        let seen = batch.seen_at;
-        let orders = newest_per_key(batch.orders);
-        let mut outcome = BatchOutcome::default();
-        let mut tx = self.pool.begin().await?;
+        self.commit(batch, None).await
+    }
 
-        if !orders.is_empty() {
-            let done = upsert_orders(&orders, seen).execute(&mut *tx).await?;
-            outcome.written = done.rows_affected();
-        }
-        outcome.unchanged = batch.orders.len() as u64 - outcome.written;
+    fn concurrent_commits(&self) -> usize {
+        CONCURRENT_COMMITS
+    }
 
-        for record in batch.quarantined {
-            sqlx::query(
-                "INSERT INTO quarantine (provider, account, source, error, raw_body, body_sha256, \
-                 first_seen_at, last_seen_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7) \
-                 ON CONFLICT (provider, account, body_sha256) DO UPDATE SET \
-                 last_seen_at = excluded.last_seen_at, times_seen = quarantine.times_seen + 1, \
-                 source = excluded.source, error = excluded.error",
-            )
-            .bind(record.provider.as_str())
-            .bind(&record.account)
-            .bind(&record.source)
-            .bind(&record.error)
-            .bind(&record.raw)
-            .bind(body_sha256(&record.raw))
-            .bind(seen)
-            .execute(&mut *tx)
-            .await?;
-            outcome.quarantined += 1;
-        }
-
-        if let Some(cursor) = batch.cursor {
-            sqlx::query(
-                "INSERT INTO sync_cursors (provider, account, resource, cursor, cursor_updated_at) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (provider, account, resource) DO UPDATE \
-                 SET cursor = excluded.cursor, cursor_updated_at = excluded.cursor_updated_at",
-            )
-            .bind(batch.stream.provider.as_str())
-            .bind(&batch.stream.account)
-            .bind(&batch.stream.resource)
-            .bind(cursor)
-            .bind(seen)
-            .execute(&mut *tx)
-            .await?;
-        }
-
-        tx.commit().await?;
-        Ok(outcome)
+    async fn commit_batch_after(
+        &self,
+        batch: &Batch<'_>,
+        earlier: EarlierCommit,
+    ) -> Result<BatchOutcome, StoreError> {
+        self.commit(batch, Some(earlier)).await
     }
 
     async fn run_started(&self, stream: &StreamKey, at: DateTime<Utc>) -> Result<(), StoreError> {

@@ -9,11 +9,13 @@
 
 use super::job::{Job, RunReport};
 use super::progress::StreamProgress;
-use crate::model::{Order, Quarantined, StreamKey};
+use crate::model::{Order, OrderKey, Quarantined, StreamKey};
 use crate::providers::{ProviderError, TimeWindow, WindowPage, WindowSource};
-use crate::store::{Batch, Store, StoreError};
+use crate::store::{Batch, BatchOutcome, CommitDone, EarlierCommit, Store, StoreError};
 use chrono::{DateTime, Utc};
-use std::collections::BTreeSet;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
+use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -411,69 +413,114 @@ struct Committer {
 }
 
 impl Committer {
+    /// Commits the pieces as they arrive, coalescing those already waiting. Where the store
+    /// can, the next batch is written while the one before it commits; batches still commit in
+    /// order, each with its cursor. A batch sharing an order with one in flight waits for it.
     async fn run(
         self,
         mut receiver: mpsc::Receiver<Piece>,
         start_cursor: i64,
     ) -> Result<RunSummary, SyncError> {
+        let concurrent = self.store.concurrent_commits().max(1);
         let mut committed = RunSummary {
             cursor: start_cursor,
             ..RunSummary::default()
         };
-        while let Some(piece) = receiver.recv().await {
-            // Pieces that are already waiting go into the same transaction: one commit
-            // instead of several, and the cursor moves to the end of the last of them.
-            let mut pieces = vec![piece];
-            let mut orders = pieces[0].orders.len();
-            while orders < COALESCE_ORDERS {
-                let Ok(next) = receiver.try_recv() else { break };
-                orders += next.orders.len();
-                pieces.push(next);
+        let mut issued_cursor = start_cursor;
+        let mut in_flight = FuturesOrdered::new();
+        let mut in_flight_keys: VecDeque<HashSet<OrderKey>> = VecDeque::new();
+        let mut earlier = EarlierCommit::none();
+        let mut held: Option<Piece> = None;
+        let mut open = true;
+        loop {
+            let room = in_flight.len() < concurrent;
+            tokio::select! {
+                // Finished commits are taken first, so their results (and errors) come in order.
+                biased;
+                Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+                    in_flight_keys.pop_front();
+                    self.record(done?, &mut committed);
+                }
+                piece = next_piece(&mut receiver, &mut held), if open && room => {
+                    let Some(piece) = piece else {
+                        open = false;
+                        continue;
+                    };
+                    // Only batches that can run together need their keys compared.
+                    let keys: HashSet<OrderKey> = match concurrent {
+                        1 => HashSet::new(),
+                        _ => piece.orders.iter().map(|o| o.key.clone()).collect(),
+                    };
+                    if in_flight_keys.iter().any(|k| !k.is_disjoint(&keys)) {
+                        held = Some(piece);
+                        // Waits for the batches in flight before this one goes.
+                        while let Some(done) = in_flight.next().await {
+                            in_flight_keys.pop_front();
+                            self.record(done?, &mut committed);
+                        }
+                        continue;
+                    }
+                    let advance = piece.window.before > issued_cursor;
+                    issued_cursor = issued_cursor.max(piece.window.before);
+                    let (done, next) = EarlierCommit::pair();
+                    let before = std::mem::replace(&mut earlier, next);
+                    in_flight_keys.push_back(keys);
+                    in_flight.push_back(self.commit(piece, advance, before, done));
+                }
+                else => break,
             }
-            // What was fetched is committed even during shutdown: it is at most a few pieces.
-            self.commit(Piece::merge(pieces), &mut committed).await?;
         }
         Ok(committed)
     }
 
-    async fn commit(&self, piece: Piece, run: &mut RunSummary) -> Result<(), SyncError> {
-        let Piece {
-            window: piece,
-            orders,
-            quarantined,
-        } = piece;
-        // A piece inside the lookback ends behind the cursor: its orders count, the cursor stays.
-        let advance = piece.before > run.cursor;
-        let cursor_text = piece.before.to_string();
+    /// Writes one batch after `earlier` and reports to the batch after it through `done`.
+    async fn commit(
+        &self,
+        piece: Piece,
+        advance: bool,
+        earlier: EarlierCommit,
+        done: CommitDone,
+    ) -> Result<(Piece, bool, BatchOutcome), SyncError> {
+        let cursor_text = piece.window.before.to_string();
         let started = std::time::Instant::now();
         let outcome = self
             .store
-            .commit_batch(&Batch {
-                stream: &self.stream,
-                orders: &orders,
-                quarantined: &quarantined,
-                cursor: advance.then_some(cursor_text.as_str()),
-                seen_at: Utc::now(),
-            })
+            .commit_batch_after(
+                &Batch {
+                    stream: &self.stream,
+                    orders: &piece.orders,
+                    quarantined: &piece.quarantined,
+                    cursor: advance.then_some(cursor_text.as_str()),
+                    seen_at: Utc::now(),
+                },
+                earlier,
+            )
             .await?;
+        done.committed();
         tracing::debug!(
             stream = %self.stream,
-            after = piece.after,
-            before = piece.before,
-            orders = orders.len(),
+            after = piece.window.after,
+            before = piece.window.before,
+            orders = piece.orders.len(),
             written = outcome.written,
             commit_ms = started.elapsed().as_secs_f64() * 1e3,
             "piece committed"
         );
+        Ok((piece, advance, outcome))
+    }
+
+    /// Counts a committed batch, in commit order. A piece inside the lookback ends behind the
+    /// cursor: its orders count, the cursor stays.
+    fn record(&self, (piece, advance, outcome): (Piece, bool, BatchOutcome), run: &mut RunSummary) {
         if advance {
-            run.cursor = piece.before;
-            self.progress.set_cursor(piece.before);
+            run.cursor = piece.window.before;
+            self.progress.set_cursor(piece.window.before);
         }
         run.written += outcome.written;
         run.unchanged += outcome.unchanged;
         run.quarantined += outcome.quarantined;
         self.progress.add_outcome(&outcome);
-        for record in &quarantined {
+        for record in &piece.quarantined {
             tracing::warn!(
                 stream = %self.stream,
                 source = %record.source,
@@ -481,8 +528,29 @@ impl Committer {
                 "upstream record quarantined"
             );
         }
-        Ok(())
     }
+}
+
+/// The piece held back for a batch in flight, else the next fetched pieces: those already
+/// waiting go into the same transaction (one commit instead of several, and the cursor moves
+/// to the end of the last of them). What was fetched is committed even during shutdown: it is
+/// at most a few pieces.
+async fn next_piece(
+    receiver: &mut mpsc::Receiver<Piece>,
+    held: &mut Option<Piece>,
+) -> Option<Piece> {
+    if let Some(piece) = held.take() {
+        return Some(piece);
+    }
+    let piece = receiver.recv().await?;
+    let mut pieces = vec![piece];
+    let mut orders = pieces[0].orders.len();
+    while orders < COALESCE_ORDERS {
+        let Ok(next) = receiver.try_recv() else { break };
+        orders += next.orders.len();
+        pieces.push(next);
+    }
+    Some(Piece::merge(pieces))
 }
 
 /// Aborts a spawned task when the future waiting for it is dropped.
