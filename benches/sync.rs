@@ -1,6 +1,7 @@
 //! Sync benchmark: 100,000 Graas orders from a sandbox running in its own process into SQLite,
 //! and into Postgres when `ORDERSYNC_TEST_PG` (or `ORDERSYNC_BENCH_PG`) is set. Prints orders per
-//! second, wall time and the daemon's peak RSS.
+//! second, wall time, the daemon's peak RSS, requests against the pages needed, and the
+//! daemon's CPU per stage (thread).
 //!
 //!     cargo bench --bench sync
 //!
@@ -29,6 +30,18 @@ fn run_once(
     let path = dir.path().join("bench.toml");
     std::fs::write(&path, config).map_err(|e| e.to_string())?;
 
+    // The schema is created once, before the clock starts: it is not part of a backfill.
+    let migrated = Command::new(BIN)
+        .args(["migrate", "--config"])
+        .arg(&path)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !migrated.status.success() {
+        return Err(format!(
+            "migrate failed: {}",
+            String::from_utf8_lossy(&migrated.stderr)
+        ));
+    }
     let started = Instant::now();
     let out = Command::new(BIN)
         .args(["run", "--once", "--config"])
@@ -45,11 +58,15 @@ fn run_once(
     let mut written = 0u64;
     let mut peak_kb = 0u64;
     let mut requests = 0u64;
+    let mut cpu = String::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let value: serde_json::Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
         written += value["written"].as_u64().unwrap_or(0);
         requests += value["requests"].as_u64().unwrap_or(0);
         peak_kb = peak_kb.max(value["peak_rss_kb"].as_u64().unwrap_or(0));
+        if let Some(threads) = value["cpu_ms_by_thread"].as_object() {
+            cpu = cpu_by_stage(threads);
+        }
     }
     // The fewest requests that can carry the data: full pages.
     let pages_needed = (orders as u64).div_ceil(page_size as u64).max(1);
@@ -63,7 +80,31 @@ fn run_once(
         peak_kb as f64 / 1024.0,
         requests as f64 / pages_needed as f64
     );
+    println!("          CPU by stage: {cpu}");
     Ok(())
+}
+
+/// The daemon's CPU per thread, named by what each thread does in a backfill.
+fn cpu_by_stage(threads: &serde_json::Map<String, serde_json::Value>) -> String {
+    fn stage(name: &str) -> &str {
+        match name {
+            "ordersync" => "fetch+parse (main thread)",
+            "tokio-rt-worker" => "commit tasks, HTTP (runtime workers)",
+            "sqlx-sqlite-wor" => "SQLite connections",
+            _ => name,
+        }
+    }
+    let mut parts: Vec<(u64, String)> = threads
+        .iter()
+        .filter_map(|(name, ms)| Some((ms.as_u64()?, stage(name).to_owned())))
+        .filter(|(ms, _)| *ms > 0)
+        .collect();
+    parts.sort_by_key(|part| std::cmp::Reverse(part.0));
+    parts
+        .iter()
+        .map(|(ms, stage)| format!("{stage} {:.2} s", *ms as f64 / 1000.0))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn main() {

@@ -388,9 +388,31 @@ async fn run_once(app: &App) -> bool {
         serde_json::json!({
             "elapsed_ms": started.elapsed().as_millis() as u64,
             "peak_rss_kb": peak_rss_kb(),
+            "cpu_ms_by_thread": cpu_ms_by_thread(),
         })
     );
     failed
+}
+
+/// CPU time so far per thread name (the main thread fetches and parses, `tokio-rt-worker`s run
+/// the spawned tasks, each `sqlx-sqlite-wor` is one SQLite connection), where /proc tells it.
+fn cpu_ms_by_thread() -> std::collections::BTreeMap<String, u64> {
+    let mut by_name = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return by_name;
+    };
+    for task in tasks.flatten() {
+        let path = task.path();
+        let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        // schedstat: nanoseconds on the CPU, then waiting, then timeslices.
+        let nanos = std::fs::read_to_string(path.join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok());
+        if let Some(nanos) = nanos {
+            *by_name.entry(name.trim().to_owned()).or_insert(0) += nanos / 1_000_000;
+        }
+    }
+    by_name
 }
 
 /// The process's peak resident set (VmHWM) in KiB, where /proc tells it.
