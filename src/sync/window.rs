@@ -30,9 +30,8 @@ const MAX_SPLIT: i64 = 4096;
 const FILL_MARGIN_SIGMAS: f64 = 2.0;
 /// Pieces whose records and seconds estimate the density of the next window.
 const DENSITY_MEMORY: usize = 16;
-/// Pieces fetched ahead of the one being committed (a piece is at most a page of orders).
-const PIPELINE_DEPTH: usize = 32;
-/// At most this many orders from waiting pieces share one transaction. Every commit rewrites
+/// At most this many orders from waiting pieces share one transaction (divided among the
+/// batches a store writes at once). Every commit rewrites
 /// the index pages its orders touch, and order ids are spread over the whole index: a commit of
 /// 2,000 orders wrote most of the index again (SQLite, 100,000 orders: 155 commits, 28,000
 /// orders/s; at 8,000, 37 commits and 33,000 orders/s).
@@ -218,7 +217,7 @@ impl WindowSync {
     }
 
     /// Reads `window` piece by piece in time order, committing each piece with its cursor.
-    /// Fetching runs ahead of committing by at most [`PIPELINE_DEPTH`] pieces, so the upstream
+    /// Fetching runs ahead of committing by about one batch, so the upstream
     /// and the database work at the same time while memory stays bounded.
     /// Returns false when shutdown interrupted it.
     ///
@@ -231,7 +230,11 @@ impl WindowSync {
         run: &mut RunSummary,
         shutdown: &CancellationToken,
     ) -> Result<bool, SyncError> {
-        let (sender, receiver) = mpsc::channel::<Piece>(PIPELINE_DEPTH);
+        // A store that writes several batches at once gets smaller ones: the orders held in
+        // memory stay about the same.
+        let batch_orders = COALESCE_ORDERS / self.store.concurrent_commits().max(1);
+        let depth = (batch_orders / self.plan.page_size.max(1) as usize).clamp(4, 32);
+        let (sender, receiver) = mpsc::channel::<Piece>(depth);
         let fetching = self.fetch_pieces(window, sender, shutdown);
         // Committing runs as its own task, so on a multi-threaded runtime it binds and sends
         // statements on one core while this task fetches and parses on another (in one task
@@ -241,7 +244,11 @@ impl WindowSync {
             stream: self.stream().clone(),
             progress: Arc::clone(&self.progress),
         };
-        let committing = AbortOnDrop(tokio::spawn(committer.run(receiver, run.cursor)));
+        let committing = AbortOnDrop(tokio::spawn(committer.run(
+            receiver,
+            run.cursor,
+            batch_orders,
+        )));
         tokio::pin!(fetching, committing);
         let mut fetched = None;
         // The committer ends only once the fetcher has ended (its sender is dropped) or on an
@@ -420,6 +427,7 @@ impl Committer {
         self,
         mut receiver: mpsc::Receiver<Piece>,
         start_cursor: i64,
+        batch_orders: usize,
     ) -> Result<RunSummary, SyncError> {
         let concurrent = self.store.concurrent_commits().max(1);
         let mut committed = RunSummary {
@@ -441,7 +449,7 @@ impl Committer {
                     in_flight_keys.pop_front();
                     self.record(done?, &mut committed);
                 }
-                piece = next_piece(&mut receiver, &mut held), if open && room => {
+                piece = next_piece(&mut receiver, &mut held, batch_orders), if open && room => {
                     let Some(piece) = piece else {
                         open = false;
                         continue;
@@ -538,6 +546,7 @@ impl Committer {
 async fn next_piece(
     receiver: &mut mpsc::Receiver<Piece>,
     held: &mut Option<Piece>,
+    batch_orders: usize,
 ) -> Option<Piece> {
     if let Some(piece) = held.take() {
         return Some(piece);
@@ -545,7 +554,7 @@ async fn next_piece(
     let piece = receiver.recv().await?;
     let mut pieces = vec![piece];
     let mut orders = pieces[0].orders.len();
-    while orders < COALESCE_ORDERS {
+    while orders < batch_orders {
         let Ok(next) = receiver.try_recv() else { break };
         orders += next.orders.len();
         pieces.push(next);
