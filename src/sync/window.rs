@@ -31,10 +31,10 @@ const FILL_MARGIN_SIGMAS: f64 = 2.0;
 /// Pieces whose records and seconds estimate the density of the next window.
 const DENSITY_MEMORY: usize = 16;
 /// At most this many orders from waiting pieces share one transaction (divided among the
-/// batches a store writes at once). Every commit rewrites
-/// the index pages its orders touch, and order ids are spread over the whole index: a commit of
-/// 2,000 orders wrote most of the index again (SQLite, 100,000 orders: 155 commits, 28,000
-/// orders/s; at 8,000, 37 commits and 33,000 orders/s).
+/// batches a store writes at once). Every commit rewrites the index pages its orders touch, and
+/// order ids are spread over the whole index: a commit of 2,000 orders wrote most of the index
+/// again (SQLite, 100,000 orders: 155 commits, 28,000 orders/s; at 8,000, 37 commits and 33,000
+/// orders/s).
 const COALESCE_ORDERS: usize = 8_000;
 
 /// One window's orders, read consistently, waiting to be committed.
