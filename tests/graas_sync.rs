@@ -9,7 +9,7 @@ use common::{
 use ordersync::app::{App, Daemon};
 use ordersync::config::Config;
 use ordersync::model::{OrderKey, ProviderKind};
-use ordersync::sandbox::{Faults, Mutations, Sandbox, SandboxConfig};
+use ordersync::sandbox::{BulkUpdates, Faults, Mutations, Sandbox, SandboxConfig};
 use ordersync::sync::window::RunSummary;
 use ordersync::sync::{self, StreamRunner};
 use std::sync::Arc;
@@ -146,6 +146,69 @@ async fn late_and_backdated_updates_are_caught(db: TestDb) {
     sandbox.stop().await;
 }
 on_both_backends!(late_and_backdated_updates_are_caught);
+
+/// A back-office mass status change: every 12 s, 700 orders of one account stamped with the same
+/// second (more than three pages), on top of 20 changes a second, some backdated, with both
+/// accounts at a strict 8 requests a second. The database must catch up soon after the last
+/// change, with nothing lost and no request over the limit.
+async fn bulk_updates_are_caught_up_soon_after_they_stop(db: TestDb) {
+    let mut spec = SandboxConfig::graas(2, 3_000);
+    // 8/s evenly spaced: a sliding second can hold one more at its edges.
+    spec.faults.rate_limit_per_sec = Some(9);
+    spec.faults.retry_after_secs = 1;
+    spec.mutations = Some(Mutations {
+        every_ms: 100,
+        per_tick: 1,
+        new_per_tick: 0,
+        backdate_ratio: 0.2,
+        max_backdate_secs: 20,
+    });
+    spec.graas_bulk = Some(BulkUpdates {
+        every_ms: 12_000,
+        orders: 700,
+    });
+    let sandbox = sandbox(&spec).await;
+    let account = AccountToml {
+        schedule: "*/2 * * * * *",
+        lookback: "10m",
+        settle: "1s",
+        rate_limit: "8/s",
+        ..AccountToml::default()
+    };
+    let config = config(&db, &sandbox, &spec, &account);
+    let store = open_store(&config).await;
+    let runners = App::build(&config, &store).unwrap().runners;
+    let daemon = Daemon::start(runners).await.unwrap();
+
+    // Three mass changes under the steady load.
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    sandbox.graas().set_mutating(false);
+    let stopped = Instant::now();
+    let mut differences = usize::MAX;
+    while stopped.elapsed() < Duration::from_secs(45) {
+        differences = common::differences_from_truth(&store, &sandbox, &spec).await;
+        if differences == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let caught_up = stopped.elapsed();
+    eprintln!("caught up {caught_up:?} after the last change");
+    assert!(daemon.shutdown(shutdown_deadline()).await.is_empty());
+    assert_eq!(
+        differences, 0,
+        "the database still differs from the sandbox {caught_up:?} after the last change"
+    );
+    for acct in &spec.graas {
+        let stats = sandbox.graas().stats(&acct.account_number).unwrap();
+        assert_eq!(stats.traffic.over_limit, 0, "{stats:?}");
+        assert!(stats.changes > 200, "too few changes: {stats:?}");
+    }
+    assert_matches_truth(&store, &sandbox, &spec).await;
+    store.close().await;
+    sandbox.stop().await;
+}
+on_both_backends!(bulk_updates_are_caught_up_soon_after_they_stop);
 
 async fn faults_lose_nothing_and_the_limiter_holds(db: TestDb) {
     let mut spec = SandboxConfig::graas(1, 1_500);

@@ -32,6 +32,8 @@ pub(super) fn assemble(assembly: &Assembly<'_>, app: &mut App) {
         });
         let plan = WindowPlan {
             lookback: account.lookback,
+            lookback_every: account.lookback_every,
+            recent_lookback: account.recent_lookback,
             settle: account.settle,
             page_size: account.page_size,
             start_from: account.start_from,

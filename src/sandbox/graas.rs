@@ -301,6 +301,40 @@ impl GraasSim {
     }
 }
 
+impl GraasSim {
+    /// Moves up to `orders` orders of the first account one status forward, all stamped with
+    /// the current second, as a back-office mass status change does; returns how many moved.
+    pub fn bulk_update(&self, orders: usize) -> usize {
+        if !self.mutating.load(Ordering::SeqCst) {
+            return 0;
+        }
+        let now = now_unix();
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let Some(account) = state.accounts.first_mut() else {
+            return 0;
+        };
+        let mut moved = std::collections::HashSet::new();
+        // Random picks, bounded: an account with few open orders moves what it can.
+        for _ in 0..orders.saturating_mul(4) {
+            if moved.len() == orders || account.orders.is_empty() {
+                break;
+            }
+            let index = state.rng.random_range(0..account.orders.len());
+            let order = &account.orders[index];
+            if order.updated >= now || matches!(order.stage, RETURNED | CANCELLED) {
+                continue;
+            }
+            if moved.insert(index) {
+                account.orders[index].stage = order.stage + 1;
+                account.touch(index, now);
+                account.stats.changes += 1;
+            }
+        }
+        moved.len()
+    }
+}
+
 #[derive(Serialize)]
 struct WireMoney {
     amount: i64,

@@ -61,6 +61,15 @@ impl Default for Mutations {
     }
 }
 
+/// Mass status changes on the first Graas account: every `every_ms`, `orders` of its orders
+/// move one status forward, all stamped with the same second.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BulkUpdates {
+    pub every_ms: u64,
+    pub orders: usize,
+}
+
 /// One simulated Graas account.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GraasAccountSpec {
@@ -79,6 +88,9 @@ pub struct SandboxConfig {
     pub malformed_every: Option<usize>,
     pub faults: Faults,
     pub mutations: Option<Mutations>,
+    /// Mass status changes, stopped with the mutations by `set_mutating(false)`.
+    #[serde(default)]
+    pub graas_bulk: Option<BulkUpdates>,
     /// Simulated Get It Done accounts.
     #[serde(default)]
     pub getitdone: Vec<getitdone::GetItDoneAccountSpec>,
@@ -117,6 +129,7 @@ impl SandboxConfig {
             malformed_every: None,
             faults: Faults::default(),
             mutations: None,
+            graas_bulk: None,
             getitdone: Vec::new(),
             getitdone_options: getitdone::GetItDoneOptions::default(),
             kassaforte: Vec::new(),
@@ -220,6 +233,20 @@ impl Sandbox {
                 tracing::error!(%error, "sandbox server stopped");
             }
         });
+        if let Some(bulk) = config.graas_bulk.clone() {
+            let (sim, stop) = (graas.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(bulk.every_ms.max(10)));
+                // The first tick of an interval is immediate; the first mass change comes later.
+                tick.tick().await;
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tick.tick() => { sim.bulk_update(bulk.orders); }
+                    }
+                }
+            });
+        }
         if let Some(mutations) = config.mutations.clone() {
             let (sim, stop, graas_mutations) = (graas.clone(), shutdown.clone(), mutations.clone());
             tasks.spawn(async move {

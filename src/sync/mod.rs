@@ -10,6 +10,7 @@ pub mod job;
 pub mod kassaforte;
 pub mod lagerkoll;
 pub mod progress;
+pub mod recheck;
 pub mod window;
 
 use crate::model::{Order, StreamKey};

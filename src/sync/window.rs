@@ -9,15 +9,16 @@
 
 use super::job::{Job, RunReport};
 use super::progress::StreamProgress;
+use super::recheck::{Recheck, horizon, key_hash};
 use crate::model::{Order, OrderKey, Quarantined, StreamKey};
 use crate::providers::{ProviderError, TimeWindow, WindowPage, WindowSource};
 use crate::store::{Batch, BatchOutcome, CommitDone, EarlierCommit, Store, StoreError};
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
-use std::collections::{BTreeSet, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -71,6 +72,10 @@ const CONSISTENT_READ_ATTEMPTS: usize = 8;
 pub struct WindowPlan {
     /// Re-read this far behind the cursor, for updates that become visible late.
     pub lookback: Duration,
+    /// How often the whole lookback is re-read (zero: every run); see [`super::recheck`].
+    pub lookback_every: Duration,
+    /// Re-read by every run: the part of the lookback where most late updates turn up.
+    pub recent_lookback: Duration,
     /// Never read closer to now than this, so the upstream has finished writing.
     pub settle: Duration,
     pub page_size: u32,
@@ -100,6 +105,8 @@ pub struct RunSummary {
     pub requests: u64,
     /// The cursor when the run ended (Unix seconds).
     pub cursor: i64,
+    /// How far behind its starting cursor the run re-read (seconds).
+    pub reread_secs: i64,
     /// True when shutdown stopped the run before it caught up.
     pub interrupted: bool,
 }
@@ -111,6 +118,16 @@ pub struct WindowSync {
     progress: Arc<StreamProgress>,
     /// What recent reads saw, kept across runs (one run of a stream at a time).
     density: tokio::sync::Mutex<Density>,
+    recheck: tokio::sync::Mutex<Recheck>,
+}
+
+/// Where the run reading a window started.
+#[derive(Debug, Clone, Copy)]
+struct RunFrame {
+    /// The cursor when the run started.
+    start: i64,
+    /// Versions older than this are not remembered.
+    horizon: i64,
 }
 
 /// Records per second over the last few pieces read, to cut the next window to page size.
@@ -120,6 +137,15 @@ struct Density {
 }
 
 impl Density {
+    /// The records `window` is expected to hold; `None` when nothing is known yet.
+    fn expected(&self, window: TimeWindow) -> Option<f64> {
+        let (seconds, records) = self
+            .recent
+            .iter()
+            .fold((0i64, 0u64), |(s, r), (ds, dr)| (s + ds, r + dr));
+        (seconds > 0).then(|| records as f64 / seconds as f64 * window.covered_seconds() as f64)
+    }
+
     fn observe(&mut self, seconds: i64, records: u64) {
         if seconds <= 0 {
             return;
@@ -133,14 +159,7 @@ impl Density {
     /// Into how many pieces to cut `window` before reading it; `None` to read it whole (it is
     /// expected to fit a page, or nothing is known yet).
     fn parts(&self, window: TimeWindow, page_size: u32) -> Option<i64> {
-        let (seconds, records) = self
-            .recent
-            .iter()
-            .fold((0i64, 0u64), |(s, r), (ds, dr)| (s + ds, r + dr));
-        if seconds == 0 || records == 0 {
-            return None;
-        }
-        let expected = records as f64 / seconds as f64 * window.covered_seconds() as f64;
+        let expected = self.expected(window).filter(|e| *e > 0.0)?;
         let per_piece = records_per_piece(page_size);
         if expected <= per_piece {
             return None;
@@ -163,6 +182,7 @@ impl WindowSync {
             plan,
             progress,
             density: tokio::sync::Mutex::new(Density::default()),
+            recheck: tokio::sync::Mutex::new(Recheck::default()),
         }
     }
 
@@ -174,7 +194,9 @@ impl WindowSync {
         &self.progress
     }
 
-    /// Reads windows until the cursor is `settle` behind now, or until `shutdown`.
+    /// Reads windows until the cursor is `settle` behind now, or until `shutdown`: first what
+    /// is behind the cursor and due for a re-read (see [`super::recheck`]), then the fresh
+    /// windows, then, when due, the rest of the lookback.
     pub async fn read(&self, shutdown: &CancellationToken) -> Result<RunSummary, SyncError> {
         let floor = self.plan.start_from.timestamp();
         let mut cursor = match self.store.cursor(self.stream()).await? {
@@ -190,30 +212,78 @@ impl WindowSync {
         };
         self.progress.set_cursor(cursor);
         let max_window = secs(self.plan.max_window).max(2);
+        let lookback = secs(self.plan.lookback);
         // The end is fixed when the run starts, so a busy upstream cannot keep one run going.
         let end = Utc::now().timestamp() - secs(self.plan.settle);
-        // The lookback re-reads what may have become visible late since the previous run; the
-        // windows after it in this run follow each other with the one-second overlap that
+        let started = Instant::now();
+        let frame = RunFrame {
+            start: cursor,
+            horizon: horizon(end, lookback),
+        };
+        let reread = self.recheck.lock().await.plan(
+            cursor,
+            lookback,
+            secs(self.plan.recent_lookback),
+            self.plan.lookback_every,
+            started,
+        );
+        let lookback_start = (cursor - 1 - lookback).max(floor - 1);
+        let mut recent = reread.recent.min(lookback);
+        // A quiet stream reads its whole lookback with the fresh window in one request.
+        if reread.full
+            && self
+                .fits_one_page(lookback_start, (cursor + max_window).min(end))
+                .await
+        {
+            recent = lookback;
+        }
+        run.reread_secs = recent;
+        // The windows after the first follow each other with the one-second overlap that
         // exclusive bounds need.
-        let mut after = (cursor - 1 - secs(self.plan.lookback)).max(floor - 1);
+        let mut after = (cursor - 1 - recent).max(floor - 1);
         while cursor < end {
             if shutdown.is_cancelled() {
                 run.interrupted = true;
-                break;
+                return Ok(run);
             }
             let window = TimeWindow {
                 after,
                 before: (cursor + max_window).min(end),
             };
-            let finished = self.read_window(window, &mut run, shutdown).await?;
+            let finished = self.read_window(window, frame, &mut run, shutdown).await?;
             if !finished {
                 run.interrupted = true;
-                break;
+                return Ok(run);
             }
             cursor = cursor.max(window.before);
             after = cursor - 1;
         }
+        if reread.full {
+            // The rest of the lookback, after the fresh windows: fresh orders do not wait for it.
+            let rest = TimeWindow {
+                after: lookback_start,
+                before: (frame.start - recent).max(floor),
+            };
+            if recent < lookback && rest.covered_seconds() > 0 {
+                run.reread_secs = lookback;
+                if !self.read_window(rest, frame, &mut run, shutdown).await? {
+                    run.interrupted = true;
+                    return Ok(run);
+                }
+            }
+            self.recheck.lock().await.full_done(started);
+        }
         Ok(run)
+    }
+
+    /// Whether the recent reads' density says the window fits one page (`false` when nothing
+    /// is known yet).
+    async fn fits_one_page(&self, after: i64, before: i64) -> bool {
+        let density = self.density.lock().await;
+        !density.recent.is_empty()
+            && density
+                .parts(TimeWindow { after, before }, self.plan.page_size)
+                .is_none()
     }
 
     /// Reads `window` piece by piece in time order, committing each piece with its cursor.
@@ -227,6 +297,7 @@ impl WindowSync {
     async fn read_window(
         &self,
         window: TimeWindow,
+        frame: RunFrame,
         run: &mut RunSummary,
         shutdown: &CancellationToken,
     ) -> Result<bool, SyncError> {
@@ -235,7 +306,7 @@ impl WindowSync {
         let batch_orders = COALESCE_ORDERS / self.store.concurrent_commits().max(1);
         let depth = (batch_orders / self.plan.page_size.max(1) as usize).clamp(4, 32);
         let (sender, receiver) = mpsc::channel::<Piece>(depth);
-        let fetching = self.fetch_pieces(window, sender, shutdown);
+        let fetching = self.fetch_pieces(window, frame, sender, shutdown);
         // Committing runs as its own task, so on a multi-threaded runtime it binds and sends
         // statements on one core while this task fetches and parses on another (in one task
         // they took turns). Dropping the run aborts it, and with it the open transaction.
@@ -280,16 +351,48 @@ impl WindowSync {
     async fn fetch_pieces(
         &self,
         window: TimeWindow,
+        frame: RunFrame,
         sender: mpsc::Sender<Piece>,
         shutdown: &CancellationToken,
     ) -> Result<(u64, bool), SyncError> {
         let page_size = self.plan.page_size;
         let mut requests = 0;
         let mut density = self.density.lock().await;
+        let mut recheck = self.recheck.lock().await;
         // A stack with the earliest piece on top keeps pieces in time order; `true` marks a
         // piece already cut to size.
         let mut pending = vec![(window, false)];
         while let Some((window, sized)) = pending.pop() {
+            // A window reaching behind the run's cursor is read as two when the part behind is
+            // cut by memory and the fresh part by density, unless together they fit a page.
+            if !sized && window.after + 1 < frame.start && window.before > frame.start {
+                let behind = TimeWindow {
+                    after: window.after,
+                    before: frame.start,
+                };
+                let fresh = TimeWindow {
+                    after: frame.start - 1,
+                    before: window.before,
+                };
+                let per_piece = records_per_piece(page_size);
+                let together = recheck
+                    .known_count(behind)
+                    .zip(density.expected(fresh))
+                    .map(|(known, expected)| known as f64 + expected);
+                if together.is_none_or(|records| records > per_piece) {
+                    pending.push((fresh, false));
+                    pending.push((behind, false));
+                    continue;
+                }
+            }
+            // Behind the cursor, what earlier reads found in each second tells how to cut.
+            if !sized
+                && window.before <= frame.start
+                && let Some(pieces) = recheck.cut(window, records_per_piece(page_size) as usize)
+            {
+                pending.extend(pieces.into_iter().rev().map(|w| (w, true)));
+                continue;
+            }
             if !sized && let Some(parts) = density.parts(window, page_size) {
                 pending.extend(
                     even_split(window, parts)
@@ -303,7 +406,7 @@ impl WindowSync {
             // fetched and uncommitted is needed, the next run reads it again.
             let read = tokio::select! {
                 _ = shutdown.cancelled() => return Ok((requests, false)),
-                read = self.read_piece(window, &mut requests) => read?,
+                read = self.read_piece(window, &recheck, &mut requests) => read?,
             };
             let piece = match read {
                 PieceRead::Piece(piece) => piece,
@@ -322,6 +425,7 @@ impl WindowSync {
                 piece.window.covered_seconds(),
                 (piece.orders.len() + piece.quarantined.len()) as u64,
             );
+            recheck.read(&piece.orders, frame.horizon);
             if sender.send(piece).await.is_err() {
                 // The committer stopped on an error; it reports it.
                 return Ok((requests, false));
@@ -335,6 +439,7 @@ impl WindowSync {
     async fn read_piece(
         &self,
         window: TimeWindow,
+        recheck: &Recheck,
         requests: &mut u64,
     ) -> Result<PieceRead, SyncError> {
         let page_size = self.plan.page_size;
@@ -347,7 +452,10 @@ impl WindowSync {
                 quarantined: first.quarantined,
             })
         } else if window.covered_seconds() <= 1 {
-            let (orders, quarantined) = self.read_consistently(window, requests).await?;
+            let known = recheck.keys_at(window.after + 1);
+            let (orders, quarantined) = self
+                .read_consistently(window, first, known, requests)
+                .await?;
             PieceRead::Piece(Piece {
                 window,
                 orders,
@@ -375,32 +483,40 @@ impl WindowSync {
     /// Pages through a window (one second wide) until a complete read finds no order the earlier
     /// reads missed; returns everything seen. Orders that left the window meanwhile were updated,
     /// so a later window reads their new version; only an order skipped at a page boundary could
-    /// be lost, and a skip does not repeat on every read.
+    /// be lost, and a skip does not repeat on every read. `known` holds the keys an earlier run's
+    /// consistent read of this second found: that read counts as the first.
     async fn read_consistently(
         &self,
         window: TimeWindow,
+        first_page: WindowPage,
+        known: HashSet<u64>,
         requests: &mut u64,
     ) -> Result<(Vec<Order>, Vec<Quarantined>), SyncError> {
-        let mut seen: BTreeSet<(String, String)> = BTreeSet::new();
+        let read_before = !known.is_empty();
+        let mut seen = known;
         let mut orders = Vec::new();
         let mut quarantined = Vec::new();
+        // The page that showed the second to be overfull starts the first read.
+        let mut first_page = Some(first_page);
         for attempt in 0..CONSISTENT_READ_ATTEMPTS {
             let mut found_new = false;
             let mut page_number = 1;
             let mut pages = 1;
             while page_number <= pages {
-                let page = self.fetch(window, page_number, requests).await?;
+                let page = match first_page.take() {
+                    Some(page) => page,
+                    None => self.fetch(window, page_number, requests).await?,
+                };
                 // Re-read from every page: it can change while we page.
                 pages = page.number_of_pages;
                 for order in page.orders {
-                    found_new |=
-                        seen.insert((order.key.channel.clone(), order.key.external_id.clone()));
+                    found_new |= seen.insert(key_hash(&order.key));
                     orders.push(order);
                 }
                 quarantined.extend(page.quarantined);
                 page_number += 1;
             }
-            if attempt > 0 && !found_new {
+            if (attempt > 0 || read_before) && !found_new {
                 return Ok((orders, quarantined));
             }
         }
@@ -615,6 +731,7 @@ impl RunReport for RunSummary {
             quarantined = self.quarantined,
             requests = self.requests,
             cursor = self.cursor,
+            reread_secs = self.reread_secs,
             interrupted = self.interrupted,
             "run finished"
         );
@@ -624,7 +741,8 @@ impl RunReport for RunSummary {
         serde_json::json!({
             "written": self.written, "unchanged": self.unchanged,
             "quarantined": self.quarantined, "requests": self.requests,
-            "cursor": self.cursor, "interrupted": self.interrupted,
+            "cursor": self.cursor, "reread_secs": self.reread_secs,
+            "interrupted": self.interrupted,
         })
     }
 }

@@ -252,6 +252,30 @@ pub fn expected_orders(sandbox: &Sandbox, account_number: &str) -> Vec<StoredOrd
     expected
 }
 
+/// How many orders differ between the database and the sandbox, over every account (an order
+/// missing, extra, or stored with other fields counts once per side).
+pub async fn differences_from_truth(
+    store: &Arc<dyn Store>,
+    sandbox: &Sandbox,
+    spec: &SandboxConfig,
+) -> usize {
+    let mut differences = 0;
+    for (i, acct) in spec.graas.iter().enumerate() {
+        let stored: std::collections::BTreeSet<StoredOrder> = store
+            .orders_of("graas", &account_name(i))
+            .await
+            .expect("orders")
+            .into_iter()
+            .collect();
+        let expected: std::collections::BTreeSet<StoredOrder> =
+            expected_orders(sandbox, &acct.account_number)
+                .into_iter()
+                .collect();
+        differences += stored.symmetric_difference(&expected).count();
+    }
+    differences
+}
+
 /// Asserts the database holds exactly the sandbox's orders for every account, field by field.
 pub async fn assert_matches_truth(store: &Arc<dyn Store>, sandbox: &Sandbox, spec: &SandboxConfig) {
     for (i, acct) in spec.graas.iter().enumerate() {

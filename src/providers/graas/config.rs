@@ -18,6 +18,10 @@ pub struct RawGraasAccount {
     pub schedule: String,
     #[serde(default = "default_lookback")]
     pub lookback: String,
+    #[serde(default = "default_lookback_every")]
+    pub lookback_every: String,
+    #[serde(default = "default_recent_lookback")]
+    pub recent_lookback: String,
     #[serde(default = "default_settle")]
     pub settle: String,
     #[serde(default = "default_page_size")]
@@ -44,6 +48,12 @@ fn default_graas_schedule() -> String {
 }
 fn default_lookback() -> String {
     "10m".to_owned()
+}
+fn default_lookback_every() -> String {
+    "1m".to_owned()
+}
+fn default_recent_lookback() -> String {
+    "30s".to_owned()
 }
 fn default_settle() -> String {
     "30s".to_owned()
@@ -80,6 +90,8 @@ pub struct GraasAccount {
     pub app_key: Secret,
     pub schedule: String,
     pub lookback: Duration,
+    pub lookback_every: Duration,
+    pub recent_lookback: Duration,
     pub settle: Duration,
     pub page_size: u32,
     pub start_from: DateTime<Utc>,
@@ -112,6 +124,8 @@ impl AccountSection for GraasAccount {
         let app_key = p.secret(at("app_key"), &raw.app_key);
         p.schedule(at("schedule"), &raw.schedule);
         let lookback = p.duration(at("lookback"), &raw.lookback);
+        let lookback_every = p.duration(at("lookback_every"), &raw.lookback_every);
+        let recent_lookback = p.duration(at("recent_lookback"), &raw.recent_lookback);
         let settle = p.duration(at("settle"), &raw.settle);
         let max_window = p.duration(at("max_window"), &raw.max_window);
         if max_window < Duration::from_secs(2) {
@@ -149,6 +163,8 @@ impl AccountSection for GraasAccount {
             app_key,
             schedule: raw.schedule,
             lookback,
+            lookback_every,
+            recent_lookback,
             settle,
             page_size: raw.page_size.clamp(1, 10_000),
             start_from,
