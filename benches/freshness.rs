@@ -16,7 +16,7 @@ use common::env_number;
 use ordersync::app::{App, Daemon};
 use ordersync::config::Config;
 use ordersync::model::{ProviderKind, StreamKey};
-use ordersync::sandbox::{BulkUpdates, Mutations, Sandbox, SandboxConfig};
+use ordersync::sandbox::{Sandbox, SandboxConfig};
 use ordersync::store::{self, Store, StoredOrder};
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -26,22 +26,7 @@ const ACCOUNTS: usize = 2;
 const ORDERS: usize = 3_000;
 
 fn spec() -> SandboxConfig {
-    let mut spec = SandboxConfig::graas(ACCOUNTS, ORDERS);
-    // 8/s evenly spaced: a sliding second can hold one more at its edges.
-    spec.faults.rate_limit_per_sec = Some(9);
-    spec.faults.retry_after_secs = 1;
-    spec.mutations = Some(Mutations {
-        every_ms: 100,
-        per_tick: 1,
-        new_per_tick: 0,
-        backdate_ratio: 0.2,
-        max_backdate_secs: 20,
-    });
-    spec.graas_bulk = Some(BulkUpdates {
-        every_ms: 12_000,
-        orders: 700,
-    });
-    spec
+    SandboxConfig::graas(ACCOUNTS, ORDERS).with_mass_status_changes()
 }
 
 fn config(dir: &std::path::Path, sandbox: &Sandbox, spec: &SandboxConfig, every: &str) -> String {

@@ -345,3 +345,23 @@ pub enum ActionOutcome {
         at: DateTime<Utc>,
     },
 }
+
+/// A minimal Graas order for unit tests: channel `lazada-1`, account `a`, payload `{}`.
+#[cfg(test)]
+pub fn test_order(id: &str, updated: i64, status: Option<&str>) -> Order {
+    Order {
+        key: OrderKey {
+            provider: ProviderKind::Graas,
+            account: "a".into(),
+            channel: "lazada-1".into(),
+            external_id: id.into(),
+        },
+        status: status.map(str::to_owned),
+        payment_status: None,
+        shipping_status: None,
+        total: None,
+        upstream_created_at: None,
+        upstream_updated_at: DateTime::from_timestamp(updated, 0).unwrap_or_default(),
+        payload: "{}".into(),
+    }
+}

@@ -9,7 +9,7 @@ use common::{
 use ordersync::app::{App, Daemon};
 use ordersync::config::Config;
 use ordersync::model::{OrderKey, ProviderKind};
-use ordersync::sandbox::{BulkUpdates, Faults, Mutations, Sandbox, SandboxConfig};
+use ordersync::sandbox::{Faults, Mutations, Sandbox, SandboxConfig};
 use ordersync::sync::window::RunSummary;
 use ordersync::sync::{self, StreamRunner};
 use std::sync::Arc;
@@ -152,21 +152,7 @@ on_both_backends!(late_and_backdated_updates_are_caught);
 /// accounts at a strict 8 requests a second. The database must catch up soon after the last
 /// change, with nothing lost and no request over the limit.
 async fn bulk_updates_are_caught_up_soon_after_they_stop(db: TestDb) {
-    let mut spec = SandboxConfig::graas(2, 3_000);
-    // 8/s evenly spaced: a sliding second can hold one more at its edges.
-    spec.faults.rate_limit_per_sec = Some(9);
-    spec.faults.retry_after_secs = 1;
-    spec.mutations = Some(Mutations {
-        every_ms: 100,
-        per_tick: 1,
-        new_per_tick: 0,
-        backdate_ratio: 0.2,
-        max_backdate_secs: 20,
-    });
-    spec.graas_bulk = Some(BulkUpdates {
-        every_ms: 12_000,
-        orders: 700,
-    });
+    let spec = SandboxConfig::graas(2, 3_000).with_mass_status_changes();
     let sandbox = sandbox(&spec).await;
     let account = AccountToml {
         schedule: "*/2 * * * * *",

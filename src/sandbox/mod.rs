@@ -141,6 +141,27 @@ impl SandboxConfig {
         }
     }
 
+    /// A busy back office on the Graas accounts: each takes at most 8 requests a second (9 in a
+    /// sliding second, the edge an evenly spaced 8/s can reach) and answers more with 429 and
+    /// `Retry-After: 1`; 10 status changes a second per account, a fifth backdated up to 20 s;
+    /// every 12 s, 700 orders of the first account stamped with one second.
+    pub fn with_mass_status_changes(mut self) -> Self {
+        self.faults.rate_limit_per_sec = Some(9);
+        self.faults.retry_after_secs = 1;
+        self.mutations = Some(Mutations {
+            every_ms: 100,
+            per_tick: 1,
+            new_per_tick: 0,
+            backdate_ratio: 0.2,
+            max_backdate_secs: 20,
+        });
+        self.graas_bulk = Some(BulkUpdates {
+            every_ms: 12_000,
+            orders: 700,
+        });
+        self
+    }
+
     /// Adds `accounts` Get It Done accounts of `orders` each, named `gid-1…`.
     pub fn with_getitdone(mut self, accounts: usize, orders: usize) -> Self {
         self.getitdone = (1..=accounts)

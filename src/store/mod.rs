@@ -753,25 +753,9 @@ pub(crate) const ROWS_PER_STATEMENT: usize = 500;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::ProviderKind;
-    use chrono::TimeZone;
 
     fn order(id: &str, updated: i64, status: &str) -> Order {
-        Order {
-            key: OrderKey {
-                provider: ProviderKind::Graas,
-                account: "a".into(),
-                channel: "lazada-1".into(),
-                external_id: id.into(),
-            },
-            status: Some(status.into()),
-            payment_status: None,
-            shipping_status: None,
-            total: None,
-            upstream_created_at: None,
-            upstream_updated_at: Utc.timestamp_opt(updated, 0).single().unwrap(),
-            payload: "{}".into(),
-        }
+        crate::model::test_order(id, updated, Some(status))
     }
 
     #[test]

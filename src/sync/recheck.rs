@@ -180,25 +180,9 @@ pub fn key_hash(key: &OrderKey) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::ProviderKind;
-    use chrono::{TimeZone, Utc};
 
     fn order(id: &str, updated: i64) -> Order {
-        Order {
-            key: OrderKey {
-                provider: ProviderKind::Graas,
-                account: "a".into(),
-                channel: "lazada-1".into(),
-                external_id: id.into(),
-            },
-            status: None,
-            payment_status: None,
-            shipping_status: None,
-            total: None,
-            upstream_created_at: None,
-            upstream_updated_at: Utc.timestamp_opt(updated, 0).single().unwrap(),
-            payload: "{}".into(),
-        }
+        crate::model::test_order(id, updated, None)
     }
 
     #[test]
