@@ -824,8 +824,8 @@ const LIST_SECTIONS: [&str; 5] = [
     LagerkollAccount::SECTION,
 ];
 
-/// `ORDERSYNC_…` variables as config keys. `ORDERSYNC_CONFIG` (the file's path) and
-/// `ORDERSYNC_TEST_…` (the test suite's) are not keys; any other unknown one is an error, so a
+/// `ORDERSYNC_…` variables as config keys. `ORDERSYNC_CONFIG` (the file's path),
+/// `ORDERSYNC_TEST_…` (the test suite's) and `ORDERSYNC_BENCH_…` (the benchmarks') are not keys; any other unknown one is an error, so a
 /// misspelt override is reported instead of ignored. Keys of list entries are handled by
 /// [`account_overrides`].
 fn overrides() -> Env {
@@ -835,7 +835,10 @@ fn overrides() -> Env {
             let list_entry = LIST_SECTIONS
                 .iter()
                 .any(|section| key.starts_with(&format!("{section}__")));
-            key != "config" && !key.starts_with("test_") && !list_entry
+            key != "config"
+                && !key.starts_with("test_")
+                && !key.starts_with("bench_")
+                && !list_entry
         })
         .split("__")
 }
