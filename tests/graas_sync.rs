@@ -69,7 +69,12 @@ async fn late_and_backdated_updates_are_caught(db: TestDb) {
     let config = config(&db, &sandbox, &spec, &AccountToml::default());
     let store = open_store(&config).await;
     let runners = App::build(&config, &store).unwrap().runners;
+    // Changes start once the backfill is in, so that each one is a change the daemon can see
+    // happen (and record in history) rather than part of an order's first version.
+    let backfilled_to = sandbox.graas().set_mutating(false);
     let daemon = Daemon::start(runners).await.unwrap();
+    wait_for_cursors_past(&store, spec.graas.len(), backfilled_to + 1).await;
+    sandbox.graas().set_mutating(true);
 
     // The daemon syncs while the sandbox makes a few hundred changes.
     wait_until(Duration::from_secs(30), "300 sandbox changes", || async {
@@ -87,22 +92,7 @@ async fn late_and_backdated_updates_are_caught(db: TestDb) {
     .await;
     let last_change = sandbox.graas().set_mutating(false);
     // Caught up means: the cursor has passed the last change (plus the lookback margin of a run).
-    for i in 0..spec.graas.len() {
-        let store = store.clone();
-        wait_until(
-            Duration::from_secs(30),
-            "the cursor to pass the last change",
-            || {
-                let store = store.clone();
-                async move {
-                    common::cursor_of(&store, &account_name(i))
-                        .await
-                        .is_some_and(|c| c > last_change + 1)
-                }
-            },
-        )
-        .await;
-    }
+    wait_for_cursors_past(&store, spec.graas.len(), last_change + 1).await;
     assert!(daemon.shutdown(shutdown_deadline()).await.is_empty());
     let changes: u64 = spec
         .graas
@@ -146,6 +136,28 @@ async fn late_and_backdated_updates_are_caught(db: TestDb) {
     sandbox.stop().await;
 }
 on_both_backends!(late_and_backdated_updates_are_caught);
+
+async fn wait_for_cursors_past(
+    store: &Arc<dyn ordersync::store::Store>,
+    accounts: usize,
+    past: i64,
+) {
+    for i in 0..accounts {
+        wait_until(
+            Duration::from_secs(30),
+            "each cursor to pass a time",
+            || {
+                let store = store.clone();
+                async move {
+                    common::cursor_of(&store, &account_name(i))
+                        .await
+                        .is_some_and(|c| c > past)
+                }
+            },
+        )
+        .await;
+    }
+}
 
 /// A back-office mass status change: every 12 s, 700 orders of one account stamped with the same
 /// second (more than three pages), on top of 20 changes a second, some backdated, with both
