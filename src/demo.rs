@@ -305,6 +305,7 @@ impl Demo {
                 slow_ms: 3_000,
                 truncate_ratio: 0.02,
                 item_error_ratio: 0.02,
+                drift_ratio: 0.05,
             };
         }
         let sandbox = Sandbox::start(([127, 0, 0, 1], 0).into(), spec.clone())

@@ -200,6 +200,7 @@ async fn faults_end_every_action_final(db: TestDb) {
         slow_ms: 1_500,
         truncate_ratio: 0.05,
         item_error_ratio: 0.1,
+        ..Faults::default()
     };
     let sandbox = start_sandbox(&spec).await;
     let config = config(

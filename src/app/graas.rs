@@ -36,6 +36,7 @@ pub(super) fn assemble(assembly: &Assembly<'_>, app: &mut App) {
             recent_lookback: account.recent_lookback,
             settle: account.settle,
             page_size: account.page_size,
+            pages_per_read: account.pages_per_read,
             start_from: account.start_from,
             max_window: account.max_window,
         };

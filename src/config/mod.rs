@@ -1254,6 +1254,7 @@ mod tests {
             schedule = "every minute"
             lookback = "ten minutes"
             rate_limit = "5 per second"
+            pages_per_read = 0
         "#;
         let err = Config::from_toml(text).unwrap_err();
         let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
@@ -1266,6 +1267,7 @@ mod tests {
             "graas[0].schedule",
             "graas[0].lookback",
             "graas[0].rate_limit",
+            "graas[0].pages_per_read",
         ] {
             assert!(paths.contains(&expected), "{expected} missing in {paths:?}");
         }

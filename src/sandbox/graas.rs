@@ -84,6 +84,8 @@ pub struct AccountStats {
     pub unauthorized: u64,
     /// Status changes the mutation loop made (each one a new order version).
     pub changes: u64,
+    /// Orders the drift fault moved out of a window while it was paged.
+    pub drifted: u64,
 }
 
 struct SimAccount {
@@ -616,7 +618,15 @@ async fn list_orders(
         }
     };
     let (records, page) = {
-        let state = sim.lock();
+        let mut guard = sim.lock();
+        let state = &mut *guard;
+        if page_number > 1
+            && state
+                .rng
+                .random_bool(state.faults.drift_ratio.clamp(0.0, 1.0))
+        {
+            drift(&mut state.accounts[index], after, before);
+        }
         let account = &state.accounts[index];
         if after + 1 >= before {
             (0, Vec::new())
@@ -645,6 +655,23 @@ async fn list_orders(
     }
     body.extend_from_slice(br#"],"status":"success"}"#);
     json_body(body, truncate)
+}
+
+/// Updates the earliest order of a window (to now), so every later position moves up by one.
+fn drift(account: &mut SimAccount, after: i64, before: i64) {
+    let now = now_unix();
+    let earliest = account
+        .by_updated
+        .range((after + 1, 0)..(before, 0))
+        .next()
+        .map(|(_, index)| *index);
+    if let Some(index) = earliest
+        && account.orders[index].updated < now
+    {
+        account.touch(index, now);
+        account.stats.changes += 1;
+        account.stats.drifted += 1;
+    }
 }
 
 async fn one_order(

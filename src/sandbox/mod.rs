@@ -33,6 +33,9 @@ pub struct Faults {
     pub truncate_ratio: f64,
     /// Share of `PUT /v1/orders` items answered `httpCode` 500 (not applied).
     pub item_error_ratio: f64,
+    /// Share of Graas list requests for page 2 or later that first update the window's earliest
+    /// order (to now), shifting every later page by one: a busy upstream paged mid-change.
+    pub drift_ratio: f64,
 }
 
 /// Status changes the sandbox makes while it runs, like a live marketplace.

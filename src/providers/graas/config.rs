@@ -26,6 +26,8 @@ pub struct RawGraasAccount {
     pub settle: String,
     #[serde(default = "default_page_size")]
     pub page_size: u32,
+    #[serde(default = "default_pages_per_read")]
+    pub pages_per_read: u32,
     pub start_from: String,
     #[serde(default = "default_max_window")]
     pub max_window: String,
@@ -61,6 +63,9 @@ fn default_settle() -> String {
 fn default_page_size() -> u32 {
     100
 }
+fn default_pages_per_read() -> u32 {
+    4
+}
 fn default_max_window() -> String {
     "1d".to_owned()
 }
@@ -94,6 +99,7 @@ pub struct GraasAccount {
     pub recent_lookback: Duration,
     pub settle: Duration,
     pub page_size: u32,
+    pub pages_per_read: u32,
     pub start_from: DateTime<Utc>,
     pub max_window: Duration,
     pub rate_limit: RateLimit,
@@ -134,6 +140,12 @@ impl AccountSection for GraasAccount {
         if raw.page_size == 0 || raw.page_size > 10_000 {
             p.push(at("page_size"), "must be between 1 and 10000");
         }
+        if raw.pages_per_read == 0 || raw.pages_per_read > 100 {
+            p.push(
+                at("pages_per_read"),
+                "must be between 1 and 100 (1 reads every window one page per request)",
+            );
+        }
         let start_from = match DateTime::parse_from_rfc3339(raw.start_from.trim()) {
             Ok(t) => t.with_timezone(&Utc),
             Err(e) => {
@@ -167,6 +179,7 @@ impl AccountSection for GraasAccount {
             recent_lookback,
             settle,
             page_size: raw.page_size.clamp(1, 10_000),
+            pages_per_read: raw.pages_per_read.clamp(1, 100),
             start_from,
             max_window,
             rate_limit,
