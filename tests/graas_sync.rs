@@ -3,8 +3,8 @@
 mod common;
 
 use common::{
-    AccountToml, TestDb, account_name, assert_matches_truth, config_toml, open_store,
-    shutdown_deadline, wait_for_clock_past, wait_until,
+    AccountToml, TestDb, account_name, assert_matches_truth, config_toml, execute_scalar,
+    open_store, shutdown_deadline, wait_for_clock_past, wait_until,
 };
 use ordersync::app::{App, Daemon};
 use ordersync::config::Config;
@@ -55,6 +55,29 @@ async fn backfill_matches_truth(db: TestDb) {
     sandbox.stop().await;
 }
 on_both_backends!(backfill_matches_truth);
+
+/// History rows belong to their order: deleting the order (by hand, with SQL) deletes them.
+async fn deleting_an_order_deletes_its_history(db: TestDb) {
+    let spec = SandboxConfig::graas(1, 50);
+    let sandbox = sandbox(&spec).await;
+    let config = config(&db, &sandbox, &spec, &AccountToml::default());
+    let store = open_store(&config).await;
+    let runners = App::build(&config, &store).unwrap().runners;
+    catch_up(&runners).await;
+    let events = "SELECT CAST(count(*) AS TEXT) FROM order_events";
+    assert_eq!(execute_scalar(&db, events).await, "50");
+    let deleted = execute_scalar(
+        &db,
+        "DELETE FROM orders WHERE id = (SELECT min(id) FROM orders) RETURNING CAST(id AS TEXT)",
+    )
+    .await;
+    let of_deleted = format!("{events} WHERE order_id = {deleted}");
+    assert_eq!(execute_scalar(&db, &of_deleted).await, "0");
+    assert_eq!(execute_scalar(&db, events).await, "49");
+    store.close().await;
+    sandbox.stop().await;
+}
+on_both_backends!(deleting_an_order_deletes_its_history);
 
 async fn late_and_backdated_updates_are_caught(db: TestDb) {
     let mut spec = SandboxConfig::graas(2, 1_000);
