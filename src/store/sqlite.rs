@@ -250,7 +250,11 @@ impl Store for SqliteStore {
                  WHERE excluded.upstream_updated_at >= orders.upstream_updated_at \
                  AND excluded.payload <> orders.payload",
             );
-            let done = query.build().execute(&mut *tx).await?;
+            // A statement's text depends on its row count, and each prepared one keeps a
+            // program of thousands of parameters: only the full-size one is kept for reuse,
+            // not one per remainder size a batch happened to end with.
+            let reuse = chunk.len() == ROWS_PER_STATEMENT;
+            let done = query.build().persistent(reuse).execute(&mut *tx).await?;
             outcome.written += done.rows_affected();
         }
         outcome.unchanged = batch.orders.len() as u64 - outcome.written;
