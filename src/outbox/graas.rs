@@ -1,7 +1,7 @@
 //! Graas actions: accept and cancel batched into `PUT /v1/orders`, ASNs one `POST /v1/asn` each.
 
 use super::{Executor, Verdict};
-use crate::model::{Action, ActionKind, OrderKey, ProviderKind};
+use crate::model::{Action, ActionKind, ProviderKind};
 use crate::providers::ProviderError;
 use crate::providers::graas::GraasClient;
 use crate::providers::graas::outbound::{
@@ -11,7 +11,7 @@ use crate::store::{NewAsn, Store};
 use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 pub struct GraasExecutor {
@@ -55,19 +55,19 @@ fn supplier_ref(action: &Action, asn: &AsnRequest) -> String {
 }
 
 impl GraasExecutor {
-    /// `site.name` as Graas showed it on the order; for an order not synced yet, the channel
-    /// name without its `-<n>` suffix (`lazada-1` → `Lazada`).
-    async fn site_name(&self, channel: &str, order_id: &str) -> String {
+    /// `site.name` as Graas showed it on the channel's stored orders; for a channel with none
+    /// synced yet, the channel name without its `-<n>` suffix (`lazada-1` → `Lazada`).
+    /// `unsynced` holds the channels this batch already found no order of: one query per
+    /// channel and batch, not one per action.
+    async fn site_name(&self, channel: &str, unsynced: &mut HashSet<String>) -> String {
         if let Some(name) = self.cached_site_name(channel) {
             return name;
         }
-        let key = OrderKey {
-            provider: ProviderKind::Graas,
-            account: self.account.clone(),
-            channel: channel.to_owned(),
-            external_id: order_id.to_owned(),
-        };
-        if let Ok(Some(payload)) = self.store.order_payload(&key).await
+        if !unsynced.contains(channel)
+            && let Ok(Some(payload)) = self
+                .store
+                .channel_payload(ProviderKind::Graas.as_str(), &self.account, channel)
+                .await
             && let Ok(order) = serde_json::from_str::<Value>(&payload)
             && let Some(name) = order.pointer("/site/name").and_then(Value::as_str)
         {
@@ -76,6 +76,7 @@ impl GraasExecutor {
             }
             return name.to_owned();
         }
+        unsynced.insert(channel.to_owned());
         let base = channel
             .rsplit_once('-')
             .filter(|(_, n)| n.chars().all(|c| c.is_ascii_digit()))
@@ -91,7 +92,12 @@ impl GraasExecutor {
         self.site_names.lock().ok()?.get(channel).cloned()
     }
 
-    async fn order_update(&self, action: &Action, kind: ActionKind) -> Result<OrderUpdate, String> {
+    async fn order_update(
+        &self,
+        action: &Action,
+        kind: ActionKind,
+        unsynced: &mut HashSet<String>,
+    ) -> Result<OrderUpdate, String> {
         let (Some(channel), Some(order_id)) = (&action.channel, &action.external_id) else {
             return Err("channel and external_id are required for accept and cancel".into());
         };
@@ -104,7 +110,7 @@ impl GraasExecutor {
         Ok(OrderUpdate {
             order_id: order_id.clone(),
             site: SiteRef {
-                name: self.site_name(channel, order_id).await,
+                name: self.site_name(channel, unsynced).await,
                 nick_name_id: channel.clone(),
             },
             order_status: if cancel { CANCELLED } else { ACCEPTED },
@@ -224,6 +230,7 @@ impl Executor for GraasExecutor {
     async fn execute(&self, actions: &[Action]) -> Vec<Verdict> {
         let mut verdicts: Vec<Option<Verdict>> = vec![None; actions.len()];
         let mut updates = Vec::new();
+        let mut unsynced = HashSet::new();
         for (slot, action) in actions.iter().enumerate() {
             if action.provider != ProviderKind::Graas.as_str() {
                 verdicts[slot] = Some(Verdict::Refused(format!(
@@ -234,7 +241,7 @@ impl Executor for GraasExecutor {
             }
             match action.kind.parse::<ActionKind>() {
                 Ok(kind @ (ActionKind::Accept | ActionKind::Cancel)) => {
-                    match self.order_update(action, kind).await {
+                    match self.order_update(action, kind, &mut unsynced).await {
                         Ok(update) => updates.push((slot, update)),
                         Err(error) => verdicts[slot] = Some(Verdict::Refused(error)),
                     }

@@ -138,9 +138,17 @@ impl Store for Bounded {
         .await
     }
 
-    async fn order_payload(&self, key: &OrderKey) -> Result<Option<String>, StoreError> {
-        self.within("reading an order", self.inner.order_payload(key))
-            .await
+    async fn channel_payload(
+        &self,
+        provider: &str,
+        account: &str,
+        channel: &str,
+    ) -> Result<Option<String>, StoreError> {
+        self.within(
+            "reading an order",
+            self.inner.channel_payload(provider, account, channel),
+        )
+        .await
     }
 
     async fn enqueue(&self, action: &NewAction) -> Result<(Action, bool), StoreError> {

@@ -249,8 +249,13 @@ pub trait Store: Send + Sync {
 
     async fn quarantine_count(&self, provider: &str, account: &str) -> Result<i64, StoreError>;
 
-    /// The stored payload of one order, if ordersync has it.
-    async fn order_payload(&self, key: &OrderKey) -> Result<Option<String>, StoreError>;
+    /// The stored payload of any one order of a channel (for what all its orders share).
+    async fn channel_payload(
+        &self,
+        provider: &str,
+        account: &str,
+        channel: &str,
+    ) -> Result<Option<String>, StoreError>;
 
     /// Stores an action unless one with the same idempotency key exists; returns the stored
     /// action and whether it is new. Committed before it returns.

@@ -376,15 +376,18 @@ impl Store for PostgresStore {
         Ok(count)
     }
 
-    async fn order_payload(&self, key: &OrderKey) -> Result<Option<String>, StoreError> {
+    async fn channel_payload(
+        &self,
+        provider: &str,
+        account: &str,
+        channel: &str,
+    ) -> Result<Option<String>, StoreError> {
         Ok(sqlx::query_scalar(
-            "SELECT payload::text FROM orders WHERE provider = $1 AND account = $2 \
-             AND channel = $3 AND external_id = $4",
+            "SELECT payload::text FROM orders WHERE provider = $1 AND account = $2              AND channel = $3 LIMIT 1",
         )
-        .bind(key.provider.as_str())
-        .bind(&key.account)
-        .bind(&key.channel)
-        .bind(&key.external_id)
+        .bind(provider)
+        .bind(account)
+        .bind(channel)
         .fetch_optional(&self.pool)
         .await?)
     }

@@ -394,15 +394,18 @@ impl Store for SqliteStore {
         Ok(count)
     }
 
-    async fn order_payload(&self, key: &OrderKey) -> Result<Option<String>, StoreError> {
+    async fn channel_payload(
+        &self,
+        provider: &str,
+        account: &str,
+        channel: &str,
+    ) -> Result<Option<String>, StoreError> {
         Ok(sqlx::query_scalar(
-            "SELECT payload FROM orders WHERE provider = ? AND account = ? AND channel = ? \
-             AND external_id = ?",
+            "SELECT payload FROM orders WHERE provider = ? AND account = ? AND channel = ?              LIMIT 1",
         )
-        .bind(key.provider.as_str())
-        .bind(&key.account)
-        .bind(&key.channel)
-        .bind(&key.external_id)
+        .bind(provider)
+        .bind(account)
+        .bind(channel)
         .fetch_optional(&self.pool)
         .await?)
     }
