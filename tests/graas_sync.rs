@@ -10,6 +10,7 @@ use ordersync::app::{App, Daemon};
 use ordersync::config::Config;
 use ordersync::model::{OrderKey, ProviderKind};
 use ordersync::sandbox::{Faults, Mutations, Sandbox, SandboxConfig};
+use ordersync::store::Store;
 use ordersync::sync::window::RunSummary;
 use ordersync::sync::{self, StreamRunner};
 use std::sync::Arc;
@@ -24,6 +25,19 @@ async fn sandbox(spec: &SandboxConfig) -> Sandbox {
 
 fn config(db: &TestDb, sandbox: &Sandbox, spec: &SandboxConfig, account: &AccountToml) -> Config {
     Config::from_toml(&config_toml(db, sandbox, spec, account)).expect("valid test config")
+}
+
+/// A store for `db` and the stream runners of a config against every account of `sandbox`.
+async fn synced_store(
+    db: &TestDb,
+    sandbox: &Sandbox,
+    spec: &SandboxConfig,
+    account: &AccountToml,
+) -> (Arc<dyn Store>, Vec<Arc<StreamRunner>>) {
+    let config = config(db, sandbox, spec, account);
+    let store = open_store(&config).await;
+    let runners = App::build(&config, &store).unwrap().runners;
+    (store, runners)
 }
 
 /// Runs every stream until it has caught up; a failed run fails the test, naming its stream.
@@ -160,11 +174,7 @@ async fn late_and_backdated_updates_are_caught(db: TestDb) {
 }
 on_both_backends!(late_and_backdated_updates_are_caught);
 
-async fn wait_for_cursors_past(
-    store: &Arc<dyn ordersync::store::Store>,
-    accounts: usize,
-    past: i64,
-) {
+async fn wait_for_cursors_past(store: &Arc<dyn Store>, accounts: usize, past: i64) {
     for i in 0..accounts {
         wait_until(
             Duration::from_secs(30),
@@ -196,9 +206,7 @@ async fn bulk_updates_are_caught_up_soon_after_they_stop(db: TestDb) {
         rate_limit: "8/s",
         ..AccountToml::default()
     };
-    let config = config(&db, &sandbox, &spec, &account);
-    let store = open_store(&config).await;
-    let runners = App::build(&config, &store).unwrap().runners;
+    let (store, runners) = synced_store(&db, &sandbox, &spec, &account).await;
     let daemon = Daemon::start(runners).await.unwrap();
 
     // Three mass changes under the steady load.
@@ -248,9 +256,7 @@ async fn faults_lose_nothing_and_the_limiter_holds(db: TestDb) {
         rate_limit: "20/s",
         ..AccountToml::default()
     };
-    let config = config(&db, &sandbox, &spec, &account);
-    let store = open_store(&config).await;
-    let runners = App::build(&config, &store).unwrap().runners;
+    let (store, runners) = synced_store(&db, &sandbox, &spec, &account).await;
     catch_up(&runners).await;
     assert_matches_truth(&store, &sandbox, &spec).await;
 
@@ -294,9 +300,7 @@ async fn rate_limited_answers_are_honoured(db: TestDb) {
         rate_limit: "100/s",
         ..AccountToml::default()
     };
-    let config = config(&db, &sandbox, &spec, &account);
-    let store = open_store(&config).await;
-    let runners = App::build(&config, &store).unwrap().runners;
+    let (store, runners) = synced_store(&db, &sandbox, &spec, &account).await;
     let started = Instant::now();
     catch_up(&runners).await;
     let elapsed = started.elapsed().as_secs();
@@ -357,9 +361,7 @@ async fn overfull_seconds_survive_page_drift(db: TestDb) {
         page_size: 10,
         ..AccountToml::default()
     };
-    let config = config(&db, &sandbox, &spec, &account);
-    let store = open_store(&config).await;
-    let runners = App::build(&config, &store).unwrap().runners;
+    let (store, runners) = synced_store(&db, &sandbox, &spec, &account).await;
     catch_up(&runners).await;
     let last_change = sandbox.graas().set_mutating(false);
     // A run reads up to `settle` (1s) before now, exclusive.
@@ -382,9 +384,7 @@ async fn a_backfill_needs_few_more_requests_than_pages(db: TestDb) {
         page_size: 50,
         ..AccountToml::default()
     };
-    let config = config(&db, &sandbox, &spec, &account);
-    let store = open_store(&config).await;
-    let runners = App::build(&config, &store).unwrap().runners;
+    let (store, runners) = synced_store(&db, &sandbox, &spec, &account).await;
     catch_up(&runners).await;
     assert_matches_truth(&store, &sandbox, &spec).await;
     let requests = sandbox
@@ -414,9 +414,7 @@ async fn orders_moving_while_old_windows_are_paged_are_not_lost(db: TestDb) {
         page_size: 25,
         ..AccountToml::default()
     };
-    let config = config(&db, &sandbox, &spec, &account);
-    let store = open_store(&config).await;
-    let runners = App::build(&config, &store).unwrap().runners;
+    let (store, runners) = synced_store(&db, &sandbox, &spec, &account).await;
     catch_up(&runners).await;
     // The moved orders are stamped with the time they moved; a run reads up to `settle` (1s)
     // before now.

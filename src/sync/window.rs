@@ -378,15 +378,7 @@ impl WindowSync {
         while let Some((window, sized)) = pending.pop() {
             // A window reaching behind the run's cursor is read as two when the part behind is
             // cut by memory and the fresh part by density, unless together they fit a page.
-            if !sized && window.after + 1 < frame.start && window.before > frame.start {
-                let behind = TimeWindow {
-                    after: window.after,
-                    before: frame.start,
-                };
-                let fresh = TimeWindow {
-                    after: frame.start - 1,
-                    before: window.before,
-                };
+            if !sized && let Some((behind, fresh)) = cut_at(window, frame.start) {
                 let together = recheck
                     .known_count(behind)
                     .zip(density.expected(fresh))
@@ -401,25 +393,14 @@ impl WindowSync {
             // several pages at a time, unless it is too small to need more than one.
             if !sized
                 && self.pages_per_read() > 1
-                && window.after + 1 < frame.horizon
-                && window.before > frame.horizon
-            {
-                let closed = TimeWindow {
-                    after: window.after,
-                    before: frame.horizon,
-                };
-                let open = TimeWindow {
-                    after: frame.horizon - 1,
-                    before: window.before,
-                };
-                if density
+                && let Some((closed, open)) = cut_at(window, frame.horizon)
+                && density
                     .expected(closed)
                     .is_none_or(|records| records > one_page)
-                {
-                    pending.push((open, false));
-                    pending.push((closed, false));
-                    continue;
-                }
+            {
+                pending.push((open, false));
+                pending.push((closed, false));
+                continue;
             }
             let closed = window.before <= frame.horizon;
             let per_piece = self.planned_records(closed);
@@ -870,6 +851,22 @@ impl RunReport for RunSummary {
 
 fn secs(duration: Duration) -> i64 {
     i64::try_from(duration.as_secs()).unwrap_or(i64::MAX / 4)
+}
+
+/// `window` as the part before second `at` and the part from it on, when it reaches across it
+/// (the pieces overlap by the second that exclusive bounds need).
+fn cut_at(window: TimeWindow, at: i64) -> Option<(TimeWindow, TimeWindow)> {
+    (window.after + 1 < at && window.before > at).then(|| {
+        let before = TimeWindow {
+            after: window.after,
+            before: at,
+        };
+        let from = TimeWindow {
+            after: at - 1,
+            before: window.before,
+        };
+        (before, from)
+    })
 }
 
 /// A quarantined record's identity in a closed read (it may have no usable key).
