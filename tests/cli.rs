@@ -3,8 +3,8 @@
 mod common;
 
 use common::{
-    AccountToml, Setup, TestDb, assert_matches_truth, assert_no_gap_below_cursor, cursor_of,
-    open_store, spawn_run, wait_until,
+    AccountToml, Backend, Setup, TestDb, assert_matches_truth, assert_no_gap_below_cursor,
+    cursor_of, open_store, spawn_run, wait_until,
 };
 use ordersync::sandbox::SandboxConfig;
 use ordersync::store::Store;
@@ -127,6 +127,46 @@ async fn sigterm_finishes_the_transaction_and_exits_zero(db: TestDb) {
     s.sandbox.stop().await;
 }
 on_both_backends!(sigterm_finishes_the_transaction_and_exits_zero);
+
+/// SQLite takes one daemon per file: a second `ordersync run` refuses to start, naming the
+/// process that holds the file; once that one is killed, a run starts again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_run_on_one_sqlite_file_refuses_to_start() {
+    let db = TestDb::new(Backend::Sqlite, "second_run");
+    let (s, store, mut first) = start_slow_backfill(&db).await;
+    let config = s.config_path.to_str().unwrap();
+    let second = ordersync(&["run", "--once", "--config", config]);
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "a second run started: {stderr}");
+    assert!(
+        stderr.contains("another `ordersync run`")
+            && stderr.contains(&format!("pid {}", first.id())),
+        "unclear refusal: {stderr}"
+    );
+    // Commands other than `run` still use the file while the daemon runs.
+    let status = ordersync(&["status", "--config", config]);
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+
+    first.kill().expect("SIGKILL");
+    first.wait().unwrap();
+    let text = std::fs::read_to_string(&s.config_path)
+        .unwrap()
+        .replace("\"10/s\"", "\"500/s\"");
+    std::fs::write(&s.config_path, text).unwrap();
+    let after_kill = ordersync(&["run", "--once", "--config", config]);
+    assert!(
+        after_kill.status.success(),
+        "{}",
+        String::from_utf8_lossy(&after_kill.stderr)
+    );
+    assert_matches_truth(&store, &s.sandbox, &s.spec).await;
+    store.close().await;
+    s.sandbox.stop().await;
+}
 
 async fn graas_get_fetches_and_stores_one_order(db: TestDb) {
     let s = setup(&db, 50, &AccountToml::default()).await;

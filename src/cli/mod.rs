@@ -255,6 +255,7 @@ async fn shutdown_signal() {
 async fn run(config: ConfigArg, once: bool) -> anyhow::Result<ExitCode> {
     let config = load(&config)?;
     init_logging(&config.log);
+    let _run_lock = store::lock_for_run(&config.database)?;
     let store = open_store(&config).await?;
     let app = App::build(&config, &store)?;
     if app.jobs().is_empty() {

@@ -436,7 +436,7 @@ fn render_into(out: &mut Vec<u8>, order: &SimOrder, single: bool) {
     let (status, payment, shipping) = STAGES[order.stage as usize];
     let salt: u64 = order.order_id.bytes().map(u64::from).sum();
     // The docs show both shapes of these fields; serve both.
-    let number_shapes = salt % 2 == 0;
+    let number_shapes = salt.is_multiple_of(2);
     let address = WireAddress {
         name: "Sandbox Buyer",
         street1: "1 Example Road",

@@ -33,6 +33,7 @@ macro_rules! shop_history_columns {
 mod bounded;
 mod postgres;
 mod rows;
+mod run_lock;
 mod shops;
 mod sqlite;
 
@@ -88,6 +89,14 @@ pub enum StoreError {
         "an earlier batch of this stream did not commit, so this one was rolled back; the next run reads both again"
     )]
     EarlierBatchFailed,
+    #[error(
+        "another `ordersync run` ({holder}) is using the SQLite database {database}: one daemon per SQLite file. Stop it first, or use Postgres to run several replicas"
+    )]
+    AlreadyRunning { database: String, holder: String },
+    #[error(
+        "cannot take the lock file {path}: {error}; the database's directory must be writable by this user"
+    )]
+    RunLock { path: String, error: std::io::Error },
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -700,6 +709,8 @@ pub enum RetryFilter {
 
 /// Opens the configured database (creating a SQLite file if needed), every call bounded by
 /// [`DatabaseConfig::call_timeout`]. Does not migrate.
+pub use run_lock::{RunLock, lock_for_run};
+
 pub async fn open(config: &DatabaseConfig) -> Result<Arc<dyn Store>, StoreError> {
     let opening = async {
         Ok::<Arc<dyn Store>, StoreError>(match config.backend {

@@ -168,7 +168,7 @@ pub fn every_as_cron(every: Duration, offset: u64) -> Result<String, String> {
         return Ok(format!("{}/{seconds} * * * * *", offset % seconds));
     }
     let minutes = seconds / 60;
-    if seconds % 60 == 0 && minutes <= 60 && 60 % minutes == 0 {
+    if seconds.is_multiple_of(60) && minutes <= 60 && 60 % minutes == 0 {
         let (second, minute) = (offset % 60, (offset / 60) % minutes);
         return Ok(match minutes {
             60 => format!("{second} {minute} * * * *"),
