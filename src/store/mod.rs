@@ -94,7 +94,7 @@ pub enum StoreError {
     )]
     AlreadyRunning { database: String, holder: String },
     #[error(
-        "cannot take the lock file {path}: {error}; the database's directory must be writable by this user"
+        "cannot take the lock file {path}: {error}; check that the database's directory exists, is writable by this user and not on a read-only or full disk"
     )]
     RunLock { path: String, error: std::io::Error },
 }
