@@ -491,8 +491,8 @@ impl WindowSync {
         let fits = first.number_of_pages <= 1 && first.number_of_records <= u64::from(page_size);
         // Up to twice the planned pages: a window a little fuller than expected is still read
         // in one go rather than split with a request wasted.
-        let pages = closed.then(|| self.pages_per_read().saturating_mul(2));
-        if !fits && pages.is_some_and(|most| most > 2 && first.number_of_pages <= most) {
+        let pages = self.pages_per_read();
+        if !fits && closed && pages > 1 && first.number_of_pages <= pages.saturating_mul(2) {
             match self.read_closed(window, first, requests).await? {
                 Ok(piece) => return Ok(PieceRead::Piece(piece)),
                 Err(records) if window.covered_seconds() > 1 => {
