@@ -4,6 +4,7 @@
 pub mod app;
 pub mod config;
 pub mod demo;
+pub mod lease;
 pub mod metrics;
 pub mod model;
 pub mod outbox;

@@ -62,6 +62,23 @@ pub struct Metrics {
     pub cursor_lag: Family<StreamLabels, FloatGauge>,
     pub last_success: Family<StreamLabels, FloatGauge>,
     pub actions: Family<StateLabels, Gauge>,
+    /// Account leases this replica holds (Postgres, several replicas).
+    pub leases_held: Family<ReplicaLabels, Gauge>,
+    /// Change: taken, released, lost.
+    pub lease_changes: Family<LeaseChangeLabels, Counter>,
+    /// Writes refused because this replica no longer held the account's lease.
+    pub lease_writes_refused: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReplicaLabels {
+    pub replica: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LeaseChangeLabels {
+    pub replica: String,
+    pub change: String,
 }
 
 impl Metrics {
@@ -81,6 +98,9 @@ impl Metrics {
             cursor_lag: Family::default(),
             last_success: Family::default(),
             actions: Family::default(),
+            leases_held: Family::default(),
+            lease_changes: Family::default(),
+            lease_writes_refused: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -147,6 +167,21 @@ impl Metrics {
             "ordersync_actions",
             "Actions in the queue by state",
             metrics.actions.clone(),
+        );
+        registry.register(
+            "ordersync_leases_held",
+            "Account leases this replica holds (several replicas on one Postgres)",
+            metrics.leases_held.clone(),
+        );
+        registry.register(
+            "ordersync_lease_changes",
+            "Account leases this replica took, released or lost",
+            metrics.lease_changes.clone(),
+        );
+        registry.register(
+            "ordersync_lease_writes_refused",
+            "Writes refused because this replica no longer held the account's lease (fencing)",
+            metrics.lease_writes_refused.clone(),
         );
         Metrics {
             registry,

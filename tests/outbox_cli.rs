@@ -171,12 +171,19 @@ async fn killed_while_sending_then_restarted(db: TestDb) {
 }
 on_both_backends!(killed_while_sending_then_restarted);
 
-/// Two processes on one Postgres queue: each action is claimed, and sent, once.
+/// Two processes on one Postgres queue with leases off (each works every account): each action
+/// is claimed, and sent, once. (With leases, one replica works each account: tests/replicas.rs.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(not(ordersync_pg), ignore = "needs Postgres: set ORDERSYNC_TEST_PG")]
 async fn two_processes_on_postgres_send_each_action_once() {
     let db = TestDb::new(Backend::Postgres, "two_processes");
     let s = setup(&db, 500, "50/s", "action_batch_size = 5").await;
+    let text = std::fs::read_to_string(&s.config_path).unwrap();
+    std::fs::write(
+        &s.config_path,
+        format!("{text}\n[leases]\nenabled = false\n"),
+    )
+    .unwrap();
     let logs = [
         s.dir.path().join("first.log"),
         s.dir.path().join("second.log"),

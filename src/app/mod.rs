@@ -10,6 +10,8 @@ pub mod lagerkoll;
 mod tasks;
 
 use crate::config::Config;
+use crate::lease::keeper::{Keeper, Share};
+use crate::lease::{AccountId, LeaseBook, Ownership};
 use crate::model::ProviderKind;
 use crate::outbox::{Dispatcher, Executor, worker_id};
 use crate::providers::http::{ClientBuildError, HttpClient, RateGate};
@@ -26,6 +28,9 @@ use tasks::Tasks;
 use tokio::sync::Notify;
 use tokio_cron_scheduler::{Job, JobScheduler};
 use tokio_util::sync::CancellationToken;
+
+/// How often `run --once` looks again for leases that are not free yet.
+const LEASE_WAIT_STEP: Duration = Duration::from_millis(500);
 
 /// How often each account's rate gate is written to the database for `status`.
 const GATE_REPORT_EVERY: Duration = Duration::from_secs(2);
@@ -49,6 +54,12 @@ pub struct App {
     pub store: Option<Arc<dyn Store>>,
     /// Beaten by the scheduler itself, for `/healthz` and the systemd watchdog.
     pub liveness: Arc<crate::server::ops::Liveness>,
+    /// Which accounts this process works for.
+    pub ownership: Ownership,
+    /// Shares the accounts with other replicas (Postgres with leases on).
+    pub keeper: Option<Arc<Keeper>>,
+    /// This process's name in outbox claims and leases.
+    pub worker: String,
 }
 
 impl From<Vec<Arc<StreamRunner>>> for App {
@@ -80,9 +91,70 @@ impl App {
     /// `run --once`: every job once, all at once (window readers until caught up), then every
     /// due action; one JSON line for each job and outbox, and whether any failed.
     pub async fn run_once(&self, shutdown: &CancellationToken) -> (Vec<serde_json::Value>, bool) {
+        let Some(keeper) = &self.keeper else {
+            return self.run_owned_once(shutdown).await;
+        };
+        // Every account whose lease is free, or frees up within one lease TTL (a replica killed
+        // a moment ago still holds its leases until they expire); the rest are another live
+        // replica's.
+        let keeper = keeper.sharing(Share::All);
+        let give_up_at = tokio::time::Instant::now() + keeper.settings().ttl;
+        keeper.cycle(shutdown).await;
+        let accounts = self.accounts().len();
+        while keeper.book().count() < accounts
+            && tokio::time::Instant::now() < give_up_at
+            && !shutdown.is_cancelled()
+        {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = tokio::time::sleep(LEASE_WAIT_STEP) => keeper.cycle(shutdown).await,
+            }
+        }
+        let keeper = keeper.sharing(Share::Kept);
+        let stop_keeping = CancellationToken::new();
+        let keeping = keeper.run(shutdown, &stop_keeping);
+        let working = async {
+            let result = self.run_owned_once(shutdown).await;
+            stop_keeping.cancel();
+            result
+        };
+        let ((mut lines, failed), ()) = tokio::join!(working, keeping);
+        let held = keeper.book().leases();
+        for account in self.accounts() {
+            if !held.contains_key(&account) {
+                lines.push(serde_json::json!({
+                    "account": account.to_string(),
+                    "skipped": "another replica holds this account's lease",
+                }));
+            }
+        }
+        keeper.leave().await;
+        (lines, failed)
+    }
+
+    /// Every account that has work in this process.
+    pub fn accounts(&self) -> Vec<AccountId> {
+        self.gates
+            .iter()
+            .map(|g| AccountId::new(g.provider, &g.account))
+            .collect()
+    }
+
+    async fn run_owned_once(&self, shutdown: &CancellationToken) -> (Vec<serde_json::Value>, bool) {
+        let owned = |account: &AccountId| self.ownership.holds(account);
+        let jobs: Vec<Arc<dyn ScheduledJob>> = self
+            .jobs()
+            .into_iter()
+            .filter(|job| {
+                owned(&AccountId::new(
+                    job.stream().provider,
+                    &job.stream().account,
+                ))
+            })
+            .collect();
         let mut lines = Vec::new();
         let mut failed = false;
-        for (stream, result) in crate::sync::run_jobs_once(&self.jobs(), shutdown).await {
+        for (stream, result) in crate::sync::run_jobs_once(&jobs, shutdown).await {
             let mut line = match result {
                 Ok(report) => report,
                 Err(error) => {
@@ -93,7 +165,7 @@ impl App {
             line["stream"] = serde_json::Value::String(stream.to_string());
             lines.push(line);
         }
-        for worker in &self.workers {
+        for worker in self.workers.iter().filter(|w| owned(&w.account_id())) {
             match worker.drain(shutdown).await {
                 Ok(line) => lines.push(line),
                 Err(error) => {
@@ -102,7 +174,11 @@ impl App {
                 }
             }
         }
-        for dispatcher in &self.dispatchers {
+        for dispatcher in self
+            .dispatchers
+            .iter()
+            .filter(|d| owned(&AccountId::new(d.provider, &d.account)))
+        {
             let (line, ok) = dispatcher.drain(shutdown).await;
             failed |= !ok;
             lines.push(line);
@@ -131,7 +207,39 @@ impl App {
         kassaforte::assemble(&assembly, &mut app);
         grafterr::assemble(&assembly, &mut app);
         lagerkoll::assemble(&assembly, &mut app);
+        app.worker = assembly.worker;
         Ok(app)
+    }
+
+    /// For `run`: on a database with leases (Postgres, unless `[leases] enabled = false`), this
+    /// process works only for the accounts whose lease it holds. Every account's requests and
+    /// the store's writes for it check the lease, and a keeper takes and spreads them.
+    pub fn share_accounts(&mut self, config: &Config, store: &Arc<dyn Store>) {
+        if !config.leases.enabled || store.lease_table().is_none() {
+            return;
+        }
+        let book = Arc::new(LeaseBook::new(&self.worker));
+        store.fence_with(book.clone());
+        let mut gates = std::collections::HashMap::new();
+        for AccountGate {
+            provider,
+            account,
+            gate,
+        } in &self.gates
+        {
+            let id = AccountId::new(*provider, account);
+            let owner = (book.clone(), id.clone());
+            gate.only_while(move || owner.0.may_send(&owner.1));
+            gates.insert(id, gate.clone());
+        }
+        self.keeper = Some(Arc::new(Keeper::new(
+            store.clone(),
+            book.clone(),
+            gates,
+            config.leases,
+            Share::Even,
+        )));
+        self.ownership = Ownership::Leases(book);
     }
 }
 
@@ -186,6 +294,8 @@ pub struct Daemon {
     dispatchers: Vec<Arc<Dispatcher>>,
     tasks: Tasks,
     shutdown: CancellationToken,
+    /// The lease keeper, the token that stops it and its task.
+    keeper: Option<(Arc<Keeper>, CancellationToken, tokio::task::JoinHandle<()>)>,
 }
 
 impl Daemon {
@@ -196,13 +306,36 @@ impl Daemon {
         let tasks = Tasks::default();
         let shutdown = CancellationToken::new();
         let jobs = app.jobs();
+        let ownership = app.ownership.clone();
+        let keeper = app.keeper.clone().map(|keeper| {
+            let stop = CancellationToken::new();
+            (keeper, stop)
+        });
+        if let Some((keeper, _)) = &keeper {
+            // Leases first, so the first ticks below already run this replica's accounts.
+            keeper.cycle(&shutdown).await;
+        }
+        let keeping = keeper.as_ref().map(|(keeper, stop)| {
+            let (keeper, stop, shutdown) = (keeper.clone(), stop.clone(), shutdown.clone());
+            tokio::spawn(async move { keeper.run(&shutdown, &stop).await })
+        });
         for job in &jobs {
             let tick = {
                 let (job, tasks, shutdown) = (job.clone(), tasks.clone(), shutdown.clone());
+                let account = AccountId::new(job.stream().provider, &job.stream().account);
+                let ownership = ownership.clone();
                 move || {
-                    let (job, shutdown) = (job.clone(), shutdown.clone());
+                    // Another replica's account now: its holder runs it.
+                    let Some(guard) = ownership.enter(&account, &shutdown) else {
+                        return;
+                    };
+                    let job = job.clone();
                     let name = format!("run of {}", job.stream());
-                    tasks.spawn(name, async move { job.tick(&shutdown).await });
+                    tasks.spawn(name, async move {
+                        let stop = guard.stop.clone();
+                        let _working = guard;
+                        job.tick(&stop).await
+                    });
                 }
             };
             tick();
@@ -214,8 +347,15 @@ impl Daemon {
         }
         for worker in &app.workers {
             let (worker, shutdown) = (worker.clone(), shutdown.clone());
-            let name = worker.name();
-            tasks.spawn(name, async move { worker.run(&shutdown).await });
+            let (name, account) = (worker.name(), worker.account_id());
+            let ownership = ownership.clone();
+            tasks.spawn(name, async move {
+                while_owned(&ownership, &account, &shutdown, |stop| {
+                    let worker = worker.clone();
+                    async move { worker.run(&stop).await }
+                })
+                .await
+            });
         }
         for dispatcher in &app.dispatchers {
             let (dispatcher, shutdown) = (dispatcher.clone(), shutdown.clone());
@@ -223,7 +363,15 @@ impl Daemon {
                 "outbox batch of {}/{} (claimed again after outbox.visibility_timeout)",
                 dispatcher.provider, dispatcher.account
             );
-            tasks.spawn(name, async move { dispatcher.run(&shutdown).await });
+            let account = AccountId::new(dispatcher.provider, &dispatcher.account);
+            let ownership = ownership.clone();
+            tasks.spawn(name, async move {
+                while_owned(&ownership, &account, &shutdown, |stop| {
+                    let dispatcher = dispatcher.clone();
+                    async move { dispatcher.run(&stop).await }
+                })
+                .await
+            });
         }
         if let Some(store) = app.store.clone().filter(|_| !app.dispatchers.is_empty()) {
             let (dispatchers, shutdown) = (app.dispatchers.clone(), shutdown.clone());
@@ -237,7 +385,7 @@ impl Daemon {
             let (gates, shutdown) = (app.gates, shutdown.clone());
             tasks.spawn(
                 "rate gate report".to_owned(),
-                report_gates(gates, store, shutdown),
+                report_gates(gates, store, ownership.clone(), shutdown),
             );
         }
         let heartbeat = Heartbeat::from_env();
@@ -267,6 +415,9 @@ impl Daemon {
             dispatchers: app.dispatchers,
             tasks,
             shutdown,
+            keeper: keeper
+                .zip(keeping)
+                .map(|((keeper, stop), task)| (keeper, stop, task)),
         })
     }
 
@@ -289,10 +440,19 @@ impl Daemon {
             Err(_) => tracing::warn!("scheduler did not stop before the shutdown deadline"),
         }
         self.tasks.tracker.close();
-        match tokio::time::timeout_at(deadline, self.tasks.tracker.wait()).await {
+        // Leases are renewed while the work finishes, and given back once it has stopped.
+        let abandoned = match tokio::time::timeout_at(deadline, self.tasks.tracker.wait()).await {
             Ok(()) => Vec::new(),
             Err(_) => self.tasks.still_running(),
+        };
+        if let Some((keeper, stop, task)) = self.keeper.take() {
+            stop.cancel();
+            let _ = tokio::time::timeout_at(deadline, task).await;
+            if abandoned.is_empty() {
+                keeper.leave().await;
+            }
         }
+        abandoned
     }
 }
 
@@ -335,8 +495,33 @@ pub fn liveness_stale_after() -> Duration {
     Duration::from_secs(Heartbeat::from_env().every_secs * 3 + 2)
 }
 
-/// Writes each gate's pause and 429 count to the database when it changes.
-async fn report_gates(gates: Vec<AccountGate>, store: Arc<dyn Store>, shutdown: CancellationToken) {
+/// Runs `work` whenever this process may work for `account` (again after a lease was lost and
+/// taken back), until shutdown; work that ends by itself (a stopped account) is not restarted.
+async fn while_owned<F, Fut>(
+    ownership: &Ownership,
+    account: &AccountId,
+    shutdown: &CancellationToken,
+    work: F,
+) where
+    F: Fn(CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    while let Some(guard) = ownership.wait_for(account, shutdown).await {
+        work(guard.stop.clone()).await;
+        if !guard.stop.is_cancelled() {
+            break;
+        }
+    }
+}
+
+/// Writes each gate's pause and 429 count to the database when it changes, for the accounts
+/// this process works for.
+async fn report_gates(
+    gates: Vec<AccountGate>,
+    store: Arc<dyn Store>,
+    ownership: Ownership,
+    shutdown: CancellationToken,
+) {
     let mut last: Vec<Option<(Option<chrono::DateTime<Utc>>, u64)>> = vec![None; gates.len()];
     loop {
         for (
@@ -348,6 +533,9 @@ async fn report_gates(gates: Vec<AccountGate>, store: Arc<dyn Store>, shutdown: 
             last,
         ) in gates.iter().zip(&mut last)
         {
+            if !ownership.holds(&AccountId::new(*provider, account)) {
+                continue;
+            }
             let now = (gate.paused_until().await, gate.rate_limited_count());
             if last.as_ref() == Some(&now) {
                 continue;

@@ -5,6 +5,7 @@ mod demo;
 mod inbox;
 mod kassaforte;
 mod lagerkoll;
+mod leases;
 mod progress;
 
 use anyhow::{Context, bail};
@@ -257,7 +258,8 @@ async fn run(config: ConfigArg, once: bool) -> anyhow::Result<ExitCode> {
     init_logging(&config.log);
     let _run_lock = store::lock_for_run(&config.database)?;
     let store = open_store(&config).await?;
-    let app = App::build(&config, &store)?;
+    let mut app = App::build(&config, &store)?;
+    app.share_accounts(&config, &store);
     if app.jobs().is_empty() {
         tracing::warn!("no enabled accounts in the configuration; nothing to sync");
     }
@@ -474,6 +476,10 @@ async fn status(config: ConfigArg, json: bool) -> anyhow::Result<ExitCode> {
     let gates = store.gates().await?;
     let inboxes = store.delivery_stats().await?;
     let shops = store.shop_states().await?;
+    let leases = match store.lease_table() {
+        Some(table) => Some((table.leases().await?, table.replicas().await?)),
+        None => None,
+    };
     store.close().await;
     let now = Utc::now();
     let ago = |t: Option<DateTime<Utc>>| {
@@ -653,6 +659,14 @@ async fn status(config: ConfigArg, json: bool) -> anyhow::Result<ExitCode> {
             failed,
             note
         );
+    }
+    if let Some((leases, replicas)) = &leases {
+        if json {
+            report["leases"] = leases::leases_json(leases);
+            report["replicas"] = leases::replicas_json(replicas, leases);
+        } else {
+            leases::print(leases, replicas, now);
+        }
     }
     if json {
         report["streams"] = streams_json.into();

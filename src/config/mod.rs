@@ -171,6 +171,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub daemon: RawDaemon,
     #[serde(default)]
+    pub leases: RawLeases,
+    #[serde(default)]
     pub webhooks: RawWebhooks,
     #[serde(default)]
     pub graas: Vec<Entry<RawGraasAccount>>,
@@ -333,6 +335,36 @@ impl Default for RawDaemon {
             shutdown_timeout: default_shutdown_timeout(),
         }
     }
+}
+
+/// `[leases]`: how replicas on one Postgres share the accounts.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLeases {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    #[serde(default = "default_lease_ttl")]
+    pub ttl: String,
+    #[serde(default = "default_lease_renew_every")]
+    pub renew_every: String,
+}
+
+impl Default for RawLeases {
+    fn default() -> Self {
+        RawLeases {
+            enabled: true,
+            ttl: default_lease_ttl(),
+            renew_every: default_lease_renew_every(),
+        }
+    }
+}
+
+fn default_lease_ttl() -> String {
+    "15s".to_owned()
+}
+
+fn default_lease_renew_every() -> String {
+    "5s".to_owned()
 }
 
 fn default_shutdown_timeout() -> String {
@@ -534,12 +566,31 @@ pub struct Config {
     pub outbox: OutboxConfig,
     pub admin: AdminConfig,
     pub daemon: DaemonConfig,
+    pub leases: LeaseConfig,
     pub webhooks: WebhooksConfig,
     pub graas: Vec<GraasAccount>,
     pub getitdone: Vec<GetItDoneAccount>,
     pub kassaforte: Vec<KassaForteShop>,
     pub grafterr: Vec<GrafterrAccount>,
     pub lagerkoll: Vec<LagerkollAccount>,
+}
+
+/// Account leases (Postgres only: SQLite is one process per database file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseConfig {
+    pub enabled: bool,
+    /// How long a lease lasts unless renewed: a dead replica's accounts wait this long.
+    pub ttl: Duration,
+    /// How often the holder renews, spreads the accounts and takes free ones.
+    pub renew_every: Duration,
+}
+
+impl LeaseConfig {
+    /// How long before the database's expiry a replica stops working for an account it could
+    /// not renew: room for its work to notice and stop.
+    pub fn guard(&self) -> Duration {
+        (self.ttl / 5).min(Duration::from_secs(3))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -693,6 +744,7 @@ impl Config {
             outbox: Option<figment::value::Value>,
             admin: Option<figment::value::Value>,
             daemon: Option<figment::value::Value>,
+            leases: Option<figment::value::Value>,
             webhooks: Option<figment::value::Value>,
             graas: Option<figment::value::Value>,
             getitdone: Option<figment::value::Value>,
@@ -708,6 +760,7 @@ impl Config {
             outbox: extract_section(&figment, "outbox", &mut problems),
             admin: extract_section(&figment, "admin", &mut problems),
             daemon: extract_section(&figment, "daemon", &mut problems),
+            leases: extract_section(&figment, "leases", &mut problems),
             webhooks: extract_section(&figment, "webhooks", &mut problems),
             graas: extract_accounts::<GraasAccount>(&figment, account_env, &mut problems),
             getitdone: extract_accounts::<GetItDoneAccount>(&figment, account_env, &mut problems),
@@ -1078,6 +1131,26 @@ impl RawConfig {
             );
         }
 
+        let leases = LeaseConfig {
+            enabled: self.leases.enabled,
+            ttl: p.duration("leases.ttl".into(), &self.leases.ttl),
+            renew_every: p.duration("leases.renew_every".into(), &self.leases.renew_every),
+        };
+        if leases.ttl < Duration::from_secs(2) {
+            p.push(
+                "leases.ttl",
+                "must be at least 2s: a replica renews well inside it, over the network",
+            );
+        } else if leases.renew_every.is_zero() || leases.renew_every * 2 > leases.ttl {
+            p.push(
+                "leases.renew_every",
+                format!(
+                    "must be longer than zero and at most half of leases.ttl ({}), so a late renewal still lands in time",
+                    humantime::format_duration(leases.ttl)
+                ),
+            );
+        }
+
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             p.push(
                 "log.level",
@@ -1165,6 +1238,7 @@ impl RawConfig {
                 outbox,
                 admin,
                 daemon,
+                leases,
                 webhooks,
                 graas,
                 getitdone,

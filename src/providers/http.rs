@@ -2,6 +2,7 @@
 //! with exponential backoff and jitter, and a rate gate per (provider, account).
 
 use super::ProviderError;
+use super::rate_window::{RateWindow, Ticket};
 use crate::config::{HttpConfig, RateLimit};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use bytes::Bytes;
@@ -24,11 +25,19 @@ const MAX_RATE_LIMIT_PAUSE: Duration = Duration::from_secs(15 * 60);
 /// Shared by everything that calls that account, because providers count all of its requests.
 pub struct RateGate {
     limiter: DefaultDirectRateLimiter,
+    /// N requests in any period, by when they could have arrived (see `rate_window`).
+    window: Option<Arc<RateWindow>>,
+    period: Duration,
     paused_until: Mutex<Option<Instant>>,
     rate_limited: AtomicU64,
     /// The account's labels in the metrics.
     labels: crate::metrics::AccountLabels,
+    /// Asked before every request: false once this replica may no longer work for the account
+    /// (its lease ran out), so a replica resumed after a pause sends nothing for it.
+    owner: std::sync::OnceLock<OwnerCheck>,
 }
+
+type OwnerCheck = Arc<dyn Fn() -> bool + Send + Sync>;
 
 impl RateGate {
     pub fn new(rate: RateLimit) -> Self {
@@ -38,9 +47,12 @@ impl RateGate {
             .allow_burst(NonZeroU32::MIN);
         RateGate {
             limiter: DefaultDirectRateLimiter::direct(quota),
+            window: RateWindow::new(rate.requests.get(), rate.per),
+            period: rate.per,
             paused_until: Mutex::new(None),
             rate_limited: AtomicU64::new(0),
             labels: crate::metrics::account("", ""),
+            owner: std::sync::OnceLock::new(),
         }
     }
 
@@ -52,8 +64,10 @@ impl RateGate {
         }
     }
 
-    /// Waits until a request may be sent.
-    pub async fn ready(&self) {
+    /// Waits until a request may be sent; refuses when this replica no longer works for the
+    /// account.
+    /// The ticket is the request's place in the rate's window: drop it when the answer came.
+    pub async fn ready(&self) -> Result<Ticket, ProviderError> {
         loop {
             let pause = *self.paused_until.lock().await;
             match pause {
@@ -61,7 +75,36 @@ impl RateGate {
                 _ => break,
             }
         }
+        let ticket = match &self.window {
+            Some(window) => window.admit().await,
+            None => Ticket::unlimited(),
+        };
+        // Spacing last, so that waiting for a place in the window never bunches requests.
         self.limiter.until_ready().await;
+        match self.owner.get() {
+            Some(owns) if !owns() => Err(ProviderError::NotOwner),
+            _ => Ok(ticket),
+        }
+    }
+
+    /// Requests go out only while `owns` says this replica works for the account.
+    pub fn only_while(&self, owns: impl Fn() -> bool + Send + Sync + 'static) {
+        let _ = self.owner.set(Arc::new(owns));
+    }
+
+    /// The period the account's rate counts requests in.
+    pub fn period(&self) -> Duration {
+        self.period
+    }
+
+    /// Holds every request of this account for `duration` (not an upstream's 429: not counted
+    /// as one).
+    pub async fn hold_for(&self, duration: Duration) {
+        let until = Instant::now() + duration;
+        let mut paused = self.paused_until.lock().await;
+        if paused.is_none_or(|current| current < until) {
+            *paused = Some(until);
+        }
     }
 
     /// Holds every request of this account for `duration` (an upstream 429 asked for it).
@@ -71,11 +114,7 @@ impl RateGate {
             .rate_gate_pauses
             .get_or_create(&self.labels)
             .inc();
-        let until = Instant::now() + duration;
-        let mut paused = self.paused_until.lock().await;
-        if paused.is_none_or(|current| current < until) {
-            *paused = Some(until);
-        }
+        self.hold_for(duration).await;
     }
 
     /// Until when a 429 holds this account's requests, if it still does.
@@ -285,9 +324,11 @@ impl HttpClient {
             .with_jitter()
             .build();
         loop {
-            gate.ready().await;
+            let ticket = gate.ready().await?;
             let sent_at = std::time::Instant::now();
-            let answered = match build(&self.client).send().await {
+            let sent = build(&self.client).send().await;
+            drop(ticket);
+            let answered = match sent {
                 Ok(response) => classify(provider, response, answers).await,
                 Err(error) => Err(transport_error(&error)),
             };

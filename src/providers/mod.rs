@@ -14,6 +14,7 @@ pub mod json;
 pub mod kassaforte;
 pub mod lagerkoll;
 pub mod money;
+pub mod rate_window;
 pub mod token;
 
 use crate::model::{Order, Quarantined, StreamKey};
@@ -52,6 +53,11 @@ pub enum ProviderError {
     /// Well-formed JSON that is not a record ordersync can store; asking again returns the same.
     #[error("upstream sent a record ordersync cannot store: {0}")]
     InvalidRecord(String),
+    /// The request was not sent: another replica took the account over.
+    #[error(
+        "not sent: this replica no longer holds the account's lease; its new holder does the work"
+    )]
+    NotOwner,
 }
 
 impl ProviderError {

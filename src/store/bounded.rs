@@ -506,6 +506,14 @@ impl Store for Bounded {
             );
         }
     }
+
+    fn lease_table(&self) -> Option<&dyn super::LeaseTable> {
+        self.inner.lease_table()
+    }
+
+    fn fence_with(&self, book: Arc<crate::lease::LeaseBook>) {
+        self.inner.fence_with(book);
+    }
 }
 
 fn count_outcome(batch: &Batch<'_>, outcome: &BatchOutcome) {

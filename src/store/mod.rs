@@ -31,6 +31,7 @@ macro_rules! shop_history_columns {
 }
 
 mod bounded;
+mod leases;
 mod postgres;
 mod rows;
 mod run_lock;
@@ -38,6 +39,7 @@ mod shops;
 mod sqlite;
 
 pub use bounded::Bounded;
+pub use leases::{HeldLease, LeaseRow, LeaseTable, ReplicaRow};
 pub use postgres::PostgresStore;
 pub use shops::{
     FollowedOrder, RefreshValues, Resolution, ShopDocument, ShopDocumentKind, ShopState,
@@ -97,6 +99,10 @@ pub enum StoreError {
         "cannot take the lock file {path}: {error}; check that the database's directory exists, is writable by this user and not on a read-only or full disk"
     )]
     RunLock { path: String, error: std::io::Error },
+    #[error(
+        "this replica no longer holds the lease of {provider}/{account}, so the write was refused: another replica took the account over and does its work now"
+    )]
+    LeaseLost { provider: String, account: String },
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -477,6 +483,16 @@ pub trait Store: Send + Sync {
     ) -> Result<Vec<ShopDocument>, StoreError>;
 
     async fn close(&self);
+
+    /// The leases table, where replicas share accounts (Postgres); `None` on SQLite, which one
+    /// process owns.
+    fn lease_table(&self) -> Option<&dyn LeaseTable> {
+        None
+    }
+
+    /// From now on, every write for an account checks that `book` holds the account's lease
+    /// with the token stored in the leases table (fencing). A no-op where there are no leases.
+    fn fence_with(&self, _book: Arc<crate::lease::LeaseBook>) {}
 }
 
 /// A delivery to store in `webhook_deliveries`.

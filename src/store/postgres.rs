@@ -21,6 +21,9 @@ use std::str::FromStr;
 
 pub struct PostgresStore {
     pool: PgPool,
+    /// The leases this process holds, once the daemon shares accounts with other replicas:
+    /// every write for an account then checks its lease (see [`Store::fence_with`]).
+    fence: std::sync::OnceLock<std::sync::Arc<crate::lease::LeaseBook>>,
 }
 
 impl PostgresStore {
@@ -61,8 +64,46 @@ impl PostgresStore {
             .connect_with(options)
             .await
             .map_err(StoreError::Connect)?;
-        Ok(PostgresStore { pool })
+        Ok(PostgresStore {
+            pool,
+            fence: std::sync::OnceLock::new(),
+        })
     }
+
+    /// This replica's name in the leases table, when writes are fenced.
+    fn fence_holder(&self) -> Option<&str> {
+        self.fence.get().map(|book| book.holder())
+    }
+
+    pub(super) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// A transaction for a write on behalf of one account: fenced by the account's lease when
+    /// this process shares accounts with other replicas.
+    async fn begin_for(
+        &self,
+        provider: &str,
+        account: &str,
+    ) -> Result<sqlx::Transaction<'static, Postgres>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if let Some(book) = self.fence.get() {
+            super::leases::check_fence(book, &mut tx, provider, account).await?;
+        }
+        Ok(tx)
+    }
+}
+
+/// An action's account is leased to the replica named by `$4` (no check when `$4` is NULL):
+/// for the writes that name actions by id, before a request goes out (`mark_sending`) and to
+/// keep a claim (`extend_claims`). A replica that lost the account neither sends nor keeps
+/// claims; results of requests already sent are still recorded under the claim (dropping them
+/// would only make the new holder send again).
+macro_rules! LEASE_HELD_BY_4 {
+    () => {
+        "($4::text IS NULL OR EXISTS (SELECT 1 FROM account_leases AS l \
+         WHERE l.provider = actions.provider AND l.account = actions.account AND l.holder = $4))"
+    };
 }
 
 /// Batches of one stream written at once: the server works on both while ordersync prepares
@@ -175,7 +216,9 @@ impl PostgresStore {
         let seen = batch.seen_at;
         let orders = newest_per_key(batch.orders);
         let mut outcome = BatchOutcome::default();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self
+            .begin_for(batch.stream.provider.as_str(), &batch.stream.account)
+            .await?;
 
         if !orders.is_empty() {
             let done = upsert_orders(&orders, seen).execute(&mut *tx).await?;
@@ -282,6 +325,9 @@ impl Store for PostgresStore {
     }
 
     async fn run_started(&self, stream: &StreamKey, at: DateTime<Utc>) -> Result<(), StoreError> {
+        let mut tx = self
+            .begin_for(stream.provider.as_str(), &stream.account)
+            .await?;
         sqlx::query(
             "INSERT INTO sync_cursors (provider, account, resource, last_run_started_at) \
              VALUES ($1, $2, $3, $4) ON CONFLICT (provider, account, resource) DO UPDATE SET \
@@ -291,8 +337,9 @@ impl Store for PostgresStore {
         .bind(&stream.account)
         .bind(&stream.resource)
         .bind(at)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -303,6 +350,9 @@ impl Store for PostgresStore {
         at: DateTime<Utc>,
         error: Option<&str>,
     ) -> Result<(), StoreError> {
+        let mut tx = self
+            .begin_for(stream.provider.as_str(), &stream.account)
+            .await?;
         sqlx::query(
             "INSERT INTO sync_cursors (provider, account, resource, last_run_started_at, \
              last_run_finished_at, last_success_at, last_error, consecutive_failures) \
@@ -323,8 +373,9 @@ impl Store for PostgresStore {
         .bind(&stream.account)
         .bind(&stream.resource)
         .bind(started)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -426,6 +477,7 @@ impl Store for PostgresStore {
     }
 
     async fn claim(&self, claim: &Claim<'_>) -> Result<Vec<Action>, StoreError> {
+        let mut tx = self.begin_for(claim.provider, claim.account).await?;
         // SKIP LOCKED: several processes claim from one queue without waiting on each other or
         // taking the same row. `= ANY(ARRAY(…))` makes the outer update use the primary key;
         // `state IN (…)` lets the inner scan use the partial index of open actions.
@@ -446,8 +498,9 @@ impl Store for PostgresStore {
         .bind(claim.provider)
         .bind(claim.account)
         .bind(claim.limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
+        tx.commit().await?;
         let mut actions = rows
             .iter()
             .map(rows::action)
@@ -480,19 +533,22 @@ impl Store for PostgresStore {
         worker: &str,
         until: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
-        let done = sqlx::query(
+        let done = sqlx::query(concat!(
             "UPDATE actions SET claimed_until = $1 WHERE state = 'in_flight' AND claimed_by = $2 \
-             AND id = ANY($3)",
-        )
+             AND id = ANY($3) AND ",
+            LEASE_HELD_BY_4!()
+        ))
         .bind(until)
         .bind(worker)
         .bind(ids)
+        .bind(self.fence_holder())
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected())
     }
 
     async fn record_asn(&self, asn: &NewAsn) -> Result<(), StoreError> {
+        let mut tx = self.begin_for(asn.provider.as_str(), &asn.account).await?;
         sqlx::query(
             "INSERT INTO asns (provider, account, asn_id, warehouse_id, supplier_id, supplier_ref, \
              action_id, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, now()) \
@@ -505,8 +561,9 @@ impl Store for PostgresStore {
         .bind(asn.supplier_id)
         .bind(&asn.supplier_ref)
         .bind(asn.action_id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -523,6 +580,7 @@ impl Store for PostgresStore {
     }
 
     async fn record_gate(&self, gate: &GateState) -> Result<(), StoreError> {
+        let mut tx = self.begin_for(&gate.provider, &gate.account).await?;
         sqlx::query(
             "INSERT INTO account_gates (provider, account, paused_until, rate_limited, updated_at) \
              VALUES ($1, $2, $3, $4, $5) ON CONFLICT (provider, account) DO UPDATE SET \
@@ -534,8 +592,9 @@ impl Store for PostgresStore {
         .bind(gate.paused_until)
         .bind(gate.rate_limited)
         .bind(gate.updated_at)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -552,6 +611,9 @@ impl Store for PostgresStore {
     }
 
     async fn update_asn(&self, update: &AsnUpdate) -> Result<(), StoreError> {
+        let mut tx = self
+            .begin_for(update.provider.as_str(), &update.account)
+            .await?;
         sqlx::query(
             "UPDATE asns SET status = $1, received_quantity = $2, payload = $3::json, \
              is_final = $4, checked_at = $5 WHERE provider = $6 AND account = $7 AND asn_id = $8",
@@ -564,8 +626,9 @@ impl Store for PostgresStore {
         .bind(update.provider.as_str())
         .bind(&update.account)
         .bind(update.asn_id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -773,6 +836,7 @@ impl Store for PostgresStore {
         event_type: &str,
         done: &[ObjectDone],
     ) -> Result<u64, StoreError> {
+        let mut tx = self.begin_for(provider, account).await?;
         if done.is_empty() {
             return Ok(0);
         }
@@ -795,8 +859,9 @@ impl Store for PostgresStore {
         .bind(notes)
         .bind(Utc::now())
         .bind(event_type)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(updated.rows_affected())
     }
 
@@ -888,6 +953,7 @@ impl Store for PostgresStore {
     }
 
     async fn save_registration(&self, r: &Registration) -> Result<(), StoreError> {
+        let mut tx = self.begin_for(&r.provider, &r.account).await?;
         sqlx::query(
             "INSERT INTO webhook_registrations (provider, account, registration_id, guid, \
              feature_id, feature_method, group_wide, url, created_at) \
@@ -905,8 +971,9 @@ impl Store for PostgresStore {
         .bind(r.group_wide)
         .bind(&r.url)
         .bind(r.created_at)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -916,6 +983,7 @@ impl Store for PostgresStore {
         account: &str,
         registration_id: &str,
     ) -> Result<(), StoreError> {
+        let mut tx = self.begin_for(provider, account).await?;
         sqlx::query(
             "DELETE FROM webhook_registrations \
              WHERE provider = $1 AND account = $2 AND registration_id = $3",
@@ -923,8 +991,9 @@ impl Store for PostgresStore {
         .bind(provider)
         .bind(account)
         .bind(registration_id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -966,13 +1035,15 @@ impl Store for PostgresStore {
         worker: &str,
         at: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
+        let done = sqlx::query(concat!(
             "UPDATE actions SET sending_since = $1, updated_at = $1 \
-             WHERE id = $2 AND state = 'in_flight' AND claimed_by = $3",
-        )
+             WHERE id = $2 AND state = 'in_flight' AND claimed_by = $3 AND ",
+            LEASE_HELD_BY_4!()
+        ))
         .bind(at)
         .bind(id)
         .bind(worker)
+        .bind(self.fence_holder())
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
@@ -1053,7 +1124,7 @@ impl Store for PostgresStore {
             return self.shop_state_seen(state).await;
         }
         let products = serde_json::Value::from(state.unavailable_products.clone()).to_string();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_for(&state.provider, &state.account).await?;
         sqlx::query(
             "INSERT INTO shop_states (provider, account, hours_open, delivery_open, pickup_open, \
              connection_ok, delivery_wait_minutes, pickup_wait_minutes, unavailable_products, \
@@ -1161,6 +1232,9 @@ impl Store for PostgresStore {
     }
 
     async fn record_shop_document(&self, document: &ShopDocument) -> Result<(), StoreError> {
+        let mut tx = self
+            .begin_for(&document.provider, &document.account)
+            .await?;
         sqlx::query(
             "INSERT INTO shop_documents (provider, account, document, refresh_value, body, \
              body_sha256, fetched_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -1172,8 +1246,9 @@ impl Store for PostgresStore {
         .bind(&document.body)
         .bind(body_sha256(&document.body))
         .bind(document.fetched_at)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -1202,11 +1277,21 @@ impl Store for PostgresStore {
     async fn close(&self) {
         self.pool.close().await;
     }
+
+    fn lease_table(&self) -> Option<&dyn super::LeaseTable> {
+        Some(self)
+    }
+
+    fn fence_with(&self, book: std::sync::Arc<crate::lease::LeaseBook>) {
+        // Set once, by the daemon before it starts any work.
+        let _ = self.fence.set(book);
+    }
 }
 
 impl PostgresStore {
     /// An unchanged state: when it was seen, its body and refresh values.
     async fn shop_state_seen(&self, state: &ShopState) -> Result<(), StoreError> {
+        let mut tx = self.begin_for(&state.provider, &state.account).await?;
         sqlx::query(
             "UPDATE shop_states SET observed_at = $1, body = $2, last_menu_refresh = $3, \
              last_open_times_refresh = $4, last_delivery_cost_refresh = $5 \
@@ -1219,8 +1304,9 @@ impl PostgresStore {
         .bind(&state.refresh.delivery_costs)
         .bind(&state.provider)
         .bind(&state.account)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 }

@@ -426,6 +426,10 @@ impl Worker for InboxWorker {
         format!("inbox of getitdone/{}", self.account)
     }
 
+    fn account_id(&self) -> crate::lease::AccountId {
+        crate::lease::AccountId::new(ProviderKind::GetItDone, &self.account)
+    }
+
     async fn run(&self, shutdown: &CancellationToken) {
         while !shutdown.is_cancelled() && !self.stopped.load(Ordering::Relaxed) {
             let round = self.round(true).await;

@@ -213,6 +213,10 @@ impl Worker for InboxWorker {
         format!("inbox of {}/{}", self.provider(), self.account())
     }
 
+    fn account_id(&self) -> crate::lease::AccountId {
+        crate::lease::AccountId::new(self.provider(), self.account())
+    }
+
     async fn run(&self, shutdown: &CancellationToken) {
         while !shutdown.is_cancelled() && !self.stopped.load(Ordering::Relaxed) {
             let round = self.round().await;

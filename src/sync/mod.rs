@@ -100,6 +100,8 @@ pub async fn refresh_order(
 pub trait Worker: Send + Sync {
     /// For logs and the shutdown report.
     fn name(&self) -> String;
+    /// The account it works for (its lease decides where it runs).
+    fn account_id(&self) -> crate::lease::AccountId;
     /// Works until `shutdown`.
     async fn run(&self, shutdown: &CancellationToken);
     /// Does everything there is to do now, without waiting for more (`run --once`).
