@@ -156,6 +156,67 @@ proptest! {
     }
 
     #[test]
+    fn a_grafterr_order_round_trips(
+        id in "[A-Z0-9-]{4,20}",
+        source in prop_oneof![Just("pos"), Just("web"), Just("selfkiosk")],
+        status in "[a-z_]{3,16}",
+        cents in 0i64..100_000_000,
+        updated in 1_500_000_000i64..2_000_000_000,
+    ) {
+        let updated_at = Utc.timestamp_opt(updated, 0).single().map(|t| t.to_rfc3339()).unwrap_or_default();
+        let total = money::minor_to_decimal(cents);
+        let body = format!(
+            r#"{{"orderId":"{id}","source":"{source}","status":"{status}","total":{total},"currency":"EUR","updatedAt":"{updated_at}"}}"#
+        );
+        let raw: &RawValue = serde_json::from_str(&body).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let order = grafterr::wire::map_order("cafe-1", raw, None, "SEK", None).map_err(TestCaseError::fail)?;
+        prop_assert_eq!(&order.key.external_id, &id);
+        prop_assert_eq!(order.key.channel.as_str(), source);
+        prop_assert_eq!(order.status.as_deref(), Some(status.as_str()));
+        prop_assert_eq!(order.total.as_ref().map(|m| (m.minor, m.currency.as_str())), Some((cents, "EUR")));
+        prop_assert_eq!(order.upstream_updated_at.timestamp(), updated);
+        prop_assert_eq!(order.payload, body);
+    }
+
+    #[test]
+    fn a_lagerkoll_order_round_trips(
+        id in 1u64..u64::MAX / 2,
+        store in 1i64..1_000_000,
+        status in "[A-Za-z]{3,16}",
+        ore in 0i64..100_000_000,
+        updated in 1_500_000_000i64..2_000_000_000,
+    ) {
+        let updated_at = Utc.timestamp_opt(updated, 0).single().map(|t| t.to_rfc3339()).unwrap_or_default();
+        let total = money::minor_to_decimal(ore);
+        let body = format!(
+            r#"{{"orderId":{id},"status":"{status}","total":{total},"updatedAt":"{updated_at}"}}"#
+        );
+        let raw: &RawValue = serde_json::from_str(&body).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let order = lagerkoll::wire::map_order("store-1", store, raw, "SEK", now()).map_err(TestCaseError::fail)?;
+        prop_assert_eq!(order.key.external_id, id.to_string());
+        prop_assert_eq!(order.key.channel, store.to_string());
+        prop_assert_eq!(order.status.as_deref(), Some(status.as_str()));
+        prop_assert_eq!(order.total.map(|m| m.minor), Some(ore));
+        prop_assert_eq!(order.upstream_updated_at.timestamp(), updated);
+        prop_assert_eq!(order.payload, body);
+    }
+
+    #[test]
+    fn a_path_token_changed_in_any_byte_is_refused(
+        token in "[A-Za-z0-9_-]{16,64}",
+        flip in any::<prop::sample::Index>(),
+        bit in 0u8..7,
+    ) {
+        let expected = Secret::new(token.clone());
+        prop_assert!(ordersync::providers::check_path_token(Some(&expected), Some(&token)).is_ok());
+        let mut changed = token.clone().into_bytes();
+        changed[flip.index(token.len())] ^= 1 << bit;
+        let changed = String::from_utf8_lossy(&changed).into_owned();
+        prop_assert!(ordersync::providers::check_path_token(Some(&expected), Some(&changed)).is_err());
+        prop_assert!(ordersync::providers::check_path_token(Some(&expected), None).is_err());
+    }
+
+    #[test]
     fn a_getitdone_signature_checks_and_any_changed_byte_is_refused(
         body in proptest::collection::vec(any::<u8>(), 1..300),
         secret in "[a-zA-Z0-9]{8,40}",

@@ -15,7 +15,7 @@ use super::{AccountId, LeaseBook};
 use crate::config::LeaseConfig;
 use crate::metrics::{LeaseChangeLabels, ReplicaLabels, metrics};
 use crate::providers::http::RateGate;
-use crate::store::{HeldLease, LeaseTable, Store, StoreError};
+use crate::store::{HeldLease, LeaseTable, Store, StoreError, Taken};
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
@@ -250,11 +250,15 @@ impl Keeper {
                 self.settings.ttl,
             );
             match self.bounded(attempt).await {
-                Ok(Some(token)) => {
-                    // The previous holder's last requests still count in the upstream's
-                    // window: the first one from here waits one period of the account's rate.
-                    if let Some(gate) = self.gates.get(account) {
-                        gate.hold_for(gate.period()).await;
+                Ok(Some(Taken {
+                    token,
+                    previous_ended,
+                })) => {
+                    // The previous holder's last requests may still count in the upstream's
+                    // window: the first one from here waits until a period of the account's
+                    // rate has passed since that holder stopped.
+                    if let (Some(gate), Some(ended)) = (self.gates.get(account), previous_ended) {
+                        gate.hold_for(gate.period().saturating_sub(ended)).await;
                     }
                     self.book
                         .taken(account.clone(), token, valid_until, shutdown);

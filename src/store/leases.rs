@@ -33,19 +33,29 @@ pub struct ReplicaRow {
 /// A lease to renew: provider, account and the token it was taken with.
 pub type HeldLease = (String, String, i64);
 
+/// A lease just taken.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Taken {
+    pub token: i64,
+    /// How long ago the previous holder's lease ended (released or expired); `None` when the
+    /// account had no holder before.
+    pub previous_ended: Option<Duration>,
+}
+
 #[async_trait]
 pub trait LeaseTable: Send + Sync {
     /// Marks `holder` alive for `ttl`; returns how many replicas are alive, itself included.
     async fn beat(&self, holder: &str, ttl: Duration) -> Result<u64, StoreError>;
 
-    /// Takes an account's lease for `ttl` if it is free or expired; its new token when taken.
+    /// Takes an account's lease for `ttl` if it is free or expired; `None` when another
+    /// replica holds it.
     async fn take(
         &self,
         holder: &str,
         provider: &str,
         account: &str,
         ttl: Duration,
-    ) -> Result<Option<i64>, StoreError>;
+    ) -> Result<Option<Taken>, StoreError>;
 
     /// Extends the leases `holder` still holds with these tokens; returns those it still holds.
     async fn renew(
@@ -106,22 +116,35 @@ impl LeaseTable for PostgresStore {
         provider: &str,
         account: &str,
         ttl: Duration,
-    ) -> Result<Option<i64>, StoreError> {
-        Ok(sqlx::query_scalar(
-            "INSERT INTO account_leases (provider, account, holder, token, expires_at, acquired_at) \
+    ) -> Result<Option<Taken>, StoreError> {
+        // `previous` reads the row as it was before this statement: when the lease it replaces
+        // ended.
+        let row = sqlx::query(
+            "WITH previous AS (SELECT expires_at FROM account_leases \
+                               WHERE provider = $1 AND account = $2) \
+             INSERT INTO account_leases (provider, account, holder, token, expires_at, acquired_at) \
              VALUES ($1, $2, $3, 1, now() + make_interval(secs => $4), now()) \
              ON CONFLICT (provider, account) DO UPDATE SET holder = excluded.holder, \
              token = account_leases.token + 1, expires_at = excluded.expires_at, \
              acquired_at = excluded.acquired_at \
              WHERE account_leases.holder IS NULL OR account_leases.expires_at <= now() \
-             RETURNING token",
+             RETURNING token, \
+             extract(epoch FROM now() - (SELECT expires_at FROM previous))::float8",
         )
         .bind(provider)
         .bind(account)
         .bind(holder)
         .bind(ttl.as_secs_f64())
         .fetch_optional(self.pool())
-        .await?)
+        .await?;
+        row.map(|row| {
+            let ended: Option<f64> = row.try_get(1)?;
+            Ok(Taken {
+                token: row.try_get(0)?,
+                previous_ended: ended.map(|secs| Duration::from_secs_f64(secs.max(0.0))),
+            })
+        })
+        .transpose()
     }
 
     async fn renew(

@@ -39,7 +39,7 @@ mod shops;
 mod sqlite;
 
 pub use bounded::Bounded;
-pub use leases::{HeldLease, LeaseRow, LeaseTable, ReplicaRow};
+pub use leases::{HeldLease, LeaseRow, LeaseTable, ReplicaRow, Taken};
 pub use postgres::PostgresStore;
 pub use shops::{
     FollowedOrder, RefreshValues, Resolution, ShopDocument, ShopDocumentKind, ShopState,
