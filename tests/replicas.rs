@@ -9,6 +9,7 @@ use common::{
 };
 use ordersync::lease::{AccountId, LeaseBook};
 use ordersync::model::{Order, OrderKey, ProviderKind, StreamKey};
+use ordersync::sandbox::faults::TrafficStats;
 use ordersync::sandbox::{Mutations, SandboxConfig};
 use ordersync::store::{Batch, StoreError};
 use std::collections::BTreeMap;
@@ -75,6 +76,18 @@ async fn holders(db: &TestDb) -> BTreeMap<u32, Vec<String>> {
     by_pid
 }
 
+/// One traffic figure of the sandbox, summed over every Graas account.
+fn traffic_total(setup: &Setup, figure: impl Fn(&TrafficStats) -> u64) -> u64 {
+    setup
+        .spec
+        .graas
+        .iter()
+        .filter_map(|a| setup.sandbox.graas().stats(&a.account_number))
+        .map(|s| figure(&s.traffic))
+        .sum()
+}
+
+/// Requests the sandbox refused for going over an account's limit; each such account named.
 fn over_limit(setup: &Setup) -> u64 {
     for (i, a) in setup.spec.graas.iter().enumerate() {
         if let Some(stats) = setup.sandbox.graas().stats(&a.account_number)
@@ -83,18 +96,7 @@ fn over_limit(setup: &Setup) -> u64 {
             eprintln!("{}: {:?}", common::account_name(i), stats.traffic);
         }
     }
-    setup
-        .spec
-        .graas
-        .iter()
-        .map(|a| {
-            setup
-                .sandbox
-                .graas()
-                .stats(&a.account_number)
-                .map_or(0, |s| s.traffic.over_limit)
-        })
-        .sum()
+    traffic_total(setup, |t| t.over_limit)
 }
 
 /// Waits until the accounts are spread over `pids`, each holding its even share give or take one.
@@ -209,18 +211,7 @@ async fn three_replicas_share_twelve_accounts_and_never_go_over_a_limit() {
         0,
         "an account was polled past its limit"
     );
-    let requests: u64 = setup
-        .spec
-        .graas
-        .iter()
-        .map(|a| {
-            setup
-                .sandbox
-                .graas()
-                .stats(&a.account_number)
-                .map_or(0, |s| s.traffic.requests)
-        })
-        .sum();
+    let requests = traffic_total(&setup, |t| t.requests);
     assert!(
         requests > 12 * 6,
         "only {requests} requests: the accounts were not worked"
