@@ -23,19 +23,6 @@ impl ProviderKind {
             ProviderKind::Lagerkoll => "lagerkoll",
         }
     }
-
-    pub const ALL: [ProviderKind; 5] = [
-        ProviderKind::Graas,
-        ProviderKind::GetItDone,
-        ProviderKind::KassaForte,
-        ProviderKind::Grafterr,
-        ProviderKind::Lagerkoll,
-    ];
-
-    /// The provider whose `provider` column text this is.
-    pub fn parse(text: &str) -> Option<ProviderKind> {
-        ProviderKind::ALL.into_iter().find(|p| p.as_str() == text)
-    }
 }
 
 impl fmt::Display for ProviderKind {

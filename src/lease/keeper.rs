@@ -169,7 +169,9 @@ impl Keeper {
             .await?;
         for (provider, account, _) in &held {
             let still = kept.iter().any(|(p, a)| p == provider && a == account);
-            let Some(id) = crate::model::ProviderKind::parse(provider)
+            let Some(id) = provider
+                .parse::<crate::model::ProviderKind>()
+                .ok()
                 .map(|provider| AccountId::new(provider, account))
             else {
                 continue;

@@ -138,7 +138,7 @@ impl LeaseBook {
 
     /// [`LeaseBook::token`] for the store, which names accounts as text.
     pub fn token_of(&self, provider: &str, account: &str) -> Option<i64> {
-        let provider = ProviderKind::parse(provider)?;
+        let provider: ProviderKind = provider.parse().ok()?;
         self.token(&AccountId::new(provider, account))
     }
 
