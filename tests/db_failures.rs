@@ -479,6 +479,7 @@ async fn a_full_disk_fails_runs_without_corrupting_sqlite() {
             .env("ORDERSYNC_LOG__LEVEL", "info")
             .spawn()
             .unwrap(),
+        Some(log.clone()),
     );
     // Runs fail again and again, one per tick, rather than once and then hang.
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -296,7 +296,7 @@ fn spawn_notified(s: &Setup, socket: &std::path::Path, stall_after: Option<u32>)
     if let Some(after) = stall_after {
         command.env("ORDERSYNC_TEST_STALL_HEARTBEAT_AFTER", after.to_string());
     }
-    common::Daemon(command.spawn().expect("spawn ordersync run"))
+    common::Daemon(command.spawn().expect("spawn ordersync run"), Some(s.log()))
 }
 
 async fn systemd_hears_ready_watchdog_and_stopping(db: TestDb) {

@@ -328,18 +328,11 @@ async fn a_frozen_replica_sends_and_writes_nothing_for_accounts_it_lost() {
     let pids: Vec<u32> = replicas.iter().map(|(d, _)| d.pid()).collect();
     wait_for_spread(&db, &pids, 4, Duration::from_secs(30)).await;
     let frozen = pids[0];
-    let signal = |name: &str| {
-        let sent = std::process::Command::new("kill")
-            .args([name, &frozen.to_string()])
-            .status()
-            .expect("kill");
-        assert!(sent.success());
-    };
-    signal("-STOP");
+    signal(frozen, "-STOP");
     // The other replica takes every account once the frozen one's leases expire.
     wait_for_spread(&db, &pids[1..], 4, TTL + Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    signal("-CONT");
+    signal(frozen, "-CONT");
     // Resumed, it finds its leases gone: it stops that work and takes its share back later.
     let log = replicas[0].1.clone();
     wait_until(
@@ -364,6 +357,98 @@ async fn a_frozen_replica_sends_and_writes_nothing_for_accounts_it_lost() {
         let (status, _) = daemon.terminate(Duration::from_secs(20));
         assert!(status.success());
     }
+}
+
+/// A replica frozen inside a write transaction holds its lease row's share lock (the fence), and
+/// no other replica can take that lease until the server ends the transaction: the daemon's
+/// sessions must let it end within a fraction of the TTL, not after the general call timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(ordersync_pg), ignore = "needs Postgres: set ORDERSYNC_TEST_PG")]
+async fn a_replica_frozen_inside_a_transaction_does_not_hold_up_the_takeover() {
+    use sqlx::Connection;
+    let db = TestDb::new(common::Backend::Postgres, "frozen_in_transaction");
+    let setup = cluster(&db, 4, 300).await;
+    let log = |name: &str| setup.dir.path().join(format!("{name}.log"));
+    let mut frozen = spawn_run_logged(&setup.config_path, &log("frozen"));
+    wait_for_spread(&db, &[frozen.pid()], 4, Duration::from_secs(30)).await;
+
+    // Hold the orders table, so the replica's next batch waits inside its transaction, after
+    // its fence check; then freeze the replica there and let its statement finish.
+    let schema = db.schema.clone().expect("a Postgres schema");
+    let mut blocker = sqlx::PgConnection::connect(&db.url).await.expect("connect");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "SET search_path TO \"{schema}\"; BEGIN; LOCK TABLE orders IN EXCLUSIVE MODE"
+    )))
+    .execute(&mut blocker)
+    .await
+    .expect("lock the orders table");
+    let blocker_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut blocker)
+        .await
+        .expect("backend pid");
+    let mut observer = sqlx::PgConnection::connect(&db.url).await.expect("connect");
+    let waiting = "SELECT COALESCE(array_agg(pid), '{}') FROM pg_stat_activity \
+                   WHERE $1 = ANY(pg_blocking_pids(pid))";
+    let mut blocked: Vec<i32> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while blocked.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no batch of the replica waited for the orders table"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        blocked = sqlx::query_scalar(waiting)
+            .bind(blocker_pid)
+            .fetch_one(&mut observer)
+            .await
+            .expect("blocked sessions");
+    }
+    signal(frozen.pid(), "-STOP");
+    sqlx::raw_sql("COMMIT")
+        .execute(&mut blocker)
+        .await
+        .expect("unlock");
+    let idle: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity \
+         WHERE pid = ANY($1) AND state LIKE 'idle in transaction%'",
+    )
+    .bind(&blocked)
+    .fetch_one(&mut observer)
+    .await
+    .expect("session states");
+    assert!(
+        idle > 0,
+        "the frozen replica's transaction is not left open"
+    );
+    let frozen_at = Instant::now();
+
+    let mut survivor = spawn_run_logged(&setup.config_path, &log("survivor"));
+    wait_for_spread(&db, &[survivor.pid()], 4, TTL + Duration::from_secs(10)).await;
+    let took = frozen_at.elapsed();
+    println!("every account taken {took:?} after the freeze (TTL {TTL:?})");
+    // The lease runs out after the TTL; the frozen transaction ends within a third of it.
+    assert!(
+        took < TTL + Duration::from_secs(4),
+        "a takeover waited {took:?} for the frozen replica's transaction"
+    );
+
+    signal(frozen.pid(), "-CONT");
+    let pids = [frozen.pid(), survivor.pid()];
+    wait_for_spread(&db, &pids, 4, Duration::from_secs(20)).await;
+    wait_for_truth(&setup, Duration::from_secs(30)).await;
+    assert_eq!(over_limit(&setup), 0);
+    for daemon in [&mut frozen, &mut survivor] {
+        let (status, _) = daemon.terminate(Duration::from_secs(20));
+        assert!(status.success());
+    }
+}
+
+fn signal(pid: u32, name: &str) {
+    let sent = std::process::Command::new("kill")
+        .args([name, &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(sent.success(), "kill {name} {pid}");
 }
 
 /// The fencing itself, without processes: a store whose book still believes in a lease that

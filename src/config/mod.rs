@@ -591,6 +591,14 @@ impl LeaseConfig {
     pub fn guard(&self) -> Duration {
         (self.ttl / 5).min(Duration::from_secs(3))
     }
+
+    /// The longest a replica's transaction may sit idle. A replica frozen inside a write
+    /// transaction holds its lease row's share lock (the fence) and so blocks any takeover
+    /// until the server ends that transaction: it must end within a fraction of the TTL, not
+    /// after the database's general call timeout.
+    pub fn idle_transaction_limit(&self) -> Duration {
+        (self.ttl / 3).max(Duration::from_secs(1))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -654,6 +662,10 @@ pub struct DatabaseConfig {
     pub statement_timeout: Duration,
     /// The longest a caller waits for a connection, reconnecting included.
     pub acquire_timeout: Duration,
+    /// The longest Postgres lets a transaction sit idle between statements before it ends the
+    /// session and its locks (`idle_in_transaction_session_timeout`): a client that went away
+    /// or froze mid-transaction. See [`LeaseConfig::idle_transaction_limit`].
+    pub idle_transaction_timeout: Duration,
 }
 
 impl DatabaseConfig {
@@ -1108,14 +1120,19 @@ impl RawConfig {
             if acquire_timeout < Duration::from_secs(1) {
                 p.push("database.acquire_timeout", "must be at least 1s");
             }
-            DatabaseConfig {
+            let mut database = DatabaseConfig {
                 url: Secret::new(url),
                 backend,
                 schema: self.database.schema,
                 max_connections: self.database.max_connections.max(1),
                 statement_timeout,
                 acquire_timeout,
-            }
+                idle_transaction_timeout: Duration::MAX,
+            };
+            // No request is ever made inside a transaction: one idle past a whole database call
+            // belongs to a client that went away.
+            database.idle_transaction_timeout = database.call_timeout();
+            database
         };
 
         let daemon = DaemonConfig {
@@ -1136,6 +1153,12 @@ impl RawConfig {
             ttl: p.duration("leases.ttl".into(), &self.leases.ttl),
             renew_every: p.duration("leases.renew_every".into(), &self.leases.renew_every),
         };
+        let mut database = database;
+        if leases.enabled && database.backend == Backend::Postgres {
+            database.idle_transaction_timeout = database
+                .idle_transaction_timeout
+                .min(leases.idle_transaction_limit());
+        }
         if leases.ttl < Duration::from_secs(2) {
             p.push(
                 "leases.ttl",
@@ -1278,6 +1301,29 @@ mod tests {
         assert_eq!(config.database.statement_timeout, Duration::from_secs(30));
         assert_eq!(config.database.acquire_timeout, Duration::from_secs(10));
         assert_eq!(config.database.call_timeout(), Duration::from_secs(45));
+    }
+
+    #[test]
+    fn a_replicas_open_transactions_end_well_inside_its_lease() {
+        let config = Config::from_toml(MINIMAL).unwrap();
+        assert_eq!(
+            config.database.idle_transaction_timeout,
+            config.database.call_timeout()
+        );
+        let postgres = format!(
+            "[database]\nurl = \"postgres://u@127.0.0.1/db\"\n[leases]\nttl = \"15s\"\n{MINIMAL}"
+        );
+        let config = Config::from_toml(&postgres).unwrap();
+        assert_eq!(
+            config.database.idle_transaction_timeout,
+            Duration::from_secs(5)
+        );
+        let off = postgres.replace("[leases]\n", "[leases]\nenabled = false\n");
+        let config = Config::from_toml(&off).unwrap();
+        assert_eq!(
+            config.database.idle_transaction_timeout,
+            config.database.call_timeout()
+        );
     }
 
     #[test]

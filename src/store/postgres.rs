@@ -48,7 +48,7 @@ impl PostgresStore {
         // cut mid-transaction never holds its locks for long. These follow any `options` in the
         // URL, so they win.
         let timeout_ms = config.statement_timeout.as_millis().to_string();
-        let idle_ms = config.call_timeout().as_millis().to_string();
+        let idle_ms = config.idle_transaction_timeout.as_millis().to_string();
         options = options.options([
             ("statement_timeout", timeout_ms.as_str()),
             ("lock_timeout", timeout_ms.as_str()),

@@ -472,6 +472,7 @@ pub fn spawn_run_logged(config: &std::path::Path, log: &std::path::Path) -> Daem
             .stderr(file)
             .spawn()
             .expect("spawn ordersync run"),
+        Some(log.to_owned()),
     )
 }
 
@@ -499,7 +500,9 @@ pub fn with_database_timeouts(text: &str, statement: &str, acquire: &str) -> Str
 }
 
 /// A child process killed when dropped, so a failing test leaves no daemon behind.
-pub struct Daemon(pub std::process::Child);
+/// A running daemon and, when it logs to a file, the file: printed when the test fails, so a
+/// failure in CI shows what the daemon saw.
+pub struct Daemon(pub std::process::Child, pub Option<std::path::PathBuf>);
 
 impl Daemon {
     pub fn pid(&self) -> u32 {
@@ -532,6 +535,20 @@ impl Drop for Daemon {
         if matches!(self.0.try_wait(), Ok(None)) {
             let _ = self.0.kill();
             let _ = self.0.wait();
+        }
+        if std::thread::panicking()
+            && let Some(log) = &self.1
+        {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(80)..];
+            eprintln!(
+                "--- last {} lines of {} (pid {}):\n{}",
+                tail.len(),
+                log.display(),
+                self.0.id(),
+                tail.join("\n")
+            );
         }
     }
 }
