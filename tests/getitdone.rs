@@ -438,7 +438,27 @@ async fn wait_for_state(store: &Arc<dyn Store>, id: i64, state: ActionState) -> 
         last = Some(now);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("action {id} did not become {}: {last:?}", state.as_str());
+    // What the inbox still holds tells a lost delivery from a delivery processed wrongly.
+    let pending = store
+        .pending_deliveries("getitdone", ACCOUNT, 100)
+        .await
+        .unwrap_or_default();
+    let pending: Vec<String> = pending
+        .iter()
+        .map(|d| {
+            format!(
+                "{} {} {}",
+                d.id,
+                d.received_at,
+                d.body.chars().take(200).collect::<String>()
+            )
+        })
+        .collect();
+    let stats = store.delivery_stats().await;
+    panic!(
+        "action {id} did not become {}: {last:?}\npending deliveries: {pending:#?}\nstats: {stats:?}",
+        state.as_str()
+    );
 }
 
 async fn commands_are_confirmed_by_event_or_status_and_never_resent_blindly(db: TestDb) {

@@ -314,7 +314,8 @@ impl InboxWorker {
     }
 
     /// Applies command outcomes to `sent` actions. An outcome for an action whose send is not
-    /// recorded yet (the event beat the POST's answer) stays pending for the next round.
+    /// recorded yet (the event beat the POST's answer) stays pending for the next round, until
+    /// the action is final.
     async fn settle_commands(
         &self,
         outcomes: &[(&Delivery, i64, wire::CommandOutcome)],
@@ -352,7 +353,10 @@ impl InboxWorker {
                 }
             };
             match state {
-                Some(ActionState::Pending | ActionState::InFlight)
+                // Not final yet: `sent` means the send was recorded after `settle_sent` looked
+                // (the event beat the POST's answer by a hair), and the next round settles it.
+                // Only a final action makes the outcome redundant.
+                Some(ActionState::Pending | ActionState::InFlight | ActionState::Sent)
                     if Utc::now() - delivery.received_at < chrono::Duration::minutes(10) =>
                 {
                     round.waiting += 1;
