@@ -150,12 +150,19 @@ struct Density {
 }
 
 impl Density {
-    /// The records `window` is expected to hold; `None` when nothing is known yet.
+    /// The records `window` is expected to hold; `None` when nothing is known yet. The newest
+    /// pieces count first, as far back as twice the window's length: a density that changed
+    /// (an empty stretch before the first orders) is not averaged over the stale one.
     fn expected(&self, window: TimeWindow) -> Option<f64> {
-        let (seconds, records) = self
-            .recent
-            .iter()
-            .fold((0i64, 0u64), |(s, r), (ds, dr)| (s + ds, r + dr));
+        let reach = window.covered_seconds().saturating_mul(2);
+        let (mut seconds, mut records) = (0i64, 0u64);
+        for (piece_seconds, piece_records) in self.recent.iter().rev() {
+            seconds += piece_seconds;
+            records += piece_records;
+            if seconds >= reach {
+                break;
+            }
+        }
         (seconds > 0).then(|| records as f64 / seconds as f64 * window.covered_seconds() as f64)
     }
 
@@ -169,14 +176,14 @@ impl Density {
         self.recent.push_back((seconds, records));
     }
 
-    /// Into how many pieces of about `per_piece` records to cut `window` before reading it;
-    /// `None` to read it whole (it is expected to fit one piece, or nothing is known yet).
-    fn parts(&self, window: TimeWindow, per_piece: f64) -> Option<i64> {
+    /// Into how many pieces to cut `window` before reading it; `None` to read it whole (it is
+    /// expected to fit one read, or nothing is known yet).
+    fn parts(&self, window: TimeWindow, size: PieceSize) -> Option<i64> {
         let expected = self.expected(window).filter(|e| *e > 0.0)?;
-        if expected <= per_piece {
+        if expected <= size.most_records() {
             return None;
         }
-        let parts = (expected / per_piece).ceil() as i64;
+        let parts = size.parts(expected);
         Some(parts.clamp(2, MAX_SPLIT).min(window.covered_seconds())).filter(|parts| *parts >= 2)
     }
 }
@@ -294,7 +301,7 @@ impl WindowSync {
         let density = self.density.lock().await;
         !density.recent.is_empty()
             && density
-                .parts(TimeWindow { after, before }, self.planned_records(false))
+                .parts(TimeWindow { after, before }, self.piece_size(false))
                 .is_none()
     }
 
@@ -403,7 +410,7 @@ impl WindowSync {
                 continue;
             }
             let closed = window.before <= frame.horizon;
-            let per_piece = self.planned_records(closed);
+            let size = self.piece_size(closed);
             // Behind the cursor, what earlier reads found in each second tells how to cut.
             if !sized
                 && window.before <= frame.start
@@ -412,7 +419,7 @@ impl WindowSync {
                 pending.extend(pieces.into_iter().rev().map(|w| (w, true)));
                 continue;
             }
-            if !sized && let Some(parts) = density.parts(window, per_piece) {
+            if !sized && let Some(parts) = density.parts(window, size) {
                 pending.extend(
                     even_split(window, parts)
                         .into_iter()
@@ -432,7 +439,7 @@ impl WindowSync {
                 PieceRead::Split(records) => {
                     density.observe(window.covered_seconds(), records);
                     pending.extend(
-                        split(window, records, per_piece)
+                        split(window, records, size)
                             .into_iter()
                             .rev()
                             .map(|w| (w, true)),
@@ -465,15 +472,28 @@ impl WindowSync {
             .max(1)
     }
 
-    /// The records a piece is planned to hold: a little less than a page, or than
+    /// How pieces are sized: one page, or up to `pages_per_read` pages when the window is
+    /// closed.
+    fn piece_size(&self, closed: bool) -> PieceSize {
+        if closed && self.pages_per_read() > 1 {
+            PieceSize {
+                page_size: self.plan.page_size,
+                max_pages: self.pages_per_read(),
+                sigmas: PAGED_MARGIN_SIGMAS,
+            }
+        } else {
+            PieceSize {
+                page_size: self.plan.page_size,
+                max_pages: 1,
+                sigmas: FILL_MARGIN_SIGMAS,
+            }
+        }
+    }
+
+    /// The most records a piece is planned to hold: a little less than a page, or than
     /// `pages_per_read` pages when the window is closed.
     fn planned_records(&self, closed: bool) -> f64 {
-        if closed && self.pages_per_read() > 1 {
-            let capacity = self.plan.page_size.saturating_mul(self.pages_per_read());
-            records_per_piece(capacity, PAGED_MARGIN_SIGMAS)
-        } else {
-            records_per_piece(self.plan.page_size, FILL_MARGIN_SIGMAS)
-        }
+        self.piece_size(closed).most_records()
     }
 
     /// Reads one window in a single request when it fits one page, or page by page when it is
@@ -530,10 +550,20 @@ impl WindowSync {
     ) -> Result<WindowPage, SyncError> {
         *requests += 1;
         self.progress.add_request();
-        Ok(self
+        let page = self
             .source
             .page(window, page_number, self.plan.page_size)
-            .await?)
+            .await?;
+        tracing::trace!(
+            stream = %self.stream(),
+            after = window.after,
+            before = window.before,
+            page = page_number,
+            records = page.number_of_records,
+            pages = page.number_of_pages,
+            "window page read"
+        );
+        Ok(page)
     }
 
     /// Pages through a closed window once. The read holds everything the window holds when every
@@ -877,11 +907,44 @@ fn raw_hash(raw: &str) -> u64 {
     hasher.finish()
 }
 
-/// Splits a window into contiguous pieces of about `per_piece` records, assuming the `records`
-/// are spread evenly (a piece that still does not fit its read is split again).
-fn split(window: TimeWindow, records: u64, per_piece: f64) -> Vec<TimeWindow> {
-    let wanted = (records as f64 / per_piece).floor() as i64 + 1;
-    even_split(window, wanted.clamp(2, MAX_SPLIT))
+/// Splits a window that did not fit its read into contiguous pieces sized by `size`, assuming
+/// the `records` are spread evenly (a piece that still does not fit its read is split again).
+fn split(window: TimeWindow, records: u64, size: PieceSize) -> Vec<TimeWindow> {
+    even_split(window, size.parts(records as f64).clamp(2, MAX_SPLIT))
+}
+
+/// The reads a window is cut for: pieces of at most `max_pages` pages, each planned
+/// `sigmas` standard deviations below its last page's end.
+#[derive(Debug, Clone, Copy)]
+struct PieceSize {
+    page_size: u32,
+    max_pages: u32,
+    sigmas: f64,
+}
+
+impl PieceSize {
+    /// The most records one piece is planned to hold.
+    fn most_records(&self) -> f64 {
+        records_per_piece(self.page_size.saturating_mul(self.max_pages), self.sigmas)
+    }
+
+    /// Into how many pieces to cut `records` spread evenly, so that the pages asked for are
+    /// fewest: a piece's last page is mostly empty when pieces are cut to the most records
+    /// alone (10,000 orders, page size 200, reads of up to 4 pages: 3,375 orders of one day
+    /// cut into 5 pieces of 675 took 4 pages each, 20 requests; 6 pieces of 562 take 3 each, 18).
+    fn parts(&self, records: f64) -> i64 {
+        let mut best: Option<(f64, i64)> = None;
+        // From the largest pieces down, so that of equal costs the fewest pieces win.
+        for pages in (1..=self.max_pages.max(1)).rev() {
+            let per_piece = records_per_piece(self.page_size.saturating_mul(pages), self.sigmas);
+            let parts = (records / per_piece).ceil().max(1.0);
+            let requests = parts * f64::from(pages);
+            if best.is_none_or(|(fewest, _)| requests < fewest) {
+                best = Some((requests, parts.min(MAX_SPLIT as f64) as i64));
+            }
+        }
+        best.map_or(1, |(_, parts)| parts)
+    }
 }
 
 /// The records a piece is planned to hold: `m` with `m + sigmas * sqrt(m)` = one read's
@@ -914,6 +977,41 @@ fn even_split(window: TimeWindow, parts: i64) -> Vec<TimeWindow> {
 mod tests {
     use super::*;
 
+    fn one_page(page_size: u32) -> PieceSize {
+        PieceSize {
+            page_size,
+            max_pages: 1,
+            sigmas: FILL_MARGIN_SIGMAS,
+        }
+    }
+
+    #[test]
+    fn pieces_are_cut_to_whole_pages() {
+        let reads = PieceSize {
+            page_size: 200,
+            max_pages: 4,
+            sigmas: PAGED_MARGIN_SIGMAS,
+        };
+        // The pages each piece of evenly spread orders needs, with the planned margin.
+        let requests = |records: f64| {
+            let parts = reads.parts(records);
+            let per_piece = records / parts as f64;
+            assert!(
+                per_piece <= reads.most_records(),
+                "{records}: {parts} parts"
+            );
+            let pages = ((per_piece + PAGED_MARGIN_SIGMAS * per_piece.sqrt()) / 200.0).ceil();
+            parts * pages as i64
+        };
+        // 3,375 orders need 17 pages: 6 pieces of 3 pages, not 5 of 4.
+        assert_eq!(reads.parts(3_375.0), 6);
+        assert_eq!(requests(3_375.0), 18);
+        // What fits one read is one piece; a large window is cut to the most records.
+        assert_eq!(reads.parts(500.0), 1);
+        assert_eq!(reads.parts(77_000.0), 100);
+        assert_eq!(one_page(200).parts(1_000.0), 6);
+    }
+
     #[test]
     fn split_pieces_cover_the_window_exactly_once() {
         let window = TimeWindow {
@@ -921,7 +1019,7 @@ mod tests {
             before: 1_000,
         };
         for records in [0, 150, 1_000, 1_000_000] {
-            let pieces = split(window, records, records_per_piece(100, FILL_MARGIN_SIGMAS));
+            let pieces = split(window, records, one_page(100));
             assert!(pieces.len() >= 2);
             let mut next = window.after + 1;
             for piece in &pieces {
@@ -939,14 +1037,14 @@ mod tests {
             after: 9,
             before: 12,
         };
-        let pieces = split(narrow, 10_000, records_per_piece(10, FILL_MARGIN_SIGMAS));
+        let pieces = split(narrow, 10_000, one_page(10));
         assert_eq!(pieces.len(), 2);
         assert!(pieces.iter().all(|p| p.covered_seconds() == 1));
     }
 
     #[test]
     fn density_cuts_a_window_before_it_is_read() {
-        let one_page = records_per_piece(200, FILL_MARGIN_SIGMAS);
+        let one_page = one_page(200);
         let mut density = Density::default();
         let window = TimeWindow {
             after: 0,
