@@ -10,6 +10,8 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY src src
 COPY migrations migrations
+# sqlx-core with TCP_NODELAY on its connections (vendor/sqlx-core/PATCHED.md).
+COPY vendor vendor
 # The manifest names the benchmarks; they are not built.
 COPY benches benches
 RUN cargo build --release --locked --bin ordersync \
