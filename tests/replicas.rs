@@ -451,6 +451,60 @@ fn signal(pid: u32, name: &str) {
     assert!(sent.success(), "kill {name} {pid}");
 }
 
+/// A replica looking for accounts to take passes over a lease another replica holds, even while
+/// that replica's write holds the lease row's lock (its fence): the attempt neither waits for
+/// the write nor touches the row. An expired lease is still taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(ordersync_pg), ignore = "needs Postgres: set ORDERSYNC_TEST_PG")]
+async fn taking_passes_over_a_held_lease_without_waiting_for_its_writes() {
+    use sqlx::Connection;
+    let db = TestDb::new(common::Backend::Postgres, "take_held");
+    let config = ordersync::config::Config::from_toml(&db.toml()).expect("config");
+    let store = open_store(&config).await;
+    let table = store.lease_table().expect("Postgres has leases");
+    let ttl = Duration::from_secs(2);
+    let first = table
+        .take("replica-a", "graas", "shop-1", ttl)
+        .await
+        .expect("take")
+        .expect("free");
+
+    // A write of replica A in progress: its transaction holds the lease row FOR SHARE.
+    let schema = db.schema.clone().expect("a Postgres schema");
+    let mut writer = sqlx::PgConnection::connect(&db.url).await.expect("connect");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "SET search_path TO \"{schema}\"; BEGIN; \
+         SELECT 1 FROM account_leases WHERE account = 'shop-1' FOR SHARE"
+    )))
+    .execute(&mut writer)
+    .await
+    .expect("lock the lease row");
+
+    let asked = Instant::now();
+    let attempt = tokio::time::timeout(
+        Duration::from_secs(5),
+        table.take("replica-b", "graas", "shop-1", ttl),
+    )
+    .await
+    .expect("the take waited for replica A's write")
+    .expect("take");
+    assert!(attempt.is_none(), "a held lease was taken");
+    println!("passed over a held lease in {:?}", asked.elapsed());
+    sqlx::raw_sql("COMMIT")
+        .execute(&mut writer)
+        .await
+        .expect("unlock");
+
+    tokio::time::sleep(ttl + Duration::from_millis(200)).await;
+    let second = table
+        .take("replica-b", "graas", "shop-1", ttl)
+        .await
+        .expect("take")
+        .expect("expired, so free to take");
+    assert_eq!(second.token, first.token + 1);
+    store.close().await;
+}
+
 /// The fencing itself, without processes: a store whose book still believes in a lease that
 /// another replica has taken since writes nothing, and the new holder's writes go through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

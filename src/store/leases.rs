@@ -118,12 +118,16 @@ impl LeaseTable for PostgresStore {
         ttl: Duration,
     ) -> Result<Option<Taken>, StoreError> {
         // `previous` reads the row as it was before this statement: when the lease it replaces
-        // ended.
+        // ended. A lease still held is left alone without touching its row: the conflict
+        // would wait for the row's lock, which the holder's writes take (the fence) for as
+        // long as a commit lasts.
         let row = sqlx::query(
-            "WITH previous AS (SELECT expires_at FROM account_leases \
+            "WITH previous AS (SELECT holder, expires_at FROM account_leases \
                                WHERE provider = $1 AND account = $2) \
              INSERT INTO account_leases (provider, account, holder, token, expires_at, acquired_at) \
-             VALUES ($1, $2, $3, 1, now() + make_interval(secs => $4), now()) \
+             SELECT $1::text, $2::text, $3::text, 1, now() + make_interval(secs => $4), now() \
+             WHERE NOT EXISTS (SELECT 1 FROM previous \
+                               WHERE holder IS NOT NULL AND expires_at > now()) \
              ON CONFLICT (provider, account) DO UPDATE SET holder = excluded.holder, \
              token = account_leases.token + 1, expires_at = excluded.expires_at, \
              acquired_at = excluded.acquired_at \
