@@ -365,7 +365,6 @@ async fn a_frozen_replica_sends_and_writes_nothing_for_accounts_it_lost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(not(ordersync_pg), ignore = "needs Postgres: set ORDERSYNC_TEST_PG")]
 async fn a_replica_frozen_inside_a_transaction_does_not_hold_up_the_takeover() {
-    use sqlx::Connection;
     let db = TestDb::new(common::Backend::Postgres, "frozen_in_transaction");
     let setup = cluster(&db, 4, 300).await;
     let log = |name: &str| setup.dir.path().join(format!("{name}.log"));
@@ -374,19 +373,16 @@ async fn a_replica_frozen_inside_a_transaction_does_not_hold_up_the_takeover() {
 
     // Hold the orders table, so the replica's next batch waits inside its transaction, after
     // its fence check; then freeze the replica there and let its statement finish.
-    let schema = db.schema.clone().expect("a Postgres schema");
-    let mut blocker = sqlx::PgConnection::connect(&db.url).await.expect("connect");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "SET search_path TO \"{schema}\"; BEGIN; LOCK TABLE orders IN EXCLUSIVE MODE"
-    )))
-    .execute(&mut blocker)
-    .await
-    .expect("lock the orders table");
+    let mut blocker = db.pg_connection().await;
+    sqlx::raw_sql("BEGIN; LOCK TABLE orders IN EXCLUSIVE MODE")
+        .execute(&mut blocker)
+        .await
+        .expect("lock the orders table");
     let blocker_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
         .fetch_one(&mut blocker)
         .await
         .expect("backend pid");
-    let mut observer = sqlx::PgConnection::connect(&db.url).await.expect("connect");
+    let mut observer = db.pg_connection().await;
     let waiting = "SELECT COALESCE(array_agg(pid), '{}') FROM pg_stat_activity \
                    WHERE $1 = ANY(pg_blocking_pids(pid))";
     let mut blocked: Vec<i32> = Vec::new();
@@ -457,7 +453,6 @@ fn signal(pid: u32, name: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(not(ordersync_pg), ignore = "needs Postgres: set ORDERSYNC_TEST_PG")]
 async fn taking_passes_over_a_held_lease_without_waiting_for_its_writes() {
-    use sqlx::Connection;
     let db = TestDb::new(common::Backend::Postgres, "take_held");
     let config = ordersync::config::Config::from_toml(&db.toml()).expect("config");
     let store = open_store(&config).await;
@@ -470,15 +465,11 @@ async fn taking_passes_over_a_held_lease_without_waiting_for_its_writes() {
         .expect("free");
 
     // A write of replica A in progress: its transaction holds the lease row FOR SHARE.
-    let schema = db.schema.clone().expect("a Postgres schema");
-    let mut writer = sqlx::PgConnection::connect(&db.url).await.expect("connect");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "SET search_path TO \"{schema}\"; BEGIN; \
-         SELECT 1 FROM account_leases WHERE account = 'shop-1' FOR SHARE"
-    )))
-    .execute(&mut writer)
-    .await
-    .expect("lock the lease row");
+    let mut writer = db.pg_connection().await;
+    sqlx::raw_sql("BEGIN; SELECT 1 FROM account_leases WHERE account = 'shop-1' FOR SHARE")
+        .execute(&mut writer)
+        .await
+        .expect("lock the lease row");
 
     let asked = Instant::now();
     let attempt = tokio::time::timeout(

@@ -1071,7 +1071,7 @@ impl RawConfig {
     pub fn validate(self) -> Result<Config, ConfigError> {
         let mut p = Problems::default();
 
-        let database = {
+        let mut database = {
             let url = self.database.url.trim().to_owned();
             let backend = if url.starts_with("sqlite:") {
                 Backend::Sqlite
@@ -1153,7 +1153,6 @@ impl RawConfig {
             ttl: p.duration("leases.ttl".into(), &self.leases.ttl),
             renew_every: p.duration("leases.renew_every".into(), &self.leases.renew_every),
         };
-        let mut database = database;
         if leases.enabled && database.backend == Backend::Postgres {
             database.idle_transaction_timeout = database
                 .idle_transaction_timeout

@@ -30,6 +30,22 @@ pub struct TestDb {
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 impl TestDb {
+    /// A Postgres connection of its own in this test's schema (for locks a test holds itself).
+    pub async fn pg_connection(&self) -> sqlx::PgConnection {
+        use sqlx::Connection;
+        let schema = self.schema.as_deref().expect("a Postgres test database");
+        let mut conn = sqlx::PgConnection::connect(&self.url)
+            .await
+            .expect("connect to Postgres");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "SET search_path TO \"{schema}\""
+        )))
+        .execute(&mut conn)
+        .await
+        .expect("search_path");
+        conn
+    }
+
     /// A fresh database for `test`. Postgres tests are marked ignored when the build did not see
     /// `ORDERSYNC_TEST_PG` (see `build.rs`), so reaching here without it is a loud failure.
     pub fn new(backend: Backend, test: &str) -> TestDb {
@@ -411,12 +427,9 @@ pub async fn execute_sql(db: &TestDb, statements: &[&str]) {
                     .expect("SQL statement");
             }
         }
-        Some(schema) => {
-            let mut conn = sqlx::PgConnection::connect(&db.url)
-                .await
-                .expect("connect to Postgres");
-            let set_path = format!("SET search_path TO \"{schema}\"");
-            for statement in std::iter::once(set_path.as_str()).chain(statements.iter().copied()) {
+        Some(_) => {
+            let mut conn = db.pg_connection().await;
+            for statement in statements {
                 sqlx::raw_sql(sqlx::AssertSqlSafe(statement.to_string()))
                     .execute(&mut conn)
                     .await
@@ -439,16 +452,8 @@ pub async fn execute_scalar(db: &TestDb, query: &str) -> String {
                 .await
                 .expect("SQL query")
         }
-        Some(schema) => {
-            let mut conn = sqlx::PgConnection::connect(&db.url)
-                .await
-                .expect("connect to Postgres");
-            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                "SET search_path TO \"{schema}\""
-            )))
-            .execute(&mut conn)
-            .await
-            .expect("search_path");
+        Some(_) => {
+            let mut conn = db.pg_connection().await;
             sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(query.to_string()))
                 .fetch_one(&mut conn)
                 .await
