@@ -403,6 +403,54 @@ async fn a_backfill_needs_few_more_requests_than_pages(db: TestDb) {
 }
 on_both_backends!(a_backfill_needs_few_more_requests_than_pages);
 
+/// Pages certain to be read next are asked for before they are needed (`read_ahead`, 2 by
+/// default): with every answer held 30 ms, the upstream sees three reads at once and never more,
+/// and with `read_ahead = 0` one at a time. Either way the database ends equal to the upstream,
+/// and reading ahead asks for no page that is not then used.
+async fn pages_are_asked_for_ahead_within_the_limit(db: TestDb) {
+    let mut requests = Vec::new();
+    for (read_ahead, most_at_once) in [(0, 1), (2, 3)] {
+        let mut spec = SandboxConfig::graas(1, 3_000);
+        spec.faults.slow_ratio = 1.0;
+        spec.faults.slow_ms = 30;
+        let sandbox = sandbox(&spec).await;
+        let extra = if read_ahead == 0 {
+            "read_ahead = 0\n"
+        } else {
+            ""
+        };
+        let account = AccountToml {
+            page_size: 50,
+            extra,
+            ..AccountToml::default()
+        };
+        // A database of its own for each setting.
+        let db = TestDb::new(db.backend, &format!("read_ahead_{read_ahead}"));
+        let (store, runners) = synced_store(&db, &sandbox, &spec, &account).await;
+        catch_up(&runners).await;
+        assert_matches_truth(&store, &sandbox, &spec).await;
+        let stats = sandbox
+            .graas()
+            .stats(&spec.graas[0].account_number)
+            .unwrap();
+        assert_eq!(
+            stats.max_reads_in_flight, most_at_once,
+            "read_ahead = {read_ahead}"
+        );
+        requests.push(stats.traffic.requests);
+        store.close().await;
+        sandbox.stop().await;
+    }
+    // The last window ends at a different second in each run: one piece more at most.
+    assert!(
+        requests[1] <= requests[0] + 1,
+        "{} requests reading ahead, {} one at a time",
+        requests[1],
+        requests[0]
+    );
+}
+on_both_backends!(pages_are_asked_for_ahead_within_the_limit);
+
 /// A fifth of the pages after a closed window's first meet an upstream that has just moved the
 /// window's earliest order to now, so every later page shifts by one and one order would be
 /// skipped: each such read is refused and the window read again in smaller pieces.

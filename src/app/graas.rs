@@ -37,6 +37,7 @@ pub(super) fn assemble(assembly: &Assembly<'_>, app: &mut App) {
             settle: account.settle,
             page_size: account.page_size,
             pages_per_read: account.pages_per_read,
+            read_ahead: account.read_ahead,
             start_from: account.start_from,
             max_window: account.max_window,
         };

@@ -1374,6 +1374,7 @@ mod tests {
             lookback = "ten minutes"
             rate_limit = "5 per second"
             pages_per_read = 0
+            read_ahead = 17
         "#;
         let err = Config::from_toml(text).unwrap_err();
         let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
@@ -1387,6 +1388,7 @@ mod tests {
             "graas[0].lookback",
             "graas[0].rate_limit",
             "graas[0].pages_per_read",
+            "graas[0].read_ahead",
         ] {
             assert!(paths.contains(&expected), "{expected} missing in {paths:?}");
         }

@@ -112,6 +112,9 @@ pub trait WindowSource: Send + Sync {
         page_number: u32,
         page_size: u32,
     ) -> Result<WindowPage, ProviderError>;
+
+    /// How many 429 answers the account has had so far (retried ones included).
+    fn rate_limited_count(&self) -> u64;
 }
 
 /// A source that reads one order by its key: for a one-off refresh, and the way providers that

@@ -86,6 +86,37 @@ pub struct AccountStats {
     pub changes: u64,
     /// Orders the drift fault moved out of a window while it was paged.
     pub drifted: u64,
+    /// The most order-list requests being answered at once (held ones included).
+    pub max_reads_in_flight: u64,
+    #[serde(skip)]
+    reads_in_flight: u64,
+}
+
+/// Counts an order-list request as being answered until it is dropped.
+struct ReadInFlight {
+    sim: Arc<GraasSim>,
+    index: usize,
+}
+
+impl ReadInFlight {
+    fn start(sim: &Arc<GraasSim>, index: usize) -> Self {
+        let mut state = sim.lock();
+        let stats = &mut state.accounts[index].stats;
+        stats.reads_in_flight += 1;
+        stats.max_reads_in_flight = stats.max_reads_in_flight.max(stats.reads_in_flight);
+        ReadInFlight {
+            sim: Arc::clone(sim),
+            index,
+        }
+    }
+}
+
+impl Drop for ReadInFlight {
+    fn drop(&mut self) {
+        let mut state = self.sim.lock();
+        let stats = &mut state.accounts[self.index].stats;
+        stats.reads_in_flight = stats.reads_in_flight.saturating_sub(1);
+    }
 }
 
 struct SimAccount {
@@ -588,10 +619,15 @@ async fn list_orders(
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    let (index, truncate) = match admit(&sim, &headers).await {
+    let admitted = match admit_now(&sim, &headers) {
         Ok(admitted) => admitted,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
+    let (index, truncate) = (admitted.index, admitted.truncate);
+    let _in_flight = ReadInFlight::start(&sim, index);
+    if let Some(delay) = admitted.slow {
+        tokio::time::sleep(delay).await;
+    }
     let number = |name: &str| query.get(name).map(|v| v.parse::<i64>());
     let (Some(Ok(after)), Some(Ok(before))) = (number("updatedAfter"), number("updatedBefore"))
     else {

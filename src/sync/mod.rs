@@ -10,6 +10,7 @@ pub mod job;
 pub mod kassaforte;
 pub mod lagerkoll;
 pub mod progress;
+mod read_ahead;
 pub mod recheck;
 pub mod window;
 

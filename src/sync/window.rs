@@ -17,6 +17,7 @@
 
 use super::job::{Job, RunReport};
 use super::progress::StreamProgress;
+use super::read_ahead::{ReadAhead, Warmth};
 use super::recheck::{Recheck, horizon, key_hash};
 use crate::model::{Order, OrderKey, Quarantined, StreamKey};
 use crate::providers::{ProviderError, TimeWindow, WindowPage, WindowSource};
@@ -92,6 +93,8 @@ pub struct WindowPlan {
     pub page_size: u32,
     /// Pages read one after another from a closed window (1: one request per piece everywhere).
     pub pages_per_read: u32,
+    /// Page requests started before they are needed (0: one request at a time).
+    pub read_ahead: u32,
     pub start_from: DateTime<Utc>,
     /// The widest window asked for in one go during a backfill.
     pub max_window: Duration,
@@ -132,6 +135,7 @@ pub struct WindowSync {
     /// What recent reads saw, kept across runs (one run of a stream at a time).
     density: tokio::sync::Mutex<Density>,
     recheck: tokio::sync::Mutex<Recheck>,
+    read_ahead: Warmth,
 }
 
 /// Where the run reading a window started.
@@ -202,6 +206,7 @@ impl WindowSync {
             progress,
             density: tokio::sync::Mutex::new(Density::default()),
             recheck: tokio::sync::Mutex::new(Recheck::default()),
+            read_ahead: Warmth::default(),
         }
     }
 
@@ -377,6 +382,12 @@ impl WindowSync {
     ) -> Result<(u64, bool), SyncError> {
         let one_page = self.planned_records(false);
         let mut requests = 0;
+        let mut ahead = ReadAhead::new(
+            Arc::clone(&self.source),
+            self.plan.page_size,
+            self.plan.read_ahead,
+            &self.read_ahead,
+        );
         let mut density = self.density.lock().await;
         let mut recheck = self.recheck.lock().await;
         // A stack with the earliest piece on top keeps pieces in time order; `true` marks a
@@ -428,11 +439,21 @@ impl WindowSync {
                 );
                 continue;
             }
+            // This piece is read now, and the pieces already cut to size after it whatever it
+            // holds: their first pages are asked for while this one is parsed and written.
+            self.start_ahead(&mut ahead, window, 1, &mut requests);
+            for (next, sized) in pending.iter().rev() {
+                if !*sized || !ahead.has_room() {
+                    break;
+                }
+                self.start_ahead(&mut ahead, *next, 1, &mut requests);
+            }
             // Shutdown abandons a fetch in progress (a slow page, a Retry-After pause): nothing
-            // fetched and uncommitted is needed, the next run reads it again.
+            // fetched and uncommitted is needed, the next run reads it again. Reads started
+            // ahead are aborted with `ahead`.
             let read = tokio::select! {
                 _ = shutdown.cancelled() => return Ok((requests, false)),
-                read = self.read_piece(window, closed, &recheck, &mut requests) => read?,
+                read = self.read_piece(window, closed, &recheck, &mut ahead, &mut requests) => read?,
             };
             let piece = match read {
                 PieceRead::Piece(piece) => piece,
@@ -504,21 +525,25 @@ impl WindowSync {
         window: TimeWindow,
         closed: bool,
         recheck: &Recheck,
+        ahead: &mut ReadAhead<'_>,
         requests: &mut u64,
     ) -> Result<PieceRead, SyncError> {
         let page_size = self.plan.page_size;
-        let mut first = self.fetch(window, 1, requests).await?;
+        let mut first = self.fetch(window, 1, ahead, requests).await?;
         let fits = first.number_of_pages <= 1 && first.number_of_records <= u64::from(page_size);
         // Up to twice the planned pages: a window a little fuller than expected is still read
         // in one go rather than split with a request wasted.
         let pages = self.pages_per_read();
         if !fits && closed && pages > 1 && first.number_of_pages <= pages.saturating_mul(2) {
-            match self.read_closed(window, first, requests).await? {
+            let read = self.read_closed(window, first, ahead, requests).await;
+            // Pages started ahead for a read given up belong to it only.
+            ahead.forget(window);
+            match read? {
                 Ok(piece) => return Ok(PieceRead::Piece(piece)),
                 Err(records) if window.covered_seconds() > 1 => {
                     return Ok(PieceRead::Split(records));
                 }
-                Err(_) => first = self.fetch(window, 1, requests).await?,
+                Err(_) => first = self.fetch(window, 1, ahead, requests).await?,
             }
         }
         Ok(if fits {
@@ -530,7 +555,7 @@ impl WindowSync {
         } else if window.covered_seconds() <= 1 {
             let known = recheck.keys_at(window.after + 1);
             let (orders, quarantined) = self
-                .read_consistently(window, first, known, requests)
+                .read_consistently(window, first, known, ahead, requests)
                 .await?;
             PieceRead::Piece(Piece {
                 window,
@@ -542,18 +567,39 @@ impl WindowSync {
         })
     }
 
+    /// Starts reading a page ahead when there is room; counts the request when it is made.
+    fn start_ahead(
+        &self,
+        ahead: &mut ReadAhead<'_>,
+        window: TimeWindow,
+        page_number: u32,
+        requests: &mut u64,
+    ) {
+        if ahead.start(window, page_number) {
+            *requests += 1;
+            self.progress.add_request();
+        }
+    }
+
+    /// The page, as read ahead if it was started, else read now.
     async fn fetch(
         &self,
         window: TimeWindow,
         page_number: u32,
+        ahead: &mut ReadAhead<'_>,
         requests: &mut u64,
     ) -> Result<WindowPage, SyncError> {
-        *requests += 1;
-        self.progress.add_request();
-        let page = self
-            .source
-            .page(window, page_number, self.plan.page_size)
-            .await?;
+        let page = match ahead.take(window, page_number).await {
+            Some(read) => read?,
+            None => {
+                *requests += 1;
+                self.progress.add_request();
+                self.source
+                    .page(window, page_number, self.plan.page_size)
+                    .await?
+            }
+        };
+        ahead.answered();
         tracing::trace!(
             stream = %self.stream(),
             after = window.after,
@@ -574,6 +620,7 @@ impl WindowSync {
         &self,
         window: TimeWindow,
         first_page: WindowPage,
+        ahead: &mut ReadAhead<'_>,
         requests: &mut u64,
     ) -> Result<Result<Piece, u64>, SyncError> {
         let records = first_page.number_of_records;
@@ -600,7 +647,14 @@ impl WindowSync {
                 break;
             }
             page_number += 1;
-            page = self.fetch(window, page_number, requests).await?;
+            // The pages after this one are asked for while it is read.
+            for next in page_number..=pages {
+                if !ahead.has_room() {
+                    break;
+                }
+                self.start_ahead(ahead, window, next, requests);
+            }
+            page = self.fetch(window, page_number, ahead, requests).await?;
         }
         if seen.len() as u64 != records {
             return Ok(Err(records));
@@ -622,6 +676,7 @@ impl WindowSync {
         window: TimeWindow,
         first_page: WindowPage,
         known: HashSet<u64>,
+        ahead: &mut ReadAhead<'_>,
         requests: &mut u64,
     ) -> Result<(Vec<Order>, Vec<Quarantined>), SyncError> {
         let read_before = !known.is_empty();
@@ -635,9 +690,10 @@ impl WindowSync {
             let mut page_number = 1;
             let mut pages = 1;
             while page_number <= pages {
+                // Nothing is read ahead here: each read must see the second as it is then.
                 let page = match first_page.take() {
                     Some(page) => page,
-                    None => self.fetch(window, page_number, requests).await?,
+                    None => self.fetch(window, page_number, ahead, requests).await?,
                 };
                 // Re-read from every page: it can change while we page.
                 pages = page.number_of_pages;
@@ -811,7 +867,7 @@ async fn next_piece(
 }
 
 /// Aborts a spawned task when the future waiting for it is dropped.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+pub(super) struct AbortOnDrop<T>(pub(super) tokio::task::JoinHandle<T>);
 
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {

@@ -28,6 +28,8 @@ pub struct RawGraasAccount {
     pub page_size: u32,
     #[serde(default = "default_pages_per_read")]
     pub pages_per_read: u32,
+    #[serde(default = "default_read_ahead")]
+    pub read_ahead: u32,
     pub start_from: String,
     #[serde(default = "default_max_window")]
     pub max_window: String,
@@ -66,6 +68,9 @@ fn default_page_size() -> u32 {
 fn default_pages_per_read() -> u32 {
     4
 }
+fn default_read_ahead() -> u32 {
+    2
+}
 fn default_max_window() -> String {
     "1d".to_owned()
 }
@@ -100,6 +105,7 @@ pub struct GraasAccount {
     pub settle: Duration,
     pub page_size: u32,
     pub pages_per_read: u32,
+    pub read_ahead: u32,
     pub start_from: DateTime<Utc>,
     pub max_window: Duration,
     pub rate_limit: RateLimit,
@@ -146,6 +152,12 @@ impl AccountSection for GraasAccount {
                 "must be between 1 and 100 (1 reads every window one page per request)",
             );
         }
+        if raw.read_ahead > 16 {
+            p.push(
+                at("read_ahead"),
+                "must be between 0 and 16 (0 waits for each page before asking for the next)",
+            );
+        }
         let start_from = match DateTime::parse_from_rfc3339(raw.start_from.trim()) {
             Ok(t) => t.with_timezone(&Utc),
             Err(e) => {
@@ -180,6 +192,7 @@ impl AccountSection for GraasAccount {
             settle,
             page_size: raw.page_size.clamp(1, 10_000),
             pages_per_read: raw.pages_per_read.clamp(1, 100),
+            read_ahead: raw.read_ahead.min(16),
             start_from,
             max_window,
             rate_limit,

@@ -304,4 +304,8 @@ impl WindowSource for GraasClient {
             )
             .await
     }
+
+    fn rate_limited_count(&self) -> u64 {
+        self.gate.rate_limited_count()
+    }
 }
