@@ -12,7 +12,7 @@ use super::{
     FollowedOrder, Resolution, ShopDocument, ShopDocumentKind, ShopState, ShopStateChange,
 };
 use crate::config::DatabaseConfig;
-use crate::model::{Action, ActionOutcome, NewAction, OrderKey, StreamKey};
+use crate::model::{Action, ActionOutcome, NewAction, Order, OrderKey, StreamKey};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -118,6 +118,75 @@ fn ts(t: DateTime<Utc>) -> String {
     text
 }
 
+/// [`ts`] as a shared slice to bind.
+fn ts_shared(t: DateTime<Utc>) -> Arc<str> {
+    Arc::from(ts(t))
+}
+
+/// The multi-row upsert of `chunk`, with its row count. Bound text is passed as shared slices:
+/// sqlx copies a borrowed string into two new allocations (28 a row here), which the SQLite
+/// thread then frees. Values repeated across rows (account, statuses, the time seen) are
+/// allocated once per batch, the others once.
+fn upsert_orders<'a>(
+    chunk: &[&'a Order],
+    shared: &mut SharedText<'a>,
+    seen: &Arc<str>,
+) -> UpsertOrders {
+    let mut query = QueryBuilder::<Sqlite>::new(
+        "INSERT INTO orders (provider, account, channel, external_id, status, \
+         payment_status, shipping_status, total_minor, currency, upstream_created_at, \
+         upstream_updated_at, payload, first_seen_at, synced_at) ",
+    );
+    query.push_values(chunk, |mut row, order| {
+        row.push_bind(shared.get(order.key.provider.as_str()))
+            .push_bind(shared.get(&order.key.account))
+            .push_bind(shared.get(&order.key.channel))
+            .push_bind(Arc::<str>::from(order.key.external_id.as_str()))
+            .push_bind(order.status.as_deref().map(|s| shared.get(s)))
+            .push_bind(order.payment_status.as_deref().map(|s| shared.get(s)))
+            .push_bind(order.shipping_status.as_deref().map(|s| shared.get(s)))
+            .push_bind(order.total.as_ref().map(|m| m.minor))
+            .push_bind(order.total.as_ref().map(|m| shared.get(&m.currency)))
+            .push_bind(order.upstream_created_at.map(ts_shared))
+            .push_bind(ts_shared(order.upstream_updated_at))
+            .push_bind(Arc::<str>::from(order.payload.as_str()))
+            .push_bind(Arc::clone(seen))
+            .push_bind(Arc::clone(seen));
+    });
+    // A copy wins when it is not older and its body differs: the lookback's re-reads of
+    // unchanged orders, and polled snapshots identical to the stored one, write nothing.
+    query.push(
+        " ON CONFLICT (provider, account, channel, external_id) DO UPDATE SET \
+         status = excluded.status, payment_status = excluded.payment_status, \
+         shipping_status = excluded.shipping_status, total_minor = excluded.total_minor, \
+         currency = excluded.currency, upstream_created_at = excluded.upstream_created_at, \
+         upstream_updated_at = excluded.upstream_updated_at, payload = excluded.payload, \
+         synced_at = excluded.synced_at \
+         WHERE excluded.upstream_updated_at >= orders.upstream_updated_at \
+         AND excluded.payload <> orders.payload",
+    );
+    UpsertOrders {
+        query,
+        rows: chunk.len(),
+    }
+}
+
+/// One multi-row upsert and how many rows it holds.
+struct UpsertOrders {
+    query: QueryBuilder<Sqlite>,
+    rows: usize,
+}
+
+/// One shared copy of each distinct text value bound in a batch.
+#[derive(Default)]
+struct SharedText<'a>(std::collections::HashMap<&'a str, Arc<str>>);
+
+impl<'a> SharedText<'a> {
+    fn get(&mut self, text: &'a str) -> Arc<str> {
+        Arc::clone(self.0.entry(text).or_insert_with(|| Arc::from(text)))
+    }
+}
+
 impl SqliteStore {
     pub async fn open(config: &DatabaseConfig) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str(config.url.expose())
@@ -216,46 +285,28 @@ impl Store for SqliteStore {
         let mut outcome = BatchOutcome::default();
         let mut tx = self.writer.begin().await?;
 
-        for chunk in orders.chunks(ROWS_PER_STATEMENT) {
-            let mut query = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO orders (provider, account, channel, external_id, status, \
-                 payment_status, shipping_status, total_minor, currency, upstream_created_at, \
-                 upstream_updated_at, payload, first_seen_at, synced_at) ",
-            );
-            query.push_values(chunk, |mut row, order| {
-                row.push_bind(order.key.provider.as_str())
-                    .push_bind(&order.key.account)
-                    .push_bind(&order.key.channel)
-                    .push_bind(&order.key.external_id)
-                    .push_bind(&order.status)
-                    .push_bind(&order.payment_status)
-                    .push_bind(&order.shipping_status)
-                    .push_bind(order.total.as_ref().map(|m| m.minor))
-                    .push_bind(order.total.as_ref().map(|m| m.currency.as_str()))
-                    .push_bind(order.upstream_created_at.map(ts))
-                    .push_bind(ts(order.upstream_updated_at))
-                    .push_bind(&order.payload)
-                    .push_bind(&seen)
-                    .push_bind(&seen);
-            });
-            // A copy wins when it is not older and its body differs: the lookback's re-reads of
-            // unchanged orders, and polled snapshots identical to the stored one, write nothing.
-            query.push(
-                " ON CONFLICT (provider, account, channel, external_id) DO UPDATE SET \
-                 status = excluded.status, payment_status = excluded.payment_status, \
-                 shipping_status = excluded.shipping_status, total_minor = excluded.total_minor, \
-                 currency = excluded.currency, upstream_created_at = excluded.upstream_created_at, \
-                 upstream_updated_at = excluded.upstream_updated_at, payload = excluded.payload, \
-                 synced_at = excluded.synced_at \
-                 WHERE excluded.upstream_updated_at >= orders.upstream_updated_at \
-                 AND excluded.payload <> orders.payload",
-            );
+        let mut shared = SharedText::default();
+        let seen = shared.get(&seen);
+        // Each statement's values are bound while the one before it runs on the SQLite thread:
+        // one after the other, that thread waited for every statement to be built.
+        let mut chunks = orders.chunks(ROWS_PER_STATEMENT);
+        let mut next = chunks
+            .next()
+            .map(|chunk| upsert_orders(chunk, &mut shared, &seen));
+        while let Some(mut statement) = next.take() {
             // A statement's text depends on its row count, and each prepared one keeps a
             // program of thousands of parameters: only the full-size one is kept for reuse,
             // not one per remainder size a batch happened to end with.
-            let reuse = chunk.len() == ROWS_PER_STATEMENT;
-            let done = query.build().persistent(reuse).execute(&mut *tx).await?;
-            outcome.written += done.rows_affected();
+            let reuse = statement.rows == ROWS_PER_STATEMENT;
+            let execute = statement.query.build().persistent(reuse).execute(&mut *tx);
+            let bind_next = async {
+                chunks
+                    .next()
+                    .map(|chunk| upsert_orders(chunk, &mut shared, &seen))
+            };
+            let (done, built) = tokio::join!(execute, bind_next);
+            outcome.written += done?.rows_affected();
+            next = built;
         }
         outcome.unchanged = batch.orders.len() as u64 - outcome.written;
 
