@@ -12,6 +12,8 @@ COPY src src
 COPY migrations migrations
 # sqlx-core with TCP_NODELAY on its connections (vendor/sqlx-core/PATCHED.md).
 COPY vendor vendor
+# Build flags of the bundled SQLite (.cargo/config.toml).
+COPY .cargo .cargo
 # The manifest names the benchmarks; they are not built.
 COPY benches benches
 RUN cargo build --release --locked --bin ordersync \
