@@ -232,30 +232,68 @@ async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
 
 /// Resolves on SIGTERM or Ctrl-C.
 async fn shutdown_signal() {
+    ShutdownSignal::listen().received().await;
+}
+
+/// SIGTERM and Ctrl-C, caught from the moment this is made. `run` makes it before anything
+/// starts: a SIGTERM that arrives while the daemon is still starting (its leases may be taken
+/// already) is kept and ends it cleanly once it runs, where the default action would kill the
+/// process and leave its leases to expire.
+struct ShutdownSignal {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {},
-                    _ = tokio::signal::ctrl_c() => {},
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+    terminate: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    interrupt: Option<tokio::signal::unix::Signal>,
+}
+
+impl ShutdownSignal {
+    fn listen() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            ShutdownSignal {
+                terminate: signal(SignalKind::terminate()).ok(),
+                interrupt: signal(SignalKind::interrupt()).ok(),
             }
         }
+        #[cfg(not(unix))]
+        {
+            ShutdownSignal {}
+        }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    async fn received(self) {
+        #[cfg(unix)]
+        {
+            match (self.terminate, self.interrupt) {
+                (Some(mut terminate), Some(mut interrupt)) => {
+                    tokio::select! {
+                        _ = terminate.recv() => {},
+                        _ = interrupt.recv() => {},
+                    }
+                }
+                (Some(mut terminate), None) => {
+                    terminate.recv().await;
+                }
+                (None, Some(mut interrupt)) => {
+                    interrupt.recv().await;
+                }
+                (None, None) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
 async fn run(config: ConfigArg, once: bool) -> anyhow::Result<ExitCode> {
     let config = load(&config)?;
     init_logging(&config.log);
+    let signal = ShutdownSignal::listen();
     let _run_lock = store::lock_for_run(&config.database)?;
     let store = open_store(&config).await?;
     let mut app = App::build(&config, &store)?;
@@ -267,11 +305,11 @@ async fn run(config: ConfigArg, once: bool) -> anyhow::Result<ExitCode> {
     progress::spawn(&config, &app.runners, shown.clone());
     let _stop_showing = shown.drop_guard();
     let failed = if once {
-        let failed = run_once(&app).await;
+        let failed = run_once(&app, signal).await;
         store.close().await;
         failed
     } else {
-        run_daemon(&config, &store, app).await?
+        run_daemon(&config, &store, app, signal).await?
     };
     tracing::info!("stopped");
     Ok(if failed {
@@ -283,7 +321,12 @@ async fn run(config: ConfigArg, once: bool) -> anyhow::Result<ExitCode> {
 
 /// Serves the admin API and runs the daemon until SIGTERM/Ctrl-C, then shuts down within
 /// `daemon.shutdown_timeout`; true when something had to be abandoned at the deadline.
-async fn run_daemon(config: &Config, store: &Arc<dyn Store>, app: App) -> anyhow::Result<bool> {
+async fn run_daemon(
+    config: &Config,
+    store: &Arc<dyn Store>,
+    app: App,
+    signal: ShutdownSignal,
+) -> anyhow::Result<bool> {
     // The internal listener: probes and metrics always, the admin API with a token.
     let ops = ops::router(ops::OpsState {
         store: store.clone(),
@@ -335,7 +378,7 @@ async fn run_daemon(config: &Config, store: &Arc<dyn Store>, app: App) -> anyhow
     );
     // Migrated, listening and scheduled: ready (a no-op outside systemd).
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
-    shutdown_signal().await;
+    signal.received().await;
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
 
     let timeout = config.daemon.shutdown_timeout;
@@ -374,12 +417,12 @@ async fn run_daemon(config: &Config, store: &Arc<dyn Store>, app: App) -> anyhow
 
 /// `run --once`: prints a JSON line per job and outbox, then the time taken and peak memory;
 /// true when one failed. SIGTERM/Ctrl-C stops it early.
-async fn run_once(app: &App) -> bool {
+async fn run_once(app: &App, signal: ShutdownSignal) -> bool {
     let started = Instant::now();
     let cancel = CancellationToken::new();
     let on_signal = cancel.clone();
     tokio::spawn(async move {
-        shutdown_signal().await;
+        signal.received().await;
         on_signal.cancel();
     });
     let (lines, failed) = app.run_once(&cancel).await;
