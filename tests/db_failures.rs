@@ -48,6 +48,36 @@ async fn terminate_backends(db: &TestDb) -> u64 {
     .await
 }
 
+/// Terminates every connection to `db`'s database at a moment when one of them is inside a
+/// statement or a transaction, so that a run fails in flight. A termination between statements
+/// only costs the pool a reconnect, and on a busy machine a fixed schedule of terminations can
+/// miss every statement. After `patience` without such a moment, terminates anyway.
+async fn terminate_backends_in_flight(
+    admin: &mut sqlx::PgConnection,
+    db: &TestDb,
+    patience: Duration,
+) -> u64 {
+    let name = db.database_name();
+    let in_flight = format!(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE datname = '{name}' AND pid <> pg_backend_pid() AND EXISTS ( \
+           SELECT 1 FROM pg_stat_activity WHERE datname = '{name}' \
+           AND state IN ('active', 'idle in transaction'))"
+    );
+    let until = Instant::now() + patience;
+    while Instant::now() < until {
+        let terminated: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(in_flight.clone()))
+            .fetch_one(&mut *admin)
+            .await
+            .unwrap_or_else(|e| panic!("{in_flight}: {e}"));
+        if terminated > 0 {
+            return terminated as u64;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    terminate_backends(db).await
+}
+
 /// Two accounts sync a backfill under live changes while every connection of the daemon is
 /// terminated again and again. Every stream must keep finishing runs, the database must end equal
 /// to the sandbox, and SIGTERM must still stop the daemon in time.
@@ -76,9 +106,12 @@ async fn terminated_connections_never_freeze_a_stream() {
     let mut daemon = spawn_run_logged(&s.config_path, &s.log());
     let accounts = [account_name(0), account_name(1)];
 
-    // The backfill takes longer than the terminations, and its pipeline is full (fetching runs
-    // ahead of committing), so terminations land on commits with pieces waiting behind them.
-    // Runs that fail must say so in sync_cursors.
+    // Each termination waits for a statement or transaction in flight: during the backfill a
+    // commit with pieces waiting behind it, afterwards a run over the live changes. Runs that
+    // fail must say so in sync_cursors.
+    let mut admin = sqlx::PgConnection::connect(&common::pg_url())
+        .await
+        .unwrap();
     let mut terminated = 0;
     let mut failed_runs_seen = 0;
     for round in 0..14u64 {
@@ -93,8 +126,9 @@ async fn terminated_connections_never_freeze_a_stream() {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        terminated += terminate_backends(&db).await;
+        terminated += terminate_backends_in_flight(&mut admin, &db, Duration::from_secs(2)).await;
     }
+    let _ = admin.close().await;
     let last_termination = Utc::now();
     assert!(terminated >= 14, "only {terminated} connections terminated");
     assert!(
