@@ -5,7 +5,11 @@
 //!
 //!     cargo bench --bench sync
 //!
-//! `BENCH_ORDERS` and `BENCH_PAGE_SIZE` change the size.
+//! `BENCH_ORDERS` and `BENCH_PAGE_SIZE` change the size; `BENCH_HISTORY_DAYS` (default 3) the
+//! days the orders are spread over (730: a shop's two years, a few hundred orders a day);
+//! `BENCH_MAX_WINDOW` the account's `max_window` (default 1d). `BENCH_LOG` sets the daemon's
+//! log filter (e.g. `warn,ordersync::sync::window=trace` for every window page read) and keeps
+//! its log in `target/bench-sync-<backend>.log`.
 
 mod common;
 
@@ -19,11 +23,15 @@ fn run_once(
     base_url: &str,
     orders: usize,
     page_size: usize,
+    history_days: usize,
 ) -> Result<(), String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let start = chrono::Utc::now() - chrono::Duration::days(4);
+    let start = chrono::Utc::now() - chrono::Duration::days(history_days as i64 + 1);
+    let log_level = std::env::var("BENCH_LOG").ok();
+    let max_window = std::env::var("BENCH_MAX_WINDOW").unwrap_or_else(|_| "1d".to_owned());
     let config = format!(
-        "{database}\n[log]\nlevel = \"warn\"\n\n[[graas]]\nname = \"bench\"\nbase_url = \"{base_url}\"\naccount_number = \"5a4e44b3a67a6d0004800001\"\napp_key = \"sandbox-key-1\"\nstart_from = \"{}\"\npage_size = {page_size}\nsettle = \"1s\"\nrate_limit = \"100000/s\"\n",
+        "{database}\n[log]\nlevel = \"{}\"\n\n[[graas]]\nname = \"bench\"\nbase_url = \"{base_url}\"\naccount_number = \"5a4e44b3a67a6d0004800001\"\napp_key = \"sandbox-key-1\"\nstart_from = \"{}\"\npage_size = {page_size}\nsettle = \"1s\"\nrate_limit = \"100000/s\"\nmax_window = \"{max_window}\"\n",
+        log_level.as_deref().unwrap_or("warn"),
         start.to_rfc3339()
     )
     .replace("{dir}", &dir.path().display().to_string());
@@ -55,6 +63,11 @@ fn run_once(
             String::from_utf8_lossy(&out.stderr)
         ));
     }
+    if log_level.is_some() {
+        let log = format!("target/bench-sync-{label}.log");
+        std::fs::write(&log, &out.stderr).map_err(|e| format!("{log}: {e}"))?;
+        println!("          log: {log}");
+    }
     let mut written = 0u64;
     let mut peak_kb = 0u64;
     let mut requests = 0u64;
@@ -74,7 +87,7 @@ fn run_once(
         return Err(format!("wrote {written} orders, expected {orders}"));
     }
     println!(
-        "{label:<9} {orders:>7} orders  {:>8.2} s  {:>9.0} orders/s  peak RSS {:>6.1} MB  requests {requests} for {pages_needed} pages ({:.2}x)  (page size {page_size})",
+        "{label:<9} {orders:>7} orders  {:>8.2} s  {:>9.0} orders/s  peak RSS {:>6.1} MB  requests {requests} for {pages_needed} pages ({:.2}x)  (page size {page_size}, {history_days} days)",
         wall.as_secs_f64(),
         orders as f64 / wall.as_secs_f64(),
         peak_kb as f64 / 1024.0,
@@ -111,8 +124,17 @@ fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` would pass nothing useful either.
     let orders = env_number("BENCH_ORDERS", 100_000);
     let page_size = env_number("BENCH_PAGE_SIZE", 500);
+    let history_days = env_number("BENCH_HISTORY_DAYS", 3);
     let orders_arg = orders.to_string();
-    let (_sandbox, base_url) = match start_sandbox(&["--accounts", "1", "--orders", &orders_arg]) {
+    let days_arg = history_days.to_string();
+    let (_sandbox, base_url) = match start_sandbox(&[
+        "--accounts",
+        "1",
+        "--orders",
+        &orders_arg,
+        "--history-days",
+        &days_arg,
+    ]) {
         Ok(started) => started,
         Err(error) => {
             eprintln!("benchmark not run: {error}");
@@ -121,14 +143,21 @@ fn main() {
     };
     let mut failed = false;
     let sqlite = "[database]\nurl = \"sqlite://{dir}/bench.db\"\n";
-    if let Err(error) = run_once("sqlite", sqlite, &base_url, orders, page_size) {
+    if let Err(error) = run_once("sqlite", sqlite, &base_url, orders, page_size, history_days) {
         eprintln!("sqlite: {error}");
         failed = true;
     }
     if let Some(url) = common::pg_url() {
         let schema = format!("bench_{}", std::process::id());
         let database = format!("[database]\nurl = \"{url}\"\nschema = \"{schema}\"\n");
-        if let Err(error) = run_once("postgres", &database, &base_url, orders, page_size) {
+        if let Err(error) = run_once(
+            "postgres",
+            &database,
+            &base_url,
+            orders,
+            page_size,
+            history_days,
+        ) {
             eprintln!("postgres: {error}");
             failed = true;
         }

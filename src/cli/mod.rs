@@ -121,6 +121,9 @@ struct SandboxArgs {
     orders: usize,
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Days the Graas orders' last updates are spread over, ending now.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=3650))]
+    history_days: u32,
     /// Keep changing order statuses while serving.
     #[arg(long)]
     mutate: bool,
@@ -738,6 +741,7 @@ async fn sandbox(args: SandboxArgs) -> anyhow::Result<ExitCode> {
         .with_grafterr(args.grafterr_accounts, args.grafterr_orders)
         .with_lagerkoll(args.lagerkoll_stores);
     config.seed = args.seed;
+    config.history_secs = i64::from(args.history_days) * 24 * 3600;
     config.malformed_every = args.malformed_every;
     config.mutations = args.mutate.then(Mutations::default);
     let accounts = config.graas.clone();
