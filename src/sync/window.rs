@@ -58,11 +58,13 @@ struct Piece {
 }
 
 impl Piece {
-    /// Joins consecutive pieces (in time order) into one spanning all of them.
+    /// Joins pieces into one spanning all of them. Its end, where the cursor may move, is the
+    /// latest: the rest of the lookback is read after the fresh windows and ends behind them.
     fn merge(mut pieces: Vec<Piece>) -> Piece {
         let mut merged = pieces.remove(0);
         for piece in pieces {
-            merged.window.before = piece.window.before;
+            merged.window.after = merged.window.after.min(piece.window.after);
+            merged.window.before = merged.window.before.max(piece.window.before);
             merged.orders.extend(piece.orders);
             merged.quarantined.extend(piece.quarantined);
         }
@@ -147,6 +149,37 @@ struct RunFrame {
     horizon: i64,
 }
 
+/// The windows one run reads, in order: from the cursor (less the part of the lookback read
+/// again) to the run's end, at most `max_window` each, then the rest of the lookback when it is
+/// due. Planned one at a time, as a run over a long stretch has many.
+#[derive(Debug)]
+struct WindowPlanner {
+    after: i64,
+    cursor: i64,
+    end: i64,
+    max_window: i64,
+    rest: Option<TimeWindow>,
+}
+
+impl Iterator for WindowPlanner {
+    type Item = TimeWindow;
+
+    fn next(&mut self) -> Option<TimeWindow> {
+        if self.cursor >= self.end {
+            return self.rest.take();
+        }
+        // The windows after the first follow each other with the one-second overlap that
+        // exclusive bounds need.
+        let window = TimeWindow {
+            after: self.after,
+            before: (self.cursor + self.max_window).min(self.end),
+        };
+        self.cursor = self.cursor.max(window.before);
+        self.after = self.cursor - 1;
+        Some(window)
+    }
+}
+
 /// Records per second over the last few pieces read, to cut the next window to page size.
 #[derive(Debug, Default)]
 struct Density {
@@ -223,7 +256,7 @@ impl WindowSync {
     /// windows, then, when due, the rest of the lookback.
     pub async fn read(&self, shutdown: &CancellationToken) -> Result<RunSummary, SyncError> {
         let floor = self.plan.start_from.timestamp();
-        let mut cursor = match self.store.cursor(self.stream()).await? {
+        let cursor = match self.store.cursor(self.stream()).await? {
             Some(text) => text
                 .trim()
                 .parse::<i64>()
@@ -262,26 +295,13 @@ impl WindowSync {
             recent = lookback;
         }
         run.reread_secs = recent;
-        // The windows after the first follow each other with the one-second overlap that
-        // exclusive bounds need.
-        let mut after = (cursor - 1 - recent).max(floor - 1);
-        while cursor < end {
-            if shutdown.is_cancelled() {
-                run.interrupted = true;
-                return Ok(run);
-            }
-            let window = TimeWindow {
-                after,
-                before: (cursor + max_window).min(end),
-            };
-            let finished = self.read_window(window, frame, &mut run, shutdown).await?;
-            if !finished {
-                run.interrupted = true;
-                return Ok(run);
-            }
-            cursor = cursor.max(window.before);
-            after = cursor - 1;
-        }
+        let mut windows = WindowPlanner {
+            after: (cursor - 1 - recent).max(floor - 1),
+            cursor,
+            end,
+            max_window,
+            rest: None,
+        };
         if reread.full {
             // The rest of the lookback, after the fresh windows: fresh orders do not wait for it.
             let rest = TimeWindow {
@@ -290,11 +310,17 @@ impl WindowSync {
             };
             if recent < lookback && rest.covered_seconds() > 0 {
                 run.reread_secs = lookback;
-                if !self.read_window(rest, frame, &mut run, shutdown).await? {
-                    run.interrupted = true;
-                    return Ok(run);
-                }
+                windows.rest = Some(rest);
             }
+        }
+        if !self
+            .read_windows(windows, frame, &mut run, shutdown)
+            .await?
+        {
+            run.interrupted = true;
+            return Ok(run);
+        }
+        if reread.full {
             self.recheck.lock().await.full_done(started);
         }
         Ok(run)
@@ -310,17 +336,18 @@ impl WindowSync {
                 .is_none()
     }
 
-    /// Reads `window` piece by piece in time order, committing each piece with its cursor.
-    /// Fetching runs ahead of committing by about one batch, so the upstream
-    /// and the database work at the same time while memory stays bounded.
+    /// Reads the planned windows piece by piece in time order, committing each piece with its
+    /// cursor. Fetching runs ahead of committing by about one batch, so the upstream and the
+    /// database work at the same time while memory stays bounded; one pipeline spans all the
+    /// windows, so neither side waits for the other at a window's end.
     /// Returns false when shutdown interrupted it.
     ///
     /// Neither side can wait on the other forever: a failed commit ends the run at once (the
     /// fetcher, possibly waiting on a full channel, is dropped with it), and a failed fetch lets
     /// the committer finish the pieces already fetched before the error is returned.
-    async fn read_window(
+    async fn read_windows(
         &self,
-        window: TimeWindow,
+        windows: WindowPlanner,
         frame: RunFrame,
         run: &mut RunSummary,
         shutdown: &CancellationToken,
@@ -331,7 +358,7 @@ impl WindowSync {
         let batch_orders = COALESCE_ORDERS / self.store.concurrent_commits().max(1);
         let depth = (batch_orders / 2 / self.planned_records(true).max(1.0) as usize).clamp(2, 32);
         let (sender, receiver) = mpsc::channel::<Piece>(depth);
-        let fetching = self.fetch_pieces(window, frame, sender, shutdown);
+        let fetching = self.fetch_pieces(windows, frame, sender, shutdown);
         // Committing runs as its own task, so on a multi-threaded runtime it binds and sends
         // statements on one core while this task fetches and parses on another (in one task
         // they took turns). Dropping the run aborts it, and with it the open transaction.
@@ -367,15 +394,15 @@ impl WindowSync {
         Ok(finished)
     }
 
-    /// Splits `window` until each piece fits one page and sends the pieces in time order.
-    /// Returns the number of requests made and whether it got through the whole window.
+    /// Splits each window until each piece fits one page and sends the pieces in time order.
+    /// Returns the number of requests made and whether it got through every window.
     ///
     /// A window is cut by the density of the pieces just read before it is asked for, so a
     /// backfill does not spend a request on a window it would only learn to split; a piece that
     /// still overflows is split by its own record count.
     async fn fetch_pieces(
         &self,
-        window: TimeWindow,
+        mut windows: WindowPlanner,
         frame: RunFrame,
         sender: mpsc::Sender<Piece>,
         shutdown: &CancellationToken,
@@ -391,9 +418,14 @@ impl WindowSync {
         let mut density = self.density.lock().await;
         let mut recheck = self.recheck.lock().await;
         // A stack with the earliest piece on top keeps pieces in time order; `true` marks a
-        // piece already cut to size.
-        let mut pending = vec![(window, false)];
-        while let Some((window, sized)) = pending.pop() {
+        // piece already cut to size. The next window is planned when the last one is done.
+        let mut pending = Vec::new();
+        while let Some((window, sized)) =
+            pending.pop().or_else(|| windows.next().map(|w| (w, false)))
+        {
+            if shutdown.is_cancelled() {
+                return Ok((requests, false));
+            }
             // A window reaching behind the run's cursor is read as two when the part behind is
             // cut by memory and the fresh part by density, unless together they fit a page.
             if !sized && let Some((behind, fresh)) = cut_at(window, frame.start) {
@@ -1039,6 +1071,21 @@ mod tests {
             max_pages: 1,
             sigmas: FILL_MARGIN_SIGMAS,
         }
+    }
+
+    #[test]
+    fn a_batch_ends_where_its_latest_piece_ends() {
+        let piece = |after, before| Piece {
+            window: TimeWindow { after, before },
+            orders: Vec::new(),
+            quarantined: Vec::new(),
+        };
+        // A fresh window's last piece, then the rest of the lookback behind it: the batch must
+        // still move the cursor to the fresh piece's end.
+        let merged = Piece::merge(vec![piece(1_000, 2_000), piece(400, 900)]);
+        assert_eq!((merged.window.after, merged.window.before), (400, 2_000));
+        let merged = Piece::merge(vec![piece(100, 200), piece(199, 300), piece(299, 400)]);
+        assert_eq!((merged.window.after, merged.window.before), (100, 400));
     }
 
     #[test]
