@@ -7,7 +7,9 @@
 //!
 //! `BENCH_ORDERS` and `BENCH_PAGE_SIZE` change the size; `BENCH_HISTORY_DAYS` (default 3) the
 //! days the orders are spread over (730: a shop's two years, a few hundred orders a day);
-//! `BENCH_MAX_WINDOW` the account's `max_window` (default 1d). `BENCH_LOG` sets the daemon's
+//! `BENCH_MAX_WINDOW` the account's `max_window` (default 1d). `BENCH_IDS=creation` numbers the
+//! orders in the order they were created, as a marketplace does (default `random`: ids in random
+//! order of time, the worst case for the unique index). `BENCH_LOG` sets the daemon's
 //! log filter (e.g. `warn,ordersync::sync::window=trace` for every window page read) and keeps
 //! its log in `target/bench-sync-<backend>.log`.
 
@@ -24,6 +26,7 @@ fn run_once(
     orders: usize,
     page_size: usize,
     history_days: usize,
+    ids: &str,
 ) -> Result<(), String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let start = chrono::Utc::now() - chrono::Duration::days(history_days as i64 + 1);
@@ -87,7 +90,7 @@ fn run_once(
         return Err(format!("wrote {written} orders, expected {orders}"));
     }
     println!(
-        "{label:<9} {orders:>7} orders  {:>8.2} s  {:>9.0} orders/s  peak RSS {:>6.1} MB  requests {requests} for {pages_needed} pages ({:.2}x)  (page size {page_size}, {history_days} days)",
+        "{label:<9} {orders:>7} orders  {:>8.2} s  {:>9.0} orders/s  peak RSS {:>6.1} MB  requests {requests} for {pages_needed} pages ({:.2}x)  (page size {page_size}, {history_days} days, ids {ids})",
         wall.as_secs_f64(),
         orders as f64 / wall.as_secs_f64(),
         peak_kb as f64 / 1024.0,
@@ -125,16 +128,26 @@ fn main() {
     let orders = env_number("BENCH_ORDERS", 100_000);
     let page_size = env_number("BENCH_PAGE_SIZE", 500);
     let history_days = env_number("BENCH_HISTORY_DAYS", 3);
+    let ids = std::env::var("BENCH_IDS").unwrap_or_else(|_| "random".to_owned());
     let orders_arg = orders.to_string();
     let days_arg = history_days.to_string();
-    let (_sandbox, base_url) = match start_sandbox(&[
+    let mut sandbox_args = vec![
         "--accounts",
         "1",
         "--orders",
         &orders_arg,
         "--history-days",
         &days_arg,
-    ]) {
+    ];
+    match ids.as_str() {
+        "random" => {}
+        "creation" => sandbox_args.push("--ids-by-creation"),
+        other => {
+            eprintln!("BENCH_IDS = {other:?}: use \"random\" or \"creation\"");
+            std::process::exit(2);
+        }
+    }
+    let (_sandbox, base_url) = match start_sandbox(&sandbox_args) {
         Ok(started) => started,
         Err(error) => {
             eprintln!("benchmark not run: {error}");
@@ -143,7 +156,15 @@ fn main() {
     };
     let mut failed = false;
     let sqlite = "[database]\nurl = \"sqlite://{dir}/bench.db\"\n";
-    if let Err(error) = run_once("sqlite", sqlite, &base_url, orders, page_size, history_days) {
+    if let Err(error) = run_once(
+        "sqlite",
+        sqlite,
+        &base_url,
+        orders,
+        page_size,
+        history_days,
+        &ids,
+    ) {
         eprintln!("sqlite: {error}");
         failed = true;
     }
@@ -157,6 +178,7 @@ fn main() {
             orders,
             page_size,
             history_days,
+            &ids,
         ) {
             eprintln!("postgres: {error}");
             failed = true;

@@ -124,6 +124,10 @@ struct SandboxArgs {
     /// Days the Graas orders' last updates are spread over, ending now.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=3650))]
     history_days: u32,
+    /// Number the Graas orders in the order they were created, as a marketplace does (by default
+    /// their ids are in random order of time).
+    #[arg(long)]
+    ids_by_creation: bool,
     /// Keep changing order statuses while serving.
     #[arg(long)]
     mutate: bool,
@@ -743,6 +747,7 @@ async fn sandbox(args: SandboxArgs) -> anyhow::Result<ExitCode> {
     config.seed = args.seed;
     config.history_secs = i64::from(args.history_days) * 24 * 3600;
     config.malformed_every = args.malformed_every;
+    config.ids_follow_creation = args.ids_by_creation;
     config.mutations = args.mutate.then(Mutations::default);
     let accounts = config.graas.clone();
     let gid_accounts = config.getitdone.clone();

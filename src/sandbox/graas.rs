@@ -190,6 +190,32 @@ impl SimAccount {
     }
 }
 
+/// Gives the orders their ids (and their items' ids) again in the order they were created, as a
+/// marketplace numbers them; the set of ids stays the same.
+fn number_by_creation(orders: &mut [SimOrder]) {
+    // They were generated with increasing ids.
+    let ids: Vec<String> = orders.iter().map(|order| order.order_id.clone()).collect();
+    let item_prefixes: Vec<String> = orders
+        .iter()
+        .map(|order| item_prefix(&order.items))
+        .collect();
+    orders.sort_by_key(|order| order.created);
+    for ((order, id), prefix) in orders.iter_mut().zip(ids).zip(item_prefixes) {
+        order.order_id = id;
+        for (n, item) in order.items.iter_mut().enumerate() {
+            item.item_id = format!("{prefix}{n}");
+        }
+    }
+}
+
+/// The part of an order's item ids before the item's position.
+fn item_prefix(items: &[SimItem]) -> String {
+    items
+        .first()
+        .map(|item| item.item_id[..item.item_id.len().saturating_sub(1)].to_owned())
+        .unwrap_or_default()
+}
+
 impl GraasSim {
     pub fn new(config: &SandboxConfig) -> Self {
         let mut rng = SmallRng::seed_from_u64(config.seed);
@@ -208,6 +234,7 @@ impl GraasSim {
                 stats: AccountStats::default(),
                 next_id: 0,
             };
+            let mut initial = Vec::with_capacity(spec.orders);
             for n in 0..spec.orders {
                 // Initial orders end a few seconds before start, so none is still settling.
                 let updated = rng.random_range(oldest..now - 5);
@@ -217,6 +244,12 @@ impl GraasSim {
                 order.malformed = config
                     .malformed_every
                     .is_some_and(|every| every > 0 && n % every == every - 1);
+                initial.push(order);
+            }
+            if config.ids_follow_creation {
+                number_by_creation(&mut initial);
+            }
+            for order in initial {
                 account.insert(order);
             }
             accounts.push(account);
@@ -764,4 +797,44 @@ pub fn router(sim: Arc<GraasSim>) -> Router {
         .route("/_sandbox/graas/stats", get(stats))
         .route("/_sandbox/graas/faults", axum::routing::put(put_faults))
         .with_state(sim)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids_in_creation_order(sim: &GraasSim) -> Vec<u64> {
+        let state = sim.lock();
+        let mut orders: Vec<&SimOrder> = state.accounts[0].orders.iter().collect();
+        orders.sort_by_key(|order| order.created);
+        orders
+            .iter()
+            .map(|order| order.order_id.parse().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn ids_by_creation_grow_with_creation_and_keep_the_same_ids() {
+        let random = GraasSim::new(&SandboxConfig::graas(1, 500));
+        let mut config = SandboxConfig::graas(1, 500);
+        config.ids_follow_creation = true;
+        let by_creation = GraasSim::new(&config);
+
+        let random_ids = ids_in_creation_order(&random);
+        let ids = ids_in_creation_order(&by_creation);
+        assert!(!random_ids.is_sorted(), "random ids already grew with time");
+        assert!(ids.is_sorted(), "ids do not grow with creation");
+        let mut same = random_ids.clone();
+        same.sort_unstable();
+        assert_eq!(same, ids);
+
+        // An item's id starts with its order's number.
+        let state = by_creation.lock();
+        for order in &state.accounts[0].orders {
+            let number = order.order_id.parse::<u64>().unwrap() - 30_000_000_000_000;
+            for item in &order.items {
+                assert!(item.item_id.starts_with(&number.to_string()), "{item:?}");
+            }
+        }
+    }
 }

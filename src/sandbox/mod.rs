@@ -89,6 +89,10 @@ pub struct SandboxConfig {
     pub history_secs: i64,
     /// Every n-th initial order is served malformed (its `timeLastUpdated` is not a number).
     pub malformed_every: Option<usize>,
+    /// Initial Graas order ids grow with the orders' creation, as a marketplace numbers them;
+    /// otherwise they are in random order of time (the unique index's worst case).
+    #[serde(default)]
+    pub ids_follow_creation: bool,
     pub faults: Faults,
     pub mutations: Option<Mutations>,
     /// Mass status changes, stopped with the mutations by `set_mutating(false)`.
@@ -130,6 +134,7 @@ impl SandboxConfig {
                 .collect(),
             history_secs: 3 * 24 * 3600,
             malformed_every: None,
+            ids_follow_creation: false,
             faults: Faults::default(),
             mutations: None,
             graas_bulk: None,
