@@ -453,6 +453,46 @@ async fn pages_are_asked_for_ahead_within_the_limit(db: TestDb) {
 }
 on_both_backends!(pages_are_asked_for_ahead_within_the_limit);
 
+/// A closed window's pages are written as they arrive, ahead of the window's last page: with
+/// every answer held 150 ms, the database holds orders later than the cursor while a window is
+/// read (before, the writer waited for each window's last page). The cursor only moves once a
+/// window has been read whole, and the database ends equal to the upstream.
+async fn closed_windows_are_written_page_by_page(db: TestDb) {
+    let mut spec = SandboxConfig::graas(1, 2_000);
+    spec.faults.slow_ratio = 1.0;
+    spec.faults.slow_ms = 150;
+    let sandbox = sandbox(&spec).await;
+    let account = AccountToml {
+        page_size: 50,
+        ..AccountToml::default()
+    };
+    let (store, runners) = synced_store(&db, &sandbox, &spec, &account).await;
+    let backfill = tokio::spawn(async move { catch_up(&runners).await });
+    let name = account_name(0);
+    let mut ahead_of_cursor = 0;
+    while !backfill.is_finished() {
+        // Orders first, then the cursor: the cursor only grows, so an order later than the
+        // cursor read after it was stored before its window was complete.
+        let orders = store.orders_of("graas", &name).await.unwrap();
+        let cursor = common::cursor_of(&store, &name).await.unwrap_or(i64::MIN);
+        let later = orders
+            .iter()
+            .filter(|order| order.upstream_updated_at.timestamp() > cursor)
+            .count();
+        ahead_of_cursor = ahead_of_cursor.max(later);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    backfill.await.unwrap();
+    assert!(
+        ahead_of_cursor >= 50,
+        "at most {ahead_of_cursor} orders were stored ahead of the cursor"
+    );
+    assert_matches_truth(&store, &sandbox, &spec).await;
+    store.close().await;
+    sandbox.stop().await;
+}
+on_both_backends!(closed_windows_are_written_page_by_page);
+
 /// A fifth of the pages after a closed window's first meet an upstream that has just moved the
 /// window's earliest order to now, so every later page shifts by one and one order would be
 /// skipped: each such read is refused and the window read again in smaller pieces.
