@@ -405,14 +405,18 @@ async fn a_backfill_needs_few_more_requests_than_pages(db: TestDb) {
 }
 on_both_backends!(a_backfill_needs_few_more_requests_than_pages);
 
-/// Pages certain to be read next are asked for before they are needed (`read_ahead`, 2 by
-/// default): with every answer held 30 ms, the upstream sees three reads at once and never more,
-/// and with `read_ahead = 0` one at a time. Either way the database ends equal to the upstream,
-/// and reading ahead asks for no page that is not then used.
-async fn pages_are_asked_for_ahead_within_the_limit(db: TestDb) {
-    let mut requests = Vec::new();
-    for (read_ahead, most_at_once) in [(0, 1), (2, 3)] {
-        let mut spec = SandboxConfig::graas(1, 3_000);
+/// Syncs `orders` spread over `history_secs` at page size 50 with every answer held 30 ms, once
+/// with `read_ahead = 0` and once with the default (2): the database ends equal to the upstream
+/// each time. Returns, for each, the most reads the upstream saw at once and the requests made.
+async fn reads_with_and_without_read_ahead(
+    db: &TestDb,
+    orders: usize,
+    history_secs: i64,
+) -> [(u64, u64); 2] {
+    let mut seen = [(0, 0); 2];
+    for (i, read_ahead) in [0, 2].into_iter().enumerate() {
+        let mut spec = SandboxConfig::graas(1, orders);
+        spec.history_secs = history_secs;
         spec.faults.slow_ratio = 1.0;
         spec.faults.slow_ms = 30;
         let sandbox = sandbox(&spec).await;
@@ -435,23 +439,42 @@ async fn pages_are_asked_for_ahead_within_the_limit(db: TestDb) {
             .graas()
             .stats(&spec.graas[0].account_number)
             .unwrap();
-        assert_eq!(
-            stats.max_reads_in_flight, most_at_once,
-            "read_ahead = {read_ahead}"
-        );
-        requests.push(stats.traffic.requests);
+        seen[i] = (stats.max_reads_in_flight, stats.traffic.requests);
         store.close().await;
         sandbox.stop().await;
     }
+    seen
+}
+
+/// Pages certain to be read next are asked for before they are needed (`read_ahead`, 2 by
+/// default): the upstream sees three reads at once and never more, and with `read_ahead = 0`
+/// one at a time. Reading ahead asks for no page that is not then used.
+async fn pages_are_asked_for_ahead_within_the_limit(db: TestDb) {
+    let [(one_at_a_time, alone), (at_once, ahead)] =
+        reads_with_and_without_read_ahead(&db, 3_000, 3 * 24 * 3600).await;
+    assert_eq!((one_at_a_time, at_once), (1, 3));
     // The last window ends at a different second in each run: one piece more at most.
     assert!(
-        requests[1] <= requests[0] + 1,
-        "{} requests reading ahead, {} one at a time",
-        requests[1],
-        requests[0]
+        ahead <= alone + 1,
+        "{ahead} requests reading ahead, {alone} one at a time"
     );
 }
 on_both_backends!(pages_are_asked_for_ahead_within_the_limit);
+
+/// A sparse history, 10 orders a day over 30 days: each day is a window of its own (`max_window`)
+/// and fits one page. The next days' windows are asked for while one is read, three at once, in
+/// no more requests than reading them one at a time.
+async fn sparse_windows_are_asked_for_ahead(db: TestDb) {
+    let [(one_at_a_time, alone), (at_once, ahead)] =
+        reads_with_and_without_read_ahead(&db, 300, 30 * 24 * 3600).await;
+    assert_eq!((one_at_a_time, at_once), (1, 3));
+    assert!(alone >= 30, "{alone} requests for 30 days");
+    assert!(
+        ahead <= alone + 1,
+        "{ahead} requests reading ahead, {alone} one at a time"
+    );
+}
+on_both_backends!(sparse_windows_are_asked_for_ahead);
 
 /// A closed window's pages are written as they arrive, ahead of the window's last page: with
 /// every answer held 150 ms, the database holds orders later than the cursor while a window is

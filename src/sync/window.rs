@@ -426,7 +426,6 @@ impl WindowSync {
         sender: mpsc::Sender<Piece>,
         shutdown: &CancellationToken,
     ) -> Result<(u64, bool), SyncError> {
-        let one_page = self.planned_records(false);
         let mut requests = 0;
         let mut ahead = ReadAhead::new(
             Arc::clone(&self.source),
@@ -445,59 +444,39 @@ impl WindowSync {
             if shutdown.is_cancelled() {
                 return Ok((requests, false));
             }
-            // A window reaching behind the run's cursor is read as two when the part behind is
-            // cut by memory and the fresh part by density, unless together they fit a page.
-            if !sized && let Some((behind, fresh)) = cut_at(window, frame.start) {
-                let together = recheck
-                    .known_count(behind)
-                    .zip(density.expected(fresh))
-                    .map(|(known, expected)| known as f64 + expected);
-                if together.is_none_or(|records| records > one_page) {
-                    pending.push((fresh, false));
-                    pending.push((behind, false));
-                    continue;
-                }
-            }
-            // A window reaching from closed time into the lookback: the closed part is read
-            // several pages at a time, unless it is too small to need more than one.
-            if !sized
-                && self.pages_per_read() > 1
-                && let Some((closed, open)) = cut_at(window, frame.horizon)
-                && density
-                    .expected(closed)
-                    .is_none_or(|records| records > one_page)
-            {
-                pending.push((open, false));
-                pending.push((closed, false));
+            if !sized && let Some(instead) = self.cut(window, frame, &density, &recheck) {
+                pending.extend(instead);
                 continue;
             }
             let closed = window.before <= frame.horizon;
             let size = self.piece_size(closed);
-            // Behind the cursor, what earlier reads found in each second tells how to cut.
-            if !sized
-                && window.before <= frame.start
-                && let Some(pieces) = recheck.cut(window, one_page as usize)
-            {
-                pending.extend(pieces.into_iter().rev().map(|w| (w, true)));
-                continue;
-            }
-            if !sized && let Some(parts) = density.parts(window, size) {
-                pending.extend(
-                    even_split(window, parts)
-                        .into_iter()
-                        .rev()
-                        .map(|w| (w, true)),
-                );
-                continue;
-            }
             // This piece is read now, and the pieces already cut to size after it whatever it
             // holds: their first pages are asked for while this one is parsed and written.
             self.start_ahead(&mut ahead, window, 1, &mut requests);
-            for (next, sized) in pending.iter().rev() {
-                if !*sized || !ahead.has_room() {
+            loop {
+                for (next, sized) in pending.iter().rev() {
+                    if !*sized || !ahead.has_room() {
+                        break;
+                    }
+                    self.start_ahead(&mut ahead, *next, 1, &mut requests);
+                }
+                // Every piece left is asked for already: the next window is cut now, by the
+                // density known now, and its first pages asked for too. A sparse history is a
+                // window per `max_window`, each a request that had waited for the one before.
+                if !ahead.has_room() || pending.iter().any(|(_, sized)| !sized) {
                     break;
                 }
-                self.start_ahead(&mut ahead, *next, 1, &mut requests);
+                let Some(next) = windows.next() else { break };
+                let mut later = vec![(next, false)];
+                if density.expected(next).is_some() {
+                    self.cut_to_size(&mut later, frame, &density, &recheck);
+                }
+                let planned = later.last().is_some_and(|(_, sized)| *sized);
+                // Later than every piece pending: the bottom of the stack.
+                pending.splice(0..0, later);
+                if !planned {
+                    break;
+                }
             }
             // Shutdown abandons a fetch in progress (a slow page, a Retry-After pause): nothing
             // fetched and uncommitted is needed, the next run reads it again. Reads started
@@ -527,6 +506,76 @@ impl WindowSync {
             }
         }
         Ok((requests, true))
+    }
+
+    /// How a window not yet cut to size is read: `None` when as it is, else the windows to read
+    /// instead, the earliest last (`pending` is a stack), `true` marking those cut to size.
+    fn cut(
+        &self,
+        window: TimeWindow,
+        frame: RunFrame,
+        density: &Density,
+        recheck: &Recheck,
+    ) -> Option<Vec<(TimeWindow, bool)>> {
+        let one_page = self.planned_records(false);
+        // A window reaching behind the run's cursor is read as two when the part behind is
+        // cut by memory and the fresh part by density, unless together they fit a page.
+        if let Some((behind, fresh)) = cut_at(window, frame.start) {
+            let together = recheck
+                .known_count(behind)
+                .zip(density.expected(fresh))
+                .map(|(known, expected)| known as f64 + expected);
+            if together.is_none_or(|records| records > one_page) {
+                return Some(vec![(fresh, false), (behind, false)]);
+            }
+        }
+        // A window reaching from closed time into the lookback: the closed part is read
+        // several pages at a time, unless it is too small to need more than one.
+        if self.pages_per_read() > 1
+            && let Some((closed, open)) = cut_at(window, frame.horizon)
+            && density
+                .expected(closed)
+                .is_none_or(|records| records > one_page)
+        {
+            return Some(vec![(open, false), (closed, false)]);
+        }
+        // Behind the cursor, what earlier reads found in each second tells how to cut.
+        if window.before <= frame.start
+            && let Some(pieces) = recheck.cut(window, one_page as usize)
+        {
+            return Some(pieces.into_iter().rev().map(|w| (w, true)).collect());
+        }
+        let size = self.piece_size(window.before <= frame.horizon);
+        density.parts(window, size).map(|parts| {
+            even_split(window, parts)
+                .into_iter()
+                .rev()
+                .map(|w| (w, true))
+                .collect()
+        })
+    }
+
+    /// Cuts the top of `pending` until it is a window read as it is, and marks that one cut
+    /// to size, so it is read as planned now even when a later read changes the density.
+    fn cut_to_size(
+        &self,
+        pending: &mut Vec<(TimeWindow, bool)>,
+        frame: RunFrame,
+        density: &Density,
+        recheck: &Recheck,
+    ) {
+        while let Some(&(window, false)) = pending.last() {
+            match self.cut(window, frame, density, recheck) {
+                Some(instead) => {
+                    pending.pop();
+                    pending.extend(instead);
+                }
+                None => {
+                    pending.pop();
+                    pending.push((window, true));
+                }
+            }
+        }
     }
 
     /// `pages_per_read`: a closed window's pages go to the committer as they are read, so a
