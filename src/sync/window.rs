@@ -70,9 +70,7 @@ impl Piece {
         }
         merged
     }
-}
 
-impl Piece {
     /// Pages of a window still being read: committed early, so the writer starts on the first
     /// page instead of waiting for the last, but ending where the window starts, so the cursor
     /// does not move until the whole window has been read consistently.
@@ -571,8 +569,9 @@ impl WindowSync {
                     pending.extend(instead);
                 }
                 None => {
-                    pending.pop();
-                    pending.push((window, true));
+                    if let Some(top) = pending.last_mut() {
+                        top.1 = true;
+                    }
                 }
             }
         }
