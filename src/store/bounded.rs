@@ -74,6 +74,10 @@ impl Store for Bounded {
         self.inner.concurrent_commits()
     }
 
+    fn writes_ending(&self) {
+        self.inner.writes_ending();
+    }
+
     async fn commit_batch_after(
         &self,
         batch: &Batch<'_>,

@@ -227,6 +227,12 @@ pub trait Store: Send + Sync {
         1
     }
 
+    /// The caller has sent every batch it has for now: only those in flight are still to
+    /// commit. A store may start housekeeping it would otherwise leave to later; SQLite starts a
+    /// checkpoint on its spare connection, so the batches still committing and a close that
+    /// follows find less of the log left to copy.
+    fn writes_ending(&self) {}
+
     /// [`Store::commit_batch`] for the batch that follows the one `earlier` reports on: the
     /// writing may overlap the earlier batch's, but this batch (and its cursor) commits only
     /// after the earlier one did, and not at all if it failed. The caller keeps batches that

@@ -78,6 +78,13 @@ impl Checkpoints {
         }
     }
 
+    /// Checkpoints now what was committed since the last checkpoint, if anything was.
+    fn soon(&self) {
+        if self.since_last.swap(0, Ordering::Relaxed) > 0 {
+            self.wake.notify_one();
+        }
+    }
+
     fn committed(&self, bytes: u64) {
         let total = self.since_last.fetch_add(bytes, Ordering::Relaxed) + bytes;
         if total >= CHECKPOINT_EVERY_BYTES {
@@ -277,6 +284,10 @@ impl Store for SqliteStore {
         .fetch_optional(&self.pool)
         .await?;
         Ok(row.and_then(|r| r.get::<Option<String>, _>(0)))
+    }
+
+    fn writes_ending(&self) {
+        self.checkpoints.soon();
     }
 
     async fn commit_batch(&self, batch: &Batch<'_>) -> Result<BatchOutcome, StoreError> {
@@ -1340,6 +1351,79 @@ impl SqliteStore {
 
 #[cfg(test)]
 mod tests {
+    use super::SqliteStore;
+    use crate::config::{Backend, DatabaseConfig, Secret};
+    use crate::model::{ProviderKind, StreamKey, test_order};
+    use crate::store::{Batch, Store};
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_caller_done_writing_gets_the_log_copied_into_the_database_file() {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string());
+        let Ok(dir) = dir else { panic!("{dir:?}") };
+        let path = dir.path().join("orders.db");
+        let config = DatabaseConfig {
+            url: Secret::new(format!("sqlite://{}", path.display())),
+            backend: Backend::Sqlite,
+            schema: None,
+            max_connections: 4,
+            statement_timeout: Duration::from_secs(5),
+            acquire_timeout: Duration::from_secs(5),
+            idle_transaction_timeout: Duration::from_secs(5),
+        };
+        let store = SqliteStore::open(&config).await;
+        let Ok(store) = store else {
+            panic!("open: {:?}", store.err())
+        };
+        if let Err(error) = store.migrate().await {
+            panic!("migrate: {error}");
+        }
+        let pad = "x".repeat(1000);
+        let orders: Vec<_> = (0..300)
+            .map(|n| {
+                let mut order = test_order(&n.to_string(), 1_000, Some("PAID"));
+                order.payload = format!("{{\"pad\":\"{pad}\"}}");
+                order
+            })
+            .collect();
+        let stream = StreamKey {
+            provider: ProviderKind::Graas,
+            account: "a".into(),
+            resource: "orders".into(),
+        };
+        let batch = Batch {
+            stream: &stream,
+            orders: &orders,
+            quarantined: &[],
+            cursor: Some("1000"),
+            seen_at: chrono::Utc::now(),
+        };
+        if let Err(error) = store.commit_batch(&batch).await {
+            panic!("commit: {error}");
+        }
+        let file_size = || std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        // 300 KB is far below the background checkpoint's threshold: the orders are in the log only.
+        let before = file_size();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            file_size(),
+            before,
+            "a checkpoint ran before any was asked for"
+        );
+
+        store.writes_ending();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while file_size() < before + 300 * 1000 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the database file stayed at {} bytes (before: {before})",
+                file_size()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        store.close().await;
+    }
+
     #[test]
     fn stored_times_have_one_fixed_width_form() {
         let cases = [

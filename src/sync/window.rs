@@ -395,7 +395,11 @@ impl WindowSync {
         // error, which must not wait for the fetcher.
         let committed = loop {
             tokio::select! {
-                result = &mut fetching, if fetched.is_none() => fetched = Some(result),
+                result = &mut fetching, if fetched.is_none() => {
+                    // Only commits are left: a store may use the spare core meanwhile.
+                    self.store.writes_ending();
+                    fetched = Some(result);
+                }
                 result = &mut committing => break result.map_err(SyncError::Committer)??,
             }
         };
