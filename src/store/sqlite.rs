@@ -39,6 +39,8 @@ const WRITER_CACHE_KIB: i64 = 16 * 1024;
 const READER_CACHE_KIB: i64 = 4 * 1024;
 /// Bytes committed between background checkpoints.
 const CHECKPOINT_EVERY_BYTES: u64 = 16 << 20;
+/// The least committed that a caller's end of writing checkpoints early.
+const CHECKPOINT_SOON_MIN_BYTES: u64 = 1 << 20;
 /// WAL pages after which a committing connection checkpoints by itself: only reached when the
 /// background checkpoint falls behind, so the WAL cannot grow without bound.
 const WRITER_AUTOCHECKPOINT_PAGES: &str = "16384";
@@ -78,9 +80,11 @@ impl Checkpoints {
         }
     }
 
-    /// Checkpoints now what was committed since the last checkpoint, if anything was.
+    /// Checkpoints now what was committed since the last checkpoint, unless it is too little
+    /// to be worth the checkpoint's two syncs (a daemon's runs mostly write a few orders).
     fn soon(&self) {
-        if self.since_last.swap(0, Ordering::Relaxed) > 0 {
+        if self.since_last.load(Ordering::Relaxed) >= CHECKPOINT_SOON_MIN_BYTES {
+            self.since_last.store(0, Ordering::Relaxed);
             self.wake.notify_one();
         }
     }
@@ -1378,42 +1382,47 @@ mod tests {
         if let Err(error) = store.migrate().await {
             panic!("migrate: {error}");
         }
-        let pad = "x".repeat(1000);
-        let orders: Vec<_> = (0..300)
-            .map(|n| {
-                let mut order = test_order(&n.to_string(), 1_000, Some("PAID"));
-                order.payload = format!("{{\"pad\":\"{pad}\"}}");
-                order
-            })
-            .collect();
         let stream = StreamKey {
             provider: ProviderKind::Graas,
             account: "a".into(),
             resource: "orders".into(),
         };
-        let batch = Batch {
-            stream: &stream,
-            orders: &orders,
-            quarantined: &[],
-            cursor: Some("1000"),
-            seen_at: chrono::Utc::now(),
+        let commit = async |ids: std::ops::Range<usize>, pad: usize| {
+            let orders: Vec<_> = ids
+                .map(|n| {
+                    let mut order = test_order(&n.to_string(), 1_000, Some("PAID"));
+                    order.payload = format!("{{\"pad\":\"{}\"}}", "x".repeat(pad));
+                    order
+                })
+                .collect();
+            let batch = Batch {
+                stream: &stream,
+                orders: &orders,
+                quarantined: &[],
+                cursor: Some("1000"),
+                seen_at: chrono::Utc::now(),
+            };
+            if let Err(error) = store.commit_batch(&batch).await {
+                panic!("commit: {error}");
+            }
         };
-        if let Err(error) = store.commit_batch(&batch).await {
-            panic!("commit: {error}");
-        }
         let file_size = || std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        // 300 KB is far below the background checkpoint's threshold: the orders are in the log only.
         let before = file_size();
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert_eq!(
-            file_size(),
-            before,
-            "a checkpoint ran before any was asked for"
-        );
 
+        // A few KB are not worth a checkpoint's syncs: they wait for the next.
+        commit(0..5, 100).await;
+        store.writes_ending();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(file_size(), before, "a few KB were checkpointed early");
+
+        // 1.2 MB is far below the background checkpoint's threshold: it stays in the log only
+        // until the caller says its writes are ending.
+        commit(5..305, 4000).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(file_size(), before, "a checkpoint ran before one was due");
         store.writes_ending();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while file_size() < before + 300 * 1000 {
+        while file_size() < before + 300 * 4000 {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "the database file stayed at {} bytes (before: {before})",
