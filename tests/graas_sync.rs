@@ -70,6 +70,31 @@ async fn backfill_matches_truth(db: TestDb) {
 }
 on_both_backends!(backfill_matches_truth);
 
+/// Once a run's reads are done, its orders reach the SQLite database file itself, not only its
+/// write-ahead log: a daemon that then idles (or closes) has little left to copy, and a copy of
+/// the file alone already holds them. A few MB are far below the checkpoint every 16 MB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_run_reaches_the_sqlite_file_without_waiting_for_shutdown() {
+    let db = TestDb::new(common::Backend::Sqlite, "finished_run_reaches_the_file");
+    let spec = SandboxConfig::graas(1, 2_000);
+    let sandbox = sandbox(&spec).await;
+    let (store, runners) = synced_store(&db, &sandbox, &spec, &AccountToml::default()).await;
+    let path = db.url.trim_start_matches("sqlite://").to_owned();
+    let file_size = || std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    let before = file_size();
+
+    catch_up(&runners).await;
+    assert_matches_truth(&store, &sandbox, &spec).await;
+    wait_until(
+        Duration::from_secs(10),
+        "the orders in the database file",
+        || async { file_size() >= before + 2_000 * 1_000 },
+    )
+    .await;
+    store.close().await;
+    sandbox.stop().await;
+}
+
 /// History rows belong to their order: deleting the order (by hand, with SQL) deletes them.
 async fn deleting_an_order_deletes_its_history(db: TestDb) {
     let spec = SandboxConfig::graas(1, 50);
