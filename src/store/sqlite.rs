@@ -83,15 +83,17 @@ impl Checkpoints {
     /// Checkpoints now what was committed since the last checkpoint, unless it is too little
     /// to be worth the checkpoint's two syncs (a daemon's runs mostly write a few orders).
     fn soon(&self) {
-        if self.since_last.load(Ordering::Relaxed) >= CHECKPOINT_SOON_MIN_BYTES {
-            self.since_last.store(0, Ordering::Relaxed);
-            self.wake.notify_one();
-        }
+        self.wake_from(CHECKPOINT_SOON_MIN_BYTES);
     }
 
     fn committed(&self, bytes: u64) {
-        let total = self.since_last.fetch_add(bytes, Ordering::Relaxed) + bytes;
-        if total >= CHECKPOINT_EVERY_BYTES {
+        self.since_last.fetch_add(bytes, Ordering::Relaxed);
+        self.wake_from(CHECKPOINT_EVERY_BYTES);
+    }
+
+    /// Wakes the checkpoint once `least` bytes were committed since it last ran.
+    fn wake_from(&self, least: u64) {
+        if self.since_last.load(Ordering::Relaxed) >= least {
             self.since_last.store(0, Ordering::Relaxed);
             self.wake.notify_one();
         }
