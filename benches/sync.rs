@@ -7,7 +7,10 @@
 //!
 //! `BENCH_ORDERS` and `BENCH_PAGE_SIZE` change the size; `BENCH_HISTORY_DAYS` (default 3) the
 //! days the orders are spread over (730: a shop's two years, a few hundred orders a day);
-//! `BENCH_MAX_WINDOW` the account's `max_window` (default 1d). `BENCH_IDS=creation` numbers the
+//! `BENCH_MAX_WINDOW` the account's `max_window` (default 1d). `BENCH_BUFFERED` sets
+//! `database.buffered_orders` (default: the backend's). `BENCH_ACCOUNTS` (default 1)
+//! spreads the orders over that many accounts backfilled at once, as a new install with several
+//! shops does (they share one buffer of fetched orders). `BENCH_IDS=creation` numbers the
 //! orders in the order they were created, as a marketplace does (default `random`: ids in random
 //! order of time, the worst case for the unique index). `BENCH_LOG` sets the daemon's
 //! log filter (e.g. `warn,ordersync::sync::window=trace` for every window page read) and keeps
@@ -19,25 +22,40 @@ use common::{BIN, env_number, start_sandbox};
 use std::process::Command;
 use std::time::Instant;
 
-fn run_once(
-    label: &str,
-    database: &str,
-    base_url: &str,
-    orders: usize,
+/// What a run backfills: `accounts` accounts of `orders_each` orders.
+struct Shape {
+    accounts: usize,
+    orders_each: usize,
     page_size: usize,
     history_days: usize,
-    ids: &str,
-) -> Result<(), String> {
+    ids: String,
+}
+
+fn run_once(label: &str, database: &str, base_url: &str, shape: &Shape) -> Result<(), String> {
+    let Shape {
+        accounts,
+        orders_each,
+        page_size,
+        history_days,
+        ref ids,
+    } = *shape;
+    let orders = accounts * orders_each;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let start = chrono::Utc::now() - chrono::Duration::days(history_days as i64 + 1);
     let log_level = std::env::var("BENCH_LOG").ok();
     let max_window = std::env::var("BENCH_MAX_WINDOW").unwrap_or_else(|_| "1d".to_owned());
-    let config = format!(
-        "{database}\n[log]\nlevel = \"{}\"\n\n[[graas]]\nname = \"bench\"\nbase_url = \"{base_url}\"\naccount_number = \"5a4e44b3a67a6d0004800001\"\napp_key = \"sandbox-key-1\"\nstart_from = \"{}\"\npage_size = {page_size}\nsettle = \"1s\"\nrate_limit = \"100000/s\"\nmax_window = \"{max_window}\"\n",
-        log_level.as_deref().unwrap_or("warn"),
-        start.to_rfc3339()
+    let mut config = format!(
+        "{database}\n[log]\nlevel = \"{}\"\n",
+        log_level.as_deref().unwrap_or("warn")
     )
     .replace("{dir}", &dir.path().display().to_string());
+    // The sandbox's account numbers and keys.
+    for i in 1..=accounts {
+        config.push_str(&format!(
+            "\n[[graas]]\nname = \"bench-{i}\"\nbase_url = \"{base_url}\"\naccount_number = \"5a4e44b3a67a6d00048{i:05}\"\napp_key = \"sandbox-key-{i}\"\nstart_from = \"{}\"\npage_size = {page_size}\nsettle = \"1s\"\nrate_limit = \"100000/s\"\nmax_window = \"{max_window}\"\n",
+            start.to_rfc3339()
+        ));
+    }
     let path = dir.path().join("bench.toml");
     std::fs::write(&path, config).map_err(|e| e.to_string())?;
 
@@ -85,16 +103,17 @@ fn run_once(
         }
     }
     // The fewest requests that can carry the data: full pages.
-    let pages_needed = (orders as u64).div_ceil(page_size as u64).max(1);
+    let pages_needed = accounts as u64 * (orders_each as u64).div_ceil(page_size as u64).max(1);
     if written != orders as u64 {
         return Err(format!("wrote {written} orders, expected {orders}"));
     }
     println!(
-        "{label:<9} {orders:>7} orders  {:>8.2} s  {:>9.0} orders/s  peak RSS {:>6.1} MB  requests {requests} for {pages_needed} pages ({:.2}x)  (page size {page_size}, {history_days} days, ids {ids})",
+        "{label:<9} {orders:>7} orders  {:>8.2} s  {:>9.0} orders/s  peak RSS {:>6.1} MB  requests {requests} for {pages_needed} pages ({:.2}x)  (page size {page_size}, {history_days} days, ids {ids}, {accounts} account{})",
         wall.as_secs_f64(),
         orders as f64 / wall.as_secs_f64(),
         peak_kb as f64 / 1024.0,
-        requests as f64 / pages_needed as f64
+        requests as f64 / pages_needed as f64,
+        if accounts == 1 { "" } else { "s" }
     );
     println!("          CPU by stage: {cpu}");
     Ok(())
@@ -129,11 +148,20 @@ fn main() {
     let page_size = env_number("BENCH_PAGE_SIZE", 500);
     let history_days = env_number("BENCH_HISTORY_DAYS", 3);
     let ids = std::env::var("BENCH_IDS").unwrap_or_else(|_| "random".to_owned());
-    let orders_arg = orders.to_string();
+    let accounts = env_number("BENCH_ACCOUNTS", 1).max(1);
+    let shape = Shape {
+        accounts,
+        orders_each: orders / accounts,
+        page_size,
+        history_days,
+        ids: ids.clone(),
+    };
+    let accounts_arg = accounts.to_string();
+    let orders_arg = shape.orders_each.to_string();
     let days_arg = history_days.to_string();
     let mut sandbox_args = vec![
         "--accounts",
-        "1",
+        &accounts_arg,
         "--orders",
         &orders_arg,
         "--history-days",
@@ -155,31 +183,19 @@ fn main() {
         }
     };
     let mut failed = false;
-    let sqlite = "[database]\nurl = \"sqlite://{dir}/bench.db\"\n";
-    if let Err(error) = run_once(
-        "sqlite",
-        sqlite,
-        &base_url,
-        orders,
-        page_size,
-        history_days,
-        &ids,
-    ) {
+    // `database.buffered_orders`, when given: the memory a backfill may hold against its speed.
+    let buffered = std::env::var("BENCH_BUFFERED")
+        .map(|orders| format!("buffered_orders = {orders}\n"))
+        .unwrap_or_default();
+    let sqlite = format!("[database]\nurl = \"sqlite://{{dir}}/bench.db\"\n{buffered}");
+    if let Err(error) = run_once("sqlite", &sqlite, &base_url, &shape) {
         eprintln!("sqlite: {error}");
         failed = true;
     }
     if let Some(url) = common::pg_url() {
         let schema = format!("bench_{}", std::process::id());
-        let database = format!("[database]\nurl = \"{url}\"\nschema = \"{schema}\"\n");
-        if let Err(error) = run_once(
-            "postgres",
-            &database,
-            &base_url,
-            orders,
-            page_size,
-            history_days,
-            &ids,
-        ) {
+        let database = format!("[database]\nurl = \"{url}\"\nschema = \"{schema}\"\n{buffered}");
+        if let Err(error) = run_once("postgres", &database, &base_url, &shape) {
             eprintln!("postgres: {error}");
             failed = true;
         }

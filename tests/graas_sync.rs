@@ -70,6 +70,55 @@ async fn backfill_matches_truth(db: TestDb) {
 }
 on_both_backends!(backfill_matches_truth);
 
+/// Four accounts backfilling at once draw on one buffer of fetched orders, smaller than two
+/// pages: they wait for each other's commits, it fills, and no stream is starved or stuck (each
+/// ends equal to the upstream).
+async fn accounts_backfilling_at_once_share_one_order_buffer(db: TestDb) {
+    const BUFFERED: usize = 100;
+    let spec = SandboxConfig::graas(4, 1_500);
+    let sandbox = sandbox(&spec).await;
+    let account = AccountToml {
+        page_size: 50,
+        ..AccountToml::default()
+    };
+    let text = config_toml(&db, &sandbox, &spec, &account).replacen(
+        "[database]\n",
+        &format!("[database]\nbuffered_orders = {BUFFERED}\n"),
+        1,
+    );
+    let config = Config::from_toml(&text).expect("valid test config");
+    let store = open_store(&config).await;
+    let app = App::build(&config, &store).unwrap();
+    let buffer = app
+        .order_buffer
+        .clone()
+        .expect("Graas accounts have an order buffer");
+    assert_eq!(buffer.orders(), BUFFERED);
+    let runners = app.runners;
+    let backfill = tokio::spawn(async move { catch_up(&runners).await });
+    let mut fullest = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !backfill.is_finished() {
+        assert!(Instant::now() < deadline, "the backfill is stuck");
+        fullest = fullest.max(buffer.held());
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    backfill.await.unwrap();
+    assert_eq!(
+        fullest, BUFFERED,
+        "the streams never filled the buffer they share"
+    );
+    assert_eq!(
+        buffer.held(),
+        0,
+        "room was not given back after the commits"
+    );
+    assert_matches_truth(&store, &sandbox, &spec).await;
+    store.close().await;
+    sandbox.stop().await;
+}
+on_both_backends!(accounts_backfilling_at_once_share_one_order_buffer);
+
 /// Once a run's reads are done, its orders reach the SQLite database file itself, not only its
 /// write-ahead log: a daemon that then idles (or closes) has little left to copy, and a copy of
 /// the file alone already holds them. A few MB are far below the checkpoint every 16 MB.

@@ -7,6 +7,7 @@ use crate::outbox::graas::GraasExecutor;
 use crate::providers::graas::GraasClient;
 use crate::providers::http::RateGate;
 use crate::sync::asn::AsnFollowUp;
+use crate::sync::buffer::OrderBuffer;
 use crate::sync::job::Scheduled;
 use crate::sync::progress::StreamProgress;
 use crate::sync::window::{WindowPlan, WindowSync};
@@ -14,6 +15,10 @@ use std::sync::Arc;
 
 pub(super) fn assemble(assembly: &Assembly<'_>, app: &mut App) {
     let store = assembly.store;
+    // One buffer for every account: a new install backfilling many shops at once holds no more
+    // than one backfilling alone.
+    let buffer = Arc::new(OrderBuffer::new(assembly.config.database.buffered_orders));
+    app.order_buffer = Some(buffer.clone());
     for account in assembly.config.graas.iter().filter(|a| a.enabled) {
         let gate = Arc::new(RateGate::for_account(
             account.rate_limit,
@@ -43,7 +48,13 @@ pub(super) fn assemble(assembly: &Assembly<'_>, app: &mut App) {
         };
         let progress = Arc::new(StreamProgress::default());
         app.runners.push(Arc::new(Scheduled::new(
-            WindowSync::new(client.clone(), store.clone(), plan, progress),
+            WindowSync::new(
+                client.clone(),
+                store.clone(),
+                plan,
+                progress,
+                buffer.clone(),
+            ),
             &account.schedule,
             store.clone(),
         )));

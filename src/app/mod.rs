@@ -60,6 +60,8 @@ pub struct App {
     pub keeper: Option<Arc<Keeper>>,
     /// This process's name in outbox claims and leases.
     pub worker: String,
+    /// The fetched orders every windowed stream holds until they are written.
+    pub order_buffer: Option<Arc<crate::sync::buffer::OrderBuffer>>,
 }
 
 impl From<Vec<Arc<StreamRunner>>> for App {

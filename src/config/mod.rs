@@ -454,6 +454,8 @@ pub struct RawDatabase {
     pub statement_timeout: String,
     #[serde(default = "default_acquire_timeout")]
     pub acquire_timeout: String,
+    /// Unset: by backend, see [`DatabaseConfig::buffered_orders`].
+    pub buffered_orders: Option<u64>,
 }
 
 impl Default for RawDatabase {
@@ -464,6 +466,7 @@ impl Default for RawDatabase {
             max_connections: default_max_connections(),
             statement_timeout: default_statement_timeout(),
             acquire_timeout: default_acquire_timeout(),
+            buffered_orders: None,
         }
     }
 }
@@ -666,7 +669,20 @@ pub struct DatabaseConfig {
     /// session and its locks (`idle_in_transaction_session_timeout`): a client that went away
     /// or froze mid-transaction. See [`LeaseConfig::idle_transaction_limit`].
     pub idle_transaction_timeout: Duration,
+    /// Fetched orders the process may hold until they are written, over all streams (about
+    /// 1.7 KB each with their payload). Larger batches write faster; one backfilling stream may
+    /// use it all, several share it.
+    pub buffered_orders: usize,
 }
+
+/// Every SQLite commit rewrites the unique index's pages its orders touch, so batches as large
+/// as memory allows pay off as the database grows (the writer's page cache is small to match).
+pub const SQLITE_BUFFERED_ORDERS: usize = 16_000;
+/// Postgres writes two batches at once, and larger ones did not write faster.
+pub const POSTGRES_BUFFERED_ORDERS: usize = 8_000;
+/// Fewer would stall the reading at nearly every page.
+const MIN_BUFFERED_ORDERS: u64 = 100;
+const MAX_BUFFERED_ORDERS: u64 = 1_000_000;
 
 impl DatabaseConfig {
     /// The longest any one database call may take before ordersync abandons it: a connection,
@@ -1120,6 +1136,26 @@ impl RawConfig {
             if acquire_timeout < Duration::from_secs(1) {
                 p.push("database.acquire_timeout", "must be at least 1s");
             }
+            let buffered_orders = match self.database.buffered_orders {
+                None => match backend {
+                    Backend::Sqlite => SQLITE_BUFFERED_ORDERS,
+                    Backend::Postgres => POSTGRES_BUFFERED_ORDERS,
+                },
+                Some(orders) if (MIN_BUFFERED_ORDERS..=MAX_BUFFERED_ORDERS).contains(&orders) => {
+                    orders as usize
+                }
+                Some(orders) => {
+                    p.push(
+                        "database.buffered_orders",
+                        format!(
+                            "{orders} is out of range: give {MIN_BUFFERED_ORDERS} to \
+                             {MAX_BUFFERED_ORDERS} orders (about 1.7 KB of memory each), or \
+                             remove it for the default"
+                        ),
+                    );
+                    POSTGRES_BUFFERED_ORDERS
+                }
+            };
             let mut database = DatabaseConfig {
                 url: Secret::new(url),
                 backend,
@@ -1128,6 +1164,7 @@ impl RawConfig {
                 statement_timeout,
                 acquire_timeout,
                 idle_transaction_timeout: Duration::MAX,
+                buffered_orders,
             };
             // No request is ever made inside a transaction: one idle past a whole database call
             // belongs to a client that went away.
@@ -1300,6 +1337,33 @@ mod tests {
         assert_eq!(config.database.statement_timeout, Duration::from_secs(30));
         assert_eq!(config.database.acquire_timeout, Duration::from_secs(10));
         assert_eq!(config.database.call_timeout(), Duration::from_secs(45));
+    }
+
+    #[test]
+    fn the_order_buffer_is_sized_by_backend_unless_given() {
+        let sqlite = Config::from_toml(MINIMAL).unwrap();
+        assert_eq!(sqlite.database.buffered_orders, SQLITE_BUFFERED_ORDERS);
+        let postgres = format!("[database]\nurl = \"postgres://u@localhost/db\"\n{MINIMAL}");
+        let postgres = Config::from_toml(&postgres).unwrap();
+        assert_eq!(postgres.database.buffered_orders, POSTGRES_BUFFERED_ORDERS);
+        let given = format!("[database]\nbuffered_orders = 3000\n{MINIMAL}");
+        assert_eq!(
+            Config::from_toml(&given).unwrap().database.buffered_orders,
+            3_000
+        );
+        for wrong in ["0", "99", "1000001"] {
+            let text = format!("[database]\nbuffered_orders = {wrong}\n{MINIMAL}");
+            let err = Config::from_toml(&text).unwrap_err();
+            let problem = err
+                .problems
+                .iter()
+                .find(|p| p.path == "database.buffered_orders")
+                .unwrap_or_else(|| panic!("{wrong}: {err}"));
+            assert!(problem.to_string().contains("100 to 1000000"), "{problem}");
+        }
+        let negative = format!("[database]\nbuffered_orders = -5\n{MINIMAL}");
+        let err = Config::from_toml(&negative).unwrap_err();
+        assert!(err.to_string().contains("buffered_orders"), "{err}");
     }
 
     #[test]

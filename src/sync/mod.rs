@@ -2,6 +2,7 @@
 //! return through the store.
 
 pub mod asn;
+pub mod buffer;
 pub mod getitdone;
 pub mod grafterr;
 pub mod health;

@@ -15,6 +15,7 @@
 //! The cursor (Unix seconds: everything updated before it has been read) is committed with each
 //! piece's orders and never moves backwards.
 
+use super::buffer::{Held, OrderBuffer};
 use super::job::{Job, RunReport};
 use super::progress::StreamProgress;
 use super::read_ahead::{ReadAhead, Warmth};
@@ -43,12 +44,8 @@ const FILL_MARGIN_SIGMAS: f64 = 2.0;
 const PAGED_MARGIN_SIGMAS: f64 = 1.0;
 /// Pieces whose records and seconds estimate the density of the next window.
 const DENSITY_MEMORY: usize = 16;
-/// At most this many orders from waiting pieces share one transaction (divided among the
-/// batches a store writes at once). Every commit rewrites the index pages its orders touch, and
-/// order ids are spread over the whole index: a commit of 2,000 orders wrote most of the index
-/// again (SQLite, 100,000 orders: 155 commits, 28,000 orders/s; at 8,000, 37 commits and 33,000
-/// orders/s).
-const COALESCE_ORDERS: usize = 8_000;
+/// The most pieces waiting for the committer; what they hold is bounded by the [`OrderBuffer`].
+const MAX_WAITING_PIECES: usize = 128;
 
 /// One window's orders, read consistently, waiting to be committed.
 struct Piece {
@@ -154,6 +151,22 @@ pub struct WindowSync {
     density: tokio::sync::Mutex<Density>,
     recheck: tokio::sync::Mutex<Recheck>,
     read_ahead: Warmth,
+    /// Shared with every other stream of the process.
+    buffer: Arc<OrderBuffer>,
+}
+
+/// The way to the committer: a piece goes once the process's order buffer has room for it.
+struct ToCommitter<'a> {
+    sender: mpsc::Sender<(Piece, Held)>,
+    buffer: &'a OrderBuffer,
+}
+
+impl ToCommitter<'_> {
+    /// False when the committer has stopped (on an error, which it reports).
+    async fn send(&self, piece: Piece) -> bool {
+        let held = self.buffer.hold(piece.orders.len()).await;
+        self.sender.send((piece, held)).await.is_ok()
+    }
 }
 
 /// Where the run reading a window started.
@@ -247,6 +260,7 @@ impl WindowSync {
         store: Arc<dyn Store>,
         plan: WindowPlan,
         progress: Arc<StreamProgress>,
+        buffer: Arc<OrderBuffer>,
     ) -> Self {
         WindowSync {
             source,
@@ -256,6 +270,7 @@ impl WindowSync {
             density: tokio::sync::Mutex::new(Density::default()),
             recheck: tokio::sync::Mutex::new(Recheck::default()),
             read_ahead: Warmth::default(),
+            buffer,
         }
     }
 
@@ -368,14 +383,20 @@ impl WindowSync {
         run: &mut RunSummary,
         shutdown: &CancellationToken,
     ) -> Result<bool, SyncError> {
-        // A store that writes several batches at once gets smaller ones: the orders held in
-        // memory stay about the same. Fetching runs ahead by half a batch: when commits are the
-        // slower side (a large SQLite database) a whole batch waiting was 20 MB of peak RSS.
-        let batch_orders = COALESCE_ORDERS / self.store.concurrent_commits().max(1);
-        // Counted in pages: a closed window's pages go to the committer one by one.
-        let depth = (batch_orders / 2 / self.plan.page_size.max(1) as usize).clamp(2, 32);
-        let (sender, receiver) = mpsc::channel::<Piece>(depth);
-        let fetching = self.fetch_pieces(windows, frame, sender, shutdown);
+        // The buffer is divided among the batches a store writes at once, and half a batch
+        // waits while the one before it is written (a batch is what waited). Every commit
+        // rewrites the index pages its orders touch, and order ids are spread over the whole
+        // index, so larger batches rewrite less per order. Counted in pages: a closed window's
+        // pages go to the committer one by one.
+        let batch_orders = self.buffer.orders() / self.store.concurrent_commits().max(1);
+        let depth =
+            (batch_orders / 2 / self.plan.page_size.max(1) as usize).clamp(2, MAX_WAITING_PIECES);
+        let (sender, receiver) = mpsc::channel(depth);
+        let to_committer = ToCommitter {
+            sender,
+            buffer: &self.buffer,
+        };
+        let fetching = self.fetch_pieces(windows, frame, to_committer, shutdown);
         // Committing runs as its own task, so on a multi-threaded runtime it binds and sends
         // statements on one core while this task fetches and parses on another (in one task
         // they took turns). Dropping the run aborts it, and with it the open transaction.
@@ -425,7 +446,7 @@ impl WindowSync {
         &self,
         mut windows: WindowPlanner,
         frame: RunFrame,
-        sender: mpsc::Sender<Piece>,
+        to_committer: ToCommitter<'_>,
         shutdown: &CancellationToken,
     ) -> Result<(u64, bool), SyncError> {
         let mut requests = 0;
@@ -485,7 +506,7 @@ impl WindowSync {
             // ahead are aborted with `ahead`.
             let read = tokio::select! {
                 _ = shutdown.cancelled() => return Ok((requests, false)),
-                read = self.read_piece(window, closed, &recheck, &mut ahead, &mut requests, &sender) => read?,
+                read = self.read_piece(window, closed, &recheck, &mut ahead, &mut requests, &to_committer) => read?,
             };
             let (piece, records) = match read {
                 PieceRead::Piece(piece, records) => (piece, records),
@@ -502,7 +523,7 @@ impl WindowSync {
             };
             density.observe(piece.window.covered_seconds(), records);
             recheck.read(&piece.orders, frame.horizon);
-            if sender.send(piece).await.is_err() {
+            if !to_committer.send(piece).await {
                 // The committer stopped on an error; it reports it.
                 return Ok((requests, false));
             }
@@ -622,7 +643,7 @@ impl WindowSync {
         recheck: &Recheck,
         ahead: &mut ReadAhead<'_>,
         requests: &mut u64,
-        sender: &mpsc::Sender<Piece>,
+        to_committer: &ToCommitter<'_>,
     ) -> Result<PieceRead, SyncError> {
         let page_size = self.plan.page_size;
         let mut first = self.fetch(window, 1, ahead, requests).await?;
@@ -632,7 +653,7 @@ impl WindowSync {
         let pages = self.pages_per_read();
         if !fits && closed && pages > 1 && first.number_of_pages <= pages.saturating_mul(2) {
             let read = self
-                .read_closed(window, first, ahead, requests, sender)
+                .read_closed(window, first, ahead, requests, to_committer)
                 .await;
             // Pages started ahead for a read given up belong to it only.
             ahead.forget(window);
@@ -730,7 +751,7 @@ impl WindowSync {
         first_page: WindowPage,
         ahead: &mut ReadAhead<'_>,
         requests: &mut u64,
-        sender: &mpsc::Sender<Piece>,
+        to_committer: &ToCommitter<'_>,
     ) -> Result<Result<(Piece, u64), u64>, SyncError> {
         let records = first_page.number_of_records;
         let pages = first_page.number_of_pages;
@@ -754,7 +775,9 @@ impl WindowSync {
                 break;
             }
             // A committer that stopped has failed the run, which ends the read with it.
-            let _ = sender.send(Piece::early_pages(window, page.orders)).await;
+            let _ = to_committer
+                .send(Piece::early_pages(window, page.orders))
+                .await;
             page_number += 1;
             // The pages after this one are asked for while it is read.
             for next in page_number..=pages {
@@ -839,7 +862,7 @@ impl Committer {
     /// order, each with its cursor. A batch sharing an order with one in flight waits for it.
     async fn run(
         self,
-        mut receiver: mpsc::Receiver<Piece>,
+        mut receiver: mpsc::Receiver<(Piece, Held)>,
         start_cursor: i64,
         batch_orders: usize,
     ) -> Result<RunSummary, SyncError> {
@@ -852,7 +875,7 @@ impl Committer {
         let mut in_flight = FuturesOrdered::new();
         let mut in_flight_keys: VecDeque<HashSet<OrderKey>> = VecDeque::new();
         let mut earlier = EarlierCommit::none();
-        let mut held: Option<Piece> = None;
+        let mut held_back = None;
         let mut open = true;
         loop {
             let room = in_flight.len() < concurrent;
@@ -863,8 +886,8 @@ impl Committer {
                     in_flight_keys.pop_front();
                     self.record(done?, &mut committed);
                 }
-                piece = next_piece(&mut receiver, &mut held, batch_orders), if open && room => {
-                    let Some(piece) = piece else {
+                piece = next_piece(&mut receiver, &mut held_back, batch_orders), if open && room => {
+                    let Some((piece, room)) = piece else {
                         open = false;
                         continue;
                     };
@@ -874,7 +897,7 @@ impl Committer {
                         _ => piece.orders.iter().map(|o| o.key.clone()).collect(),
                     };
                     if in_flight_keys.iter().any(|k| !k.is_disjoint(&keys)) {
-                        held = Some(piece);
+                        held_back = Some((piece, room));
                         // Waits for the batches in flight before this one goes.
                         while let Some(done) = in_flight.next().await {
                             in_flight_keys.pop_front();
@@ -887,7 +910,7 @@ impl Committer {
                     let (done, next) = EarlierCommit::pair();
                     let before = std::mem::replace(&mut earlier, next);
                     in_flight_keys.push_back(keys);
-                    in_flight.push_back(self.commit(piece, advance, before, done));
+                    in_flight.push_back(self.commit(piece, room, advance, before, done));
                 }
                 else => break,
             }
@@ -895,10 +918,12 @@ impl Committer {
         Ok(committed)
     }
 
-    /// Writes one batch after `earlier` and reports to the batch after it through `done`.
+    /// Writes one batch after `earlier` and reports to the batch after it through `done`. Its
+    /// room in the order buffer is given back once it is written.
     async fn commit(
         &self,
         piece: Piece,
+        room: Held,
         advance: bool,
         earlier: EarlierCommit,
         done: CommitDone,
@@ -919,6 +944,7 @@ impl Committer {
             )
             .await?;
         done.committed();
+        drop(room);
         tracing::debug!(
             stream = %self.stream,
             after = piece.window.after,
@@ -958,22 +984,25 @@ impl Committer {
 /// to the end of the last of them). What was fetched is committed even during shutdown: it is
 /// at most a few pieces.
 async fn next_piece(
-    receiver: &mut mpsc::Receiver<Piece>,
-    held: &mut Option<Piece>,
+    receiver: &mut mpsc::Receiver<(Piece, Held)>,
+    held_back: &mut Option<(Piece, Held)>,
     batch_orders: usize,
-) -> Option<Piece> {
-    if let Some(piece) = held.take() {
-        return Some(piece);
+) -> Option<(Piece, Held)> {
+    if let Some(waiting) = held_back.take() {
+        return Some(waiting);
     }
-    let piece = receiver.recv().await?;
+    let (piece, mut room) = receiver.recv().await?;
+    let mut orders = piece.orders.len();
     let mut pieces = vec![piece];
-    let mut orders = pieces[0].orders.len();
     while orders < batch_orders {
-        let Ok(next) = receiver.try_recv() else { break };
+        let Ok((next, next_room)) = receiver.try_recv() else {
+            break;
+        };
         orders += next.orders.len();
         pieces.push(next);
+        room.merge(next_room);
     }
-    Some(Piece::merge(pieces))
+    Some((Piece::merge(pieces), room))
 }
 
 /// Aborts a spawned task when the future waiting for it is dropped.
