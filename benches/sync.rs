@@ -15,6 +15,10 @@
 //! order of time, the worst case for the unique index). `BENCH_LOG` sets the daemon's
 //! log filter (e.g. `warn,ordersync::sync::window=trace` for every window page read) and keeps
 //! its log in `target/bench-sync-<backend>.log`.
+//!
+//! `BENCH_SIZES=10000,100000,1000000` runs those sizes in turn (instead of `BENCH_ORDERS`),
+//! `BENCH_ROUNDS` times (default 1), and ends with each size's median orders/s against the
+//! fastest size's: how flat speed stays as the database grows, measured within one sitting.
 
 mod common;
 
@@ -31,7 +35,7 @@ struct Shape {
     ids: String,
 }
 
-fn run_once(label: &str, database: &str, base_url: &str, shape: &Shape) -> Result<(), String> {
+fn run_once(label: &str, database: &str, base_url: &str, shape: &Shape) -> Result<f64, String> {
     let Shape {
         accounts,
         orders_each,
@@ -116,7 +120,7 @@ fn run_once(label: &str, database: &str, base_url: &str, shape: &Shape) -> Resul
         if accounts == 1 { "" } else { "s" }
     );
     println!("          CPU by stage: {cpu}");
-    Ok(())
+    Ok(orders as f64 / wall.as_secs_f64())
 }
 
 /// The daemon's CPU per thread, named by what each thread does in a backfill.
@@ -142,64 +146,150 @@ fn cpu_by_stage(threads: &serde_json::Map<String, serde_json::Value>) -> String 
         .join(", ")
 }
 
+/// Orders/s of every run, by backend and size, for the summary of a run over several sizes.
+#[derive(Default)]
+struct Speeds(Vec<(&'static str, usize, f64)>);
+
+impl Speeds {
+    /// Per backend: each size's median and the range, and the slowest median against the
+    /// fastest (1.00: flat).
+    fn print_summary(&self) {
+        for backend in ["sqlite", "postgres"] {
+            let mut sizes: Vec<usize> = self
+                .0
+                .iter()
+                .filter(|(b, ..)| *b == backend)
+                .map(|(_, size, _)| *size)
+                .collect();
+            sizes.sort_unstable();
+            sizes.dedup();
+            let medians: Vec<(usize, f64, f64, f64)> = sizes
+                .iter()
+                .map(|&size| {
+                    let mut runs: Vec<f64> = self
+                        .0
+                        .iter()
+                        .filter(|(b, s, _)| *b == backend && *s == size)
+                        .map(|(.., speed)| *speed)
+                        .collect();
+                    runs.sort_by(f64::total_cmp);
+                    let median = (runs[(runs.len() - 1) / 2] + runs[runs.len() / 2]) / 2.0;
+                    (size, median, runs[0], runs[runs.len() - 1])
+                })
+                .collect();
+            let Some(fastest) = medians.iter().map(|m| m.1).max_by(f64::total_cmp) else {
+                continue;
+            };
+            let slowest = medians.iter().map(|m| m.1).fold(fastest, f64::min);
+            println!("{backend}: median orders/s by size, runs interleaved");
+            for (size, median, low, high) in &medians {
+                println!(
+                    "  {size:>8} orders  {median:>7.0}/s  ({low:.0}-{high:.0})  {:.2} of the fastest",
+                    median / fastest
+                );
+            }
+            println!("  slowest size / fastest size: {:.2}", slowest / fastest);
+        }
+    }
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` would pass nothing useful either.
-    let orders = env_number("BENCH_ORDERS", 100_000);
     let page_size = env_number("BENCH_PAGE_SIZE", 500);
     let history_days = env_number("BENCH_HISTORY_DAYS", 3);
     let ids = std::env::var("BENCH_IDS").unwrap_or_else(|_| "random".to_owned());
     let accounts = env_number("BENCH_ACCOUNTS", 1).max(1);
-    let shape = Shape {
-        accounts,
-        orders_each: orders / accounts,
-        page_size,
-        history_days,
-        ids: ids.clone(),
+    // Several sizes are run in turn, `BENCH_ROUNDS` times: the machine's speed drifts from one
+    // hour to the next by more than the sizes differ, so sizes are only compared within one run.
+    let sizes: Vec<usize> = match std::env::var("BENCH_SIZES") {
+        Ok(list) => match list
+            .split(',')
+            .map(|size| size.trim().parse::<usize>())
+            .collect::<Result<Vec<_>, _>>()
+        {
+            Ok(sizes) if !sizes.is_empty() && sizes.iter().all(|&size| size > 0) => sizes,
+            _ => {
+                eprintln!(
+                    "BENCH_SIZES = {list:?}: give order counts separated by commas, e.g. 10000,100000,1000000"
+                );
+                std::process::exit(2);
+            }
+        },
+        Err(_) => vec![env_number("BENCH_ORDERS", 100_000)],
     };
-    let accounts_arg = accounts.to_string();
-    let orders_arg = shape.orders_each.to_string();
-    let days_arg = history_days.to_string();
-    let mut sandbox_args = vec![
-        "--accounts",
-        &accounts_arg,
-        "--orders",
-        &orders_arg,
-        "--history-days",
-        &days_arg,
-    ];
-    match ids.as_str() {
-        "random" => {}
-        "creation" => sandbox_args.push("--ids-by-creation"),
-        other => {
-            eprintln!("BENCH_IDS = {other:?}: use \"random\" or \"creation\"");
-            std::process::exit(2);
+    let rounds = env_number("BENCH_ROUNDS", 1).max(1);
+    if !matches!(ids.as_str(), "random" | "creation") {
+        eprintln!("BENCH_IDS = {ids:?}: use \"random\" or \"creation\"");
+        std::process::exit(2);
+    }
+    // One sandbox per size, all started before the first run: generating a large one is not
+    // part of any run, and the runs of one round follow each other closely.
+    let mut sandboxes = Vec::new();
+    for &orders in &sizes {
+        let shape = Shape {
+            accounts,
+            orders_each: orders / accounts,
+            page_size,
+            history_days,
+            ids: ids.clone(),
+        };
+        let accounts_arg = accounts.to_string();
+        let orders_arg = shape.orders_each.to_string();
+        let days_arg = history_days.to_string();
+        let mut sandbox_args = vec![
+            "--accounts",
+            &accounts_arg,
+            "--orders",
+            &orders_arg,
+            "--history-days",
+            &days_arg,
+        ];
+        if ids == "creation" {
+            sandbox_args.push("--ids-by-creation");
+        }
+        match start_sandbox(&sandbox_args) {
+            Ok((sandbox, base_url)) => sandboxes.push((shape, sandbox, base_url)),
+            Err(error) => {
+                eprintln!("benchmark not run: {error}");
+                std::process::exit(1);
+            }
         }
     }
-    let (_sandbox, base_url) = match start_sandbox(&sandbox_args) {
-        Ok(started) => started,
-        Err(error) => {
-            eprintln!("benchmark not run: {error}");
-            std::process::exit(1);
-        }
-    };
     let mut failed = false;
     // `database.buffered_orders`, when given: the memory a backfill may hold against its speed.
     let buffered = std::env::var("BENCH_BUFFERED")
         .map(|orders| format!("buffered_orders = {orders}\n"))
         .unwrap_or_default();
     let sqlite = format!("[database]\nurl = \"sqlite://{{dir}}/bench.db\"\n{buffered}");
-    if let Err(error) = run_once("sqlite", &sqlite, &base_url, &shape) {
-        eprintln!("sqlite: {error}");
-        failed = true;
-    }
-    if let Some(url) = common::pg_url() {
-        let schema = format!("bench_{}", std::process::id());
-        let database = format!("[database]\nurl = \"{url}\"\nschema = \"{schema}\"\n{buffered}");
-        if let Err(error) = run_once("postgres", &database, &base_url, &shape) {
-            eprintln!("postgres: {error}");
-            failed = true;
+    let pg = common::pg_url();
+    let mut speeds = Speeds::default();
+    for round in 0..rounds {
+        for (shape, _sandbox, base_url) in &sandboxes {
+            let orders = shape.accounts * shape.orders_each;
+            match run_once("sqlite", &sqlite, base_url, shape) {
+                Ok(speed) => speeds.0.push(("sqlite", orders, speed)),
+                Err(error) => {
+                    eprintln!("sqlite: {error}");
+                    failed = true;
+                }
+            }
+            if let Some(url) = &pg {
+                let schema = format!("bench_{}_{round}_{orders}", std::process::id());
+                let database =
+                    format!("[database]\nurl = \"{url}\"\nschema = \"{schema}\"\n{buffered}");
+                match run_once("postgres", &database, base_url, shape) {
+                    Ok(speed) => speeds.0.push(("postgres", orders, speed)),
+                    Err(error) => {
+                        eprintln!("postgres: {error}");
+                        failed = true;
+                    }
+                }
+                common::drop_schema(url, &schema);
+            }
         }
-        common::drop_schema(&url, &schema);
+    }
+    if sizes.len() > 1 || rounds > 1 {
+        speeds.print_summary();
     }
     if failed {
         std::process::exit(1);
