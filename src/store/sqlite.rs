@@ -36,9 +36,9 @@ pub struct SqliteStore {
 /// index page once: the cache needs the B-trees' upper levels and the pages being appended to,
 /// not the index. The memory goes to larger batches instead (`database.buffered_orders`): at
 /// 1,000,000 orders with random ids, 8,000 buffered with a 16 MB cache wrote 31,700-35,300
-/// orders/s at 83-85 MB peak RSS, 16,000 with 2 MB 40,200-41,000/s at 84-86 MB. Several
-/// accounts backfilling at once do gain from a larger cache (four of 250,000 orders: 16 MB
-/// 41,700-47,900/s, 2 MB 33,700-35,300/s, 20 MB less memory); see docs/performance.md.
+/// orders/s at 83-85 MB peak RSS, 16,000 with 2 MB 40,200-41,000/s at 84-86 MB. For several
+/// accounts backfilling at once a 16 MB cache was faster in one sitting and not in the next
+/// (docs/performance.md), always at about 20 MB more.
 const WRITER_CACHE_KIB: i64 = 2 * 1024;
 /// Every other connection reads a few rows at a time.
 const READER_CACHE_KIB: i64 = 4 * 1024;
