@@ -383,11 +383,12 @@ impl WindowSync {
         run: &mut RunSummary,
         shutdown: &CancellationToken,
     ) -> Result<bool, SyncError> {
-        // The buffer is divided among the batches a store writes at once, and half a batch
-        // waits while the one before it is written (a batch is what waited). Every commit
-        // rewrites the index pages its orders touch, and order ids are spread over the whole
-        // index, so larger batches rewrite less per order. Counted in pages: a closed window's
-        // pages go to the committer one by one.
+        // The buffer is divided among the batches a store writes at once. While one batch is
+        // written, the next fills from the room left, so on SQLite (one batch at a time) a
+        // batch is about half the buffer. Every commit rewrites the index pages its orders
+        // touch, and order ids are spread over the whole index, so larger batches rewrite less
+        // per order. The queue is counted in pages: a closed window's pages go to the committer
+        // one by one.
         let batch_orders = self.buffer.orders() / self.store.concurrent_commits().max(1);
         let depth =
             (batch_orders / 2 / self.plan.page_size.max(1) as usize).clamp(2, MAX_WAITING_PIECES);
