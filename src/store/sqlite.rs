@@ -147,15 +147,16 @@ fn ts_shared(t: DateTime<Utc>) -> Arc<str> {
 /// allocated once per batch, the others once.
 fn upsert_orders<'a>(
     chunk: &[&'a Order],
+    scope_ids: &[i64],
     shared: &mut SharedText<'a>,
     seen: &Arc<str>,
 ) -> UpsertOrders {
     let mut query = QueryBuilder::<Sqlite>::new(
         "INSERT INTO orders (provider, account, channel, external_id, status, \
          payment_status, shipping_status, total_minor, currency, upstream_created_at, \
-         upstream_updated_at, payload, first_seen_at, synced_at) ",
+         upstream_updated_at, payload, first_seen_at, synced_at, scope_id) ",
     );
-    query.push_values(chunk, |mut row, order| {
+    query.push_values(chunk.iter().zip(scope_ids), |mut row, (order, scope_id)| {
         row.push_bind(shared.get(order.key.provider.as_str()))
             .push_bind(shared.get(&order.key.account))
             .push_bind(shared.get(&order.key.channel))
@@ -169,12 +170,13 @@ fn upsert_orders<'a>(
             .push_bind(ts_shared(order.upstream_updated_at))
             .push_bind(Arc::<str>::from(order.payload.as_str()))
             .push_bind(Arc::clone(seen))
-            .push_bind(Arc::clone(seen));
+            .push_bind(Arc::clone(seen))
+            .push_bind(*scope_id);
     });
     // A copy wins when it is not older and its body differs: the lookback's re-reads of
     // unchanged orders, and polled snapshots identical to the stored one, write nothing.
     query.push(
-        " ON CONFLICT (provider, account, channel, external_id) DO UPDATE SET \
+        " ON CONFLICT (scope_id, external_id) DO UPDATE SET \
          status = excluded.status, payment_status = excluded.payment_status, \
          shipping_status = excluded.shipping_status, total_minor = excluded.total_minor, \
          currency = excluded.currency, upstream_created_at = excluded.upstream_created_at, \
@@ -187,6 +189,50 @@ fn upsert_orders<'a>(
         query,
         rows: chunk.len(),
     }
+}
+
+/// The `order_scopes` id of each order's (provider, account, channel), numbering new ones. Orders
+/// come sorted by key, so each scope's orders are next to each other and each is looked up once.
+async fn scope_ids(
+    tx: &mut sqlx::SqliteConnection,
+    orders: &[&Order],
+) -> Result<Vec<i64>, StoreError> {
+    let mut ids = Vec::with_capacity(orders.len());
+    let mut current: Option<(&OrderKey, i64)> = None;
+    for order in orders {
+        let key = &order.key;
+        let id = match current {
+            Some((seen, id))
+                if seen.provider == key.provider
+                    && seen.account == key.account
+                    && seen.channel == key.channel =>
+            {
+                id
+            }
+            _ => {
+                sqlx::query(
+                    "INSERT INTO order_scopes (provider, account, channel) VALUES (?, ?, ?) \
+                     ON CONFLICT (provider, account, channel) DO NOTHING",
+                )
+                .bind(key.provider.as_str())
+                .bind(&key.account)
+                .bind(&key.channel)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query_scalar(
+                    "SELECT id FROM order_scopes WHERE provider = ? AND account = ? AND channel = ?",
+                )
+                .bind(key.provider.as_str())
+                .bind(&key.account)
+                .bind(&key.channel)
+                .fetch_one(&mut *tx)
+                .await?
+            }
+        };
+        current = Some((key, id));
+        ids.push(id);
+    }
+    Ok(ids)
 }
 
 /// One multi-row upsert and how many rows it holds.
@@ -307,14 +353,17 @@ impl Store for SqliteStore {
         let mut outcome = BatchOutcome::default();
         let mut tx = self.writer.begin().await?;
 
+        let scope_ids = scope_ids(&mut tx, &orders).await?;
         let mut shared = SharedText::default();
         let seen = shared.get(&seen);
         // Each statement's values are bound while the one before it runs on the SQLite thread:
         // one after the other, that thread waited for every statement to be built.
-        let mut chunks = orders.chunks(ROWS_PER_STATEMENT);
+        let mut chunks = orders
+            .chunks(ROWS_PER_STATEMENT)
+            .zip(scope_ids.chunks(ROWS_PER_STATEMENT));
         let mut next = chunks
             .next()
-            .map(|chunk| upsert_orders(chunk, &mut shared, &seen));
+            .map(|(chunk, scopes)| upsert_orders(chunk, scopes, &mut shared, &seen));
         while let Some(mut statement) = next.take() {
             // A statement's text depends on its row count, and each prepared one keeps a
             // program of thousands of parameters: only the full-size one is kept for reuse,
@@ -324,7 +373,7 @@ impl Store for SqliteStore {
             let bind_next = async {
                 chunks
                     .next()
-                    .map(|chunk| upsert_orders(chunk, &mut shared, &seen))
+                    .map(|(chunk, scopes)| upsert_orders(chunk, scopes, &mut shared, &seen))
             };
             let (done, built) = tokio::join!(execute, bind_next);
             outcome.written += done?.rows_affected();
@@ -474,7 +523,8 @@ impl Store for SqliteStore {
         channel: &str,
     ) -> Result<Option<String>, StoreError> {
         Ok(sqlx::query_scalar(
-            "SELECT payload FROM orders WHERE provider = ? AND account = ? AND channel = ?              LIMIT 1",
+            "SELECT payload FROM orders WHERE scope_id = (SELECT id FROM order_scopes \
+             WHERE provider = ? AND account = ? AND channel = ?) LIMIT 1",
         )
         .bind(provider)
         .bind(account)
@@ -1368,8 +1418,9 @@ mod tests {
     use crate::store::{Batch, Store};
     use std::time::Duration;
 
-    #[tokio::test]
-    async fn a_caller_done_writing_gets_the_log_copied_into_the_database_file() {
+    /// A database file in a new directory (removed when the returned guard drops), and its
+    /// configuration.
+    fn temporary_database() -> (tempfile::TempDir, std::path::PathBuf, DatabaseConfig) {
         let dir = tempfile::tempdir().map_err(|e| e.to_string());
         let Ok(dir) = dir else { panic!("{dir:?}") };
         let path = dir.path().join("orders.db");
@@ -1383,6 +1434,164 @@ mod tests {
             idle_transaction_timeout: Duration::from_secs(5),
             buffered_orders: crate::config::SQLITE_BUFFERED_ORDERS,
         };
+        (dir, path, config)
+    }
+
+    /// A database written before orders were keyed by scope (migration 7) keeps every order,
+    /// its id and its history, and the orders it holds are still found by their key: a newer
+    /// copy updates the row instead of adding one, and the same order id in another channel or
+    /// account stays a different order.
+    #[tokio::test]
+    async fn an_upgraded_database_keeps_its_orders_and_finds_them_by_their_key() {
+        let (_dir, path, config) = temporary_database();
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let old = match sqlx::SqlitePool::connect(&url).await {
+            Ok(pool) => pool,
+            Err(error) => panic!("connect: {error}"),
+        };
+        if let Err(error) = sqlx::migrate!("migrations/sqlite").run_to(6, &old).await {
+            panic!("migrate to 6: {error}");
+        }
+        let rows = [
+            ("a", "lazada-1", "42", "PAID", "2026-01-01T00:00:01.000000Z"),
+            ("a", "shopee-1", "42", "PAID", "2026-01-01T00:00:02.000000Z"),
+            ("b", "lazada-1", "42", "PAID", "2026-01-01T00:00:03.000000Z"),
+            ("a", "lazada-1", "43", "PAID", "2026-01-01T00:00:04.000000Z"),
+        ];
+        for (account, channel, id, status, updated) in rows {
+            let inserted = sqlx::query(
+                "INSERT INTO orders (provider, account, channel, external_id, status, \
+                 upstream_updated_at, payload, first_seen_at, synced_at) \
+                 VALUES ('graas', ?, ?, ?, ?, ?, '{}', ?, ?)",
+            )
+            .bind(account)
+            .bind(channel)
+            .bind(id)
+            .bind(status)
+            .bind(updated)
+            .bind(updated)
+            .bind(updated)
+            .execute(&old)
+            .await;
+            if let Err(error) = inserted {
+                panic!("insert into the old schema: {error}");
+            }
+        }
+        let ids_before: Vec<(i64, String, String, String)> = match sqlx::query_as(
+            "SELECT id, account, channel, external_id FROM orders ORDER BY id",
+        )
+        .fetch_all(&old)
+        .await
+        {
+            Ok(rows) => rows,
+            Err(error) => panic!("read the old schema: {error}"),
+        };
+        old.close().await;
+
+        let store = match SqliteStore::open(&config).await {
+            Ok(store) => store,
+            Err(error) => panic!("open: {error}"),
+        };
+        if let Err(error) = store.migrate().await {
+            panic!("migrate: {error}");
+        }
+        let ids_after: Vec<(i64, String, String, String)> = match sqlx::query_as(
+            "SELECT id, account, channel, external_id FROM orders ORDER BY id",
+        )
+        .fetch_all(&store.pool)
+        .await
+        {
+            Ok(rows) => rows,
+            Err(error) => panic!("read the new schema: {error}"),
+        };
+        assert_eq!(
+            ids_after, ids_before,
+            "the upgrade changed the stored orders"
+        );
+
+        // Order 42 of account a, channel lazada-1, changes status; a new channel appears.
+        let stream = StreamKey {
+            provider: ProviderKind::Graas,
+            account: "a".into(),
+            resource: "orders".into(),
+        };
+        let mut changed = test_order("42", 1_900_000_000, Some("SHIPPED"));
+        changed.payload = r#"{"status":"SHIPPED"}"#.into();
+        let mut elsewhere = test_order("42", 1_900_000_000, Some("NEW"));
+        elsewhere.key.channel = "qoo10-1".into();
+        let orders = [changed.clone(), elsewhere.clone()];
+        let batch = Batch {
+            stream: &stream,
+            orders: &orders,
+            quarantined: &[],
+            cursor: Some("1900000000"),
+            seen_at: chrono::Utc::now(),
+        };
+        match store.commit_batch(&batch).await {
+            Ok(outcome) => assert_eq!(outcome.written, 2),
+            Err(error) => panic!("commit: {error}"),
+        }
+        let stored = match store.orders_of("graas", "a").await {
+            Ok(orders) => orders,
+            Err(error) => panic!("orders_of: {error}"),
+        };
+        let found: Vec<(&str, &str, Option<&str>)> = stored
+            .iter()
+            .map(|o| {
+                (
+                    o.channel.as_str(),
+                    o.external_id.as_str(),
+                    o.status.as_deref(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("lazada-1", "42", Some("SHIPPED")),
+                ("lazada-1", "43", Some("PAID")),
+                ("qoo10-1", "42", Some("NEW")),
+                ("shopee-1", "42", Some("PAID")),
+            ]
+        );
+        let history = match store.order_history(&changed.key).await {
+            Ok(history) => history,
+            Err(error) => panic!("history: {error}"),
+        };
+        let statuses: Vec<(Option<&str>, Option<&str>)> = history
+            .iter()
+            .map(|c| (c.old_status.as_deref(), c.new_status.as_deref()))
+            .collect();
+        assert_eq!(
+            statuses,
+            [(None, Some("PAID")), (Some("PAID"), Some("SHIPPED"))]
+        );
+
+        // The database takes a row under its own scope number and refuses one under another
+        // channel's.
+        let insert_under = |scope_channel: &'static str| {
+            sqlx::query(
+                "INSERT INTO orders (provider, account, channel, external_id, \
+                 upstream_updated_at, payload, first_seen_at, synced_at, scope_id) \
+                 SELECT 'graas', 'a', 'lazada-1', '44', 't', '{}', 't', 't', id \
+                 FROM order_scopes WHERE account = 'a' AND channel = ?",
+            )
+            .bind(scope_channel)
+            .execute(&store.pool)
+        };
+        if let Err(error) = insert_under("lazada-1").await {
+            panic!("a row under its own scope number: {error}");
+        }
+        match insert_under("shopee-1").await {
+            Ok(_) => panic!("a row with another channel's scope number was stored"),
+            Err(error) => assert!(error.to_string().contains("FOREIGN KEY"), "{error}"),
+        }
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_caller_done_writing_gets_the_log_copied_into_the_database_file() {
+        let (_dir, path, config) = temporary_database();
         let store = SqliteStore::open(&config).await;
         let Ok(store) = store else {
             panic!("open: {:?}", store.err())
