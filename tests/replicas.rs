@@ -400,23 +400,31 @@ async fn a_replica_frozen_inside_a_transaction_does_not_hold_up_the_takeover() {
             .expect("blocked sessions");
     }
     signal(frozen.pid(), "-STOP");
+    let frozen_at = Instant::now();
     sqlx::raw_sql("COMMIT")
         .execute(&mut blocker)
         .await
         .expect("unlock");
-    let idle: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM pg_stat_activity \
-         WHERE pid = ANY($1) AND state LIKE 'idle in transaction%'",
-    )
-    .bind(&blocked)
-    .fetch_one(&mut observer)
-    .await
-    .expect("session states");
-    assert!(
-        idle > 0,
-        "the frozen replica's transaction is not left open"
-    );
-    let frozen_at = Instant::now();
+    // The blocked statement finishes once the table is free; under load that takes a moment.
+    let left_open = Instant::now() + Duration::from_secs(5);
+    loop {
+        let idle: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE pid = ANY($1) AND state LIKE 'idle in transaction%'",
+        )
+        .bind(&blocked)
+        .fetch_one(&mut observer)
+        .await
+        .expect("session states");
+        if idle > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < left_open,
+            "the frozen replica's transaction is not left open"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     let mut survivor = spawn_run_logged(&setup.config_path, &log("survivor"));
     wait_for_spread(&db, &[survivor.pid()], 4, TTL + Duration::from_secs(10)).await;
@@ -493,6 +501,67 @@ async fn taking_passes_over_a_held_lease_without_waiting_for_its_writes() {
         .expect("take")
         .expect("expired, so free to take");
     assert_eq!(second.token, first.token + 1);
+    store.close().await;
+}
+
+/// Keeping leases renews them one `renew_every` after the take before it, not at once: a
+/// renewal waits for the transactions holding the lease row `FOR SHARE` (every batch being
+/// written), and the batches that come after it wait for the renewal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(ordersync_pg), ignore = "needs Postgres: set ORDERSYNC_TEST_PG")]
+async fn kept_leases_are_renewed_one_period_after_they_were_taken() {
+    use ordersync::config::{LeaseConfig, RateLimit};
+    use ordersync::lease::keeper::{Keeper, Share};
+    use ordersync::providers::http::RateGate;
+    use tokio_util::sync::CancellationToken;
+
+    let db = TestDb::new(common::Backend::Postgres, "renew_after_take");
+    let config = ordersync::config::Config::from_toml(&db.toml()).expect("config");
+    let store = open_store(&config).await;
+    let account = AccountId::new(ProviderKind::Graas, "shop-1");
+    let limit = RateLimit::parse("4/s").expect("rate limit");
+    let gates = std::collections::HashMap::from([(account, Arc::new(RateGate::new(limit)))]);
+    let settings = LeaseConfig {
+        enabled: true,
+        ttl: TTL,
+        renew_every: Duration::from_secs(1),
+    };
+    let book = Arc::new(LeaseBook::new("replica-a"));
+    let keeper = Keeper::new(store.clone(), book.clone(), gates, settings, Share::All);
+    let shutdown = CancellationToken::new();
+    keeper.cycle(&shutdown).await;
+    assert_eq!(book.count(), 1, "the free lease was not taken");
+    let expiry = || {
+        execute_scalar(
+            &db,
+            "SELECT expires_at::text FROM account_leases WHERE account = 'shop-1'",
+        )
+    };
+    let taken = expiry().await;
+
+    let started = Instant::now();
+    let stop = CancellationToken::new();
+    let keeping = tokio::spawn({
+        let keeper = keeper.sharing(Share::Kept);
+        let (shutdown, stop) = (shutdown.clone(), stop.clone());
+        async move { keeper.run(&shutdown, &stop).await }
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(expiry().await, taken, "renewed right after the take");
+    wait_until(Duration::from_secs(3), "the first renewal", || async {
+        expiry().await != taken
+    })
+    .await;
+    let renewed_after = started.elapsed();
+    assert!(
+        renewed_after >= Duration::from_millis(900),
+        "renewed after {renewed_after:?}, before one period"
+    );
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(5), keeping)
+        .await
+        .expect("the keeper stops when told")
+        .expect("keeper task");
     store.close().await;
 }
 

@@ -85,10 +85,12 @@ impl Keeper {
         &self.book
     }
 
-    /// Keeps the leases until `stop`; does not release them (see [`Keeper::leave`]).
+    /// Keeps the leases until `stop`; does not release them (see [`Keeper::leave`]). The caller
+    /// has just run a [`Keeper::cycle`], so the first comes one `renew_every` later: renewing
+    /// at once had waited for the first batches' transactions, which hold the lease row shared
+    /// (fencing), and held up the batches queued behind it.
     pub async fn run(&self, shutdown: &CancellationToken, stop: &CancellationToken) {
         loop {
-            self.cycle(shutdown).await;
             let next = Instant::now() + self.settings.renew_every;
             let wake = self
                 .book
@@ -99,6 +101,7 @@ impl Keeper {
                 _ = tokio::time::sleep_until(wake.into()) => {}
             }
             self.expire_locally();
+            self.cycle(shutdown).await;
         }
     }
 
