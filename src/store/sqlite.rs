@@ -141,7 +141,20 @@ fn ts_shared(t: DateTime<Utc>) -> Arc<str> {
     Arc::from(ts(t))
 }
 
-/// The multi-row upsert of `chunk`, with its row count. Bound text is passed as shared slices:
+/// How a statement writes its orders.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum OrderWrite {
+    /// Inserts the orders not stored yet and skips the others. Nothing in it can fail halfway
+    /// (the foreign keys are checked at commit), so SQLite keeps no statement journal for it: a
+    /// copy of every existing page the statement changes, which with order ids in random order
+    /// of time is most of the unique index.
+    New,
+    /// Replaces stored orders by newer, different copies; it can abort halfway, so it is
+    /// journaled, and it runs only where orders were skipped.
+    Upsert,
+}
+
+/// The multi-row write of `chunk`, with its row count. Bound text is passed as shared slices:
 /// sqlx copies a borrowed string into two new allocations (28 a row here), which the SQLite
 /// thread then frees. Values repeated across rows (account, statuses, the time seen) are
 /// allocated once per batch, the others once.
@@ -150,9 +163,14 @@ fn upsert_orders<'a>(
     scope_ids: &[i64],
     shared: &mut SharedText<'a>,
     seen: &Arc<str>,
+    write: OrderWrite,
 ) -> UpsertOrders {
-    let mut query = QueryBuilder::<Sqlite>::new(
-        "INSERT INTO orders (provider, account, channel, external_id, status, \
+    let mut query = QueryBuilder::<Sqlite>::new(match write {
+        OrderWrite::New => "INSERT OR IGNORE INTO orders ",
+        OrderWrite::Upsert => "INSERT INTO orders ",
+    });
+    query.push(
+        "(provider, account, channel, external_id, status, \
          payment_status, shipping_status, total_minor, currency, upstream_created_at, \
          upstream_updated_at, payload, first_seen_at, synced_at, scope_id) ",
     );
@@ -173,6 +191,12 @@ fn upsert_orders<'a>(
             .push_bind(Arc::clone(seen))
             .push_bind(*scope_id);
     });
+    if write == OrderWrite::New {
+        return UpsertOrders {
+            query,
+            rows: chunk.len(),
+        };
+    }
     // A copy wins when it is not older and its body differs: the lookback's re-reads of
     // unchanged orders, and polled snapshots identical to the stored one, write nothing.
     query.push(
@@ -361,22 +385,40 @@ impl Store for SqliteStore {
         let mut chunks = orders
             .chunks(ROWS_PER_STATEMENT)
             .zip(scope_ids.chunks(ROWS_PER_STATEMENT));
-        let mut next = chunks
-            .next()
-            .map(|(chunk, scopes)| upsert_orders(chunk, scopes, &mut shared, &seen));
-        while let Some(mut statement) = next.take() {
+        let mut next = chunks.next().map(|(chunk, scopes)| {
+            let statement = upsert_orders(chunk, scopes, &mut shared, &seen, OrderWrite::New);
+            (chunk, scopes, statement)
+        });
+        while let Some((chunk, scopes, mut statement)) = next.take() {
             // A statement's text depends on its row count, and each prepared one keeps a
             // program of thousands of parameters: only the full-size one is kept for reuse,
             // not one per remainder size a batch happened to end with.
             let reuse = statement.rows == ROWS_PER_STATEMENT;
             let execute = statement.query.build().persistent(reuse).execute(&mut *tx);
             let bind_next = async {
-                chunks
-                    .next()
-                    .map(|(chunk, scopes)| upsert_orders(chunk, scopes, &mut shared, &seen))
+                chunks.next().map(|(chunk, scopes)| {
+                    let statement =
+                        upsert_orders(chunk, scopes, &mut shared, &seen, OrderWrite::New);
+                    (chunk, scopes, statement)
+                })
             };
-            let (done, built) = tokio::join!(execute, bind_next);
-            outcome.written += done?.rows_affected();
+            let (inserted, built) = tokio::join!(execute, bind_next);
+            let inserted = inserted?.rows_affected();
+            outcome.written += inserted;
+            if inserted < chunk.len() as u64 {
+                // Some were stored already. The upsert replaces each by a newer, different
+                // copy; the orders just inserted are the same copies, so it leaves them alone.
+                let mut update =
+                    upsert_orders(chunk, scopes, &mut shared, &seen, OrderWrite::Upsert);
+                let reuse = update.rows == ROWS_PER_STATEMENT;
+                let updated = update
+                    .query
+                    .build()
+                    .persistent(reuse)
+                    .execute(&mut *tx)
+                    .await?;
+                outcome.written += updated.rows_affected();
+            }
             next = built;
         }
         outcome.unchanged = batch.orders.len() as u64 - outcome.written;
@@ -1586,6 +1628,122 @@ mod tests {
             Ok(_) => panic!("a row with another channel's scope number was stored"),
             Err(error) => assert!(error.to_string().contains("FOREIGN KEY"), "{error}"),
         }
+        store.close().await;
+    }
+
+    /// New orders are inserted by a statement that cannot fail halfway, the rest by the
+    /// upsert, in the same batch: a newer copy replaces the stored one, an older or identical
+    /// one leaves it, each new order gets its first history row. The foreign keys that make
+    /// this possible are checked when the transaction commits, and still refuse a bad row.
+    #[tokio::test]
+    async fn a_batch_of_new_and_stored_orders_writes_each_once_and_keys_hold_at_commit() {
+        let (_dir, _path, config) = temporary_database();
+        let store = match SqliteStore::open(&config).await {
+            Ok(store) => store,
+            Err(error) => panic!("open: {error}"),
+        };
+        if let Err(error) = store.migrate().await {
+            panic!("migrate: {error}");
+        }
+        let stream = StreamKey {
+            provider: ProviderKind::Graas,
+            account: "a".into(),
+            resource: "orders".into(),
+        };
+        let commit = async |orders: &[crate::model::Order]| {
+            let batch = Batch {
+                stream: &stream,
+                orders,
+                quarantined: &[],
+                cursor: None,
+                seen_at: chrono::Utc::now(),
+            };
+            match store.commit_batch(&batch).await {
+                Ok(outcome) => (outcome.written, outcome.unchanged),
+                Err(error) => panic!("commit: {error}"),
+            }
+        };
+        let stored: Vec<_> = ["1", "2", "3"]
+            .iter()
+            .map(|id| test_order(id, 100, Some("PAID")))
+            .collect();
+        assert_eq!(commit(&stored).await, (3, 0));
+
+        let mut newer = test_order("1", 200, Some("SHIPPED"));
+        newer.payload = r#"{"v":2}"#.into();
+        let mut older = test_order("2", 50, Some("NEW"));
+        older.payload = r#"{"v":0}"#.into();
+        let same = test_order("3", 100, Some("PAID"));
+        let new = test_order("4", 150, Some("PAID"));
+        assert_eq!(commit(&[newer, older, same, new]).await, (2, 2));
+
+        let found: Vec<(String, Option<String>)> = match store.orders_of("graas", "a").await {
+            Ok(orders) => orders
+                .into_iter()
+                .map(|o| (o.external_id, o.status))
+                .collect(),
+            Err(error) => panic!("orders_of: {error}"),
+        };
+        let status = |id: &str, status: &str| (id.to_owned(), Some(status.to_owned()));
+        assert_eq!(
+            found,
+            [
+                status("1", "SHIPPED"),
+                status("2", "PAID"),
+                status("3", "PAID"),
+                status("4", "PAID"),
+            ]
+        );
+        let history_rows =
+            async |id: &str| match store.order_history(&test_order(id, 0, None).key).await {
+                Ok(history) => history.len(),
+                Err(error) => panic!("history: {error}"),
+            };
+        assert_eq!(history_rows("1").await, 2);
+        assert_eq!(history_rows("2").await, 1);
+        assert_eq!(history_rows("4").await, 1);
+
+        // Both keys are declared to be checked at commit.
+        let deferred: Vec<String> = match sqlx::query_scalar(
+            "SELECT name FROM sqlite_schema WHERE name IN ('orders', 'order_events') \
+             AND sql LIKE '%DEFERRABLE INITIALLY DEFERRED%' ORDER BY name",
+        )
+        .fetch_all(&store.pool)
+        .await
+        {
+            Ok(names) => names,
+            Err(error) => panic!("schema: {error}"),
+        };
+        assert_eq!(deferred, ["order_events", "orders"]);
+
+        // A row under another scope's number goes into the transaction, and fails its commit.
+        let mut tx = match store.writer.begin().await {
+            Ok(tx) => tx,
+            Err(error) => panic!("begin: {error}"),
+        };
+        let inserted = sqlx::query(
+            "INSERT INTO order_scopes (provider, account, channel) VALUES ('graas', 'a', 'x-1')",
+        )
+        .execute(&mut *tx)
+        .await
+        .and(
+            sqlx::query(
+                "INSERT INTO orders (provider, account, channel, external_id, \
+                 upstream_updated_at, payload, first_seen_at, synced_at, scope_id) \
+                 SELECT 'graas', 'a', 'lazada-1', '5', 't', '{}', 't', 't', id \
+                 FROM order_scopes WHERE channel = 'x-1'",
+            )
+            .execute(&mut *tx)
+            .await,
+        );
+        if let Err(error) = inserted {
+            panic!("a deferred key refused the row before the commit: {error}");
+        }
+        match tx.commit().await {
+            Ok(()) => panic!("a row with another channel's scope number was committed"),
+            Err(error) => assert!(error.to_string().contains("FOREIGN KEY"), "{error}"),
+        }
+        assert_eq!(history_rows("5").await, 0);
         store.close().await;
     }
 
