@@ -158,13 +158,13 @@ enum OrderWrite {
 /// sqlx copies a borrowed string into two new allocations (28 a row here), which the SQLite
 /// thread then frees. Values repeated across rows (account, statuses, the time seen) are
 /// allocated once per batch, the others once.
-fn upsert_orders<'a>(
+fn order_statement<'a>(
     chunk: &[&'a Order],
     scope_ids: &[i64],
     shared: &mut SharedText<'a>,
     seen: &Arc<str>,
     write: OrderWrite,
-) -> UpsertOrders {
+) -> OrderStatement {
     let mut query = QueryBuilder::<Sqlite>::new(match write {
         OrderWrite::New => "INSERT OR IGNORE INTO orders ",
         OrderWrite::Upsert => "INSERT INTO orders ",
@@ -192,7 +192,7 @@ fn upsert_orders<'a>(
             .push_bind(*scope_id);
     });
     if write == OrderWrite::New {
-        return UpsertOrders {
+        return OrderStatement {
             query,
             rows: chunk.len(),
         };
@@ -209,7 +209,7 @@ fn upsert_orders<'a>(
          WHERE excluded.upstream_updated_at >= orders.upstream_updated_at \
          AND excluded.payload <> orders.payload",
     );
-    UpsertOrders {
+    OrderStatement {
         query,
         rows: chunk.len(),
     }
@@ -259,8 +259,8 @@ async fn scope_ids(
     Ok(ids)
 }
 
-/// One multi-row upsert and how many rows it holds.
-struct UpsertOrders {
+/// One multi-row write of orders and how many rows it holds.
+struct OrderStatement {
     query: QueryBuilder<Sqlite>,
     rows: usize,
 }
@@ -386,7 +386,7 @@ impl Store for SqliteStore {
             .chunks(ROWS_PER_STATEMENT)
             .zip(scope_ids.chunks(ROWS_PER_STATEMENT));
         let mut next = chunks.next().map(|(chunk, scopes)| {
-            let statement = upsert_orders(chunk, scopes, &mut shared, &seen, OrderWrite::New);
+            let statement = order_statement(chunk, scopes, &mut shared, &seen, OrderWrite::New);
             (chunk, scopes, statement)
         });
         while let Some((chunk, scopes, mut statement)) = next.take() {
@@ -398,7 +398,7 @@ impl Store for SqliteStore {
             let bind_next = async {
                 chunks.next().map(|(chunk, scopes)| {
                     let statement =
-                        upsert_orders(chunk, scopes, &mut shared, &seen, OrderWrite::New);
+                        order_statement(chunk, scopes, &mut shared, &seen, OrderWrite::New);
                     (chunk, scopes, statement)
                 })
             };
@@ -409,7 +409,7 @@ impl Store for SqliteStore {
                 // Some were stored already. The upsert replaces each by a newer, different
                 // copy; the orders just inserted are the same copies, so it leaves them alone.
                 let mut update =
-                    upsert_orders(chunk, scopes, &mut shared, &seen, OrderWrite::Upsert);
+                    order_statement(chunk, scopes, &mut shared, &seen, OrderWrite::Upsert);
                 let reuse = update.rows == ROWS_PER_STATEMENT;
                 let updated = update
                     .query
