@@ -19,6 +19,9 @@
 //! `BENCH_SIZES=10000,100000,1000000` runs those sizes in turn (instead of `BENCH_ORDERS`),
 //! `BENCH_ROUNDS` times (default 1), and ends with each size's median orders/s against the
 //! fastest size's: how flat speed stays as the database grows, measured within one sitting.
+//!
+//! Before each run's clock starts, what earlier runs wrote is let reach the disk (a Postgres
+//! `CHECKPOINT`, then `sync`); `BENCH_NO_SETTLE=1` starts each run without waiting for it.
 
 mod common;
 
@@ -75,6 +78,9 @@ fn run_once(label: &str, database: &str, base_url: &str, shape: &Shape) -> Resul
             String::from_utf8_lossy(&migrated.stderr)
         ));
     }
+    if std::env::var_os("BENCH_NO_SETTLE").is_none() {
+        settle(database);
+    }
     let started = Instant::now();
     let out = Command::new(BIN)
         .args(["run", "--once", "--config"])
@@ -121,6 +127,26 @@ fn run_once(label: &str, database: &str, base_url: &str, shape: &Shape) -> Resul
     );
     println!("          CPU by stage: {cpu}");
     Ok(orders as f64 / wall.as_secs_f64())
+}
+
+/// Lets what earlier runs wrote reach the disk before the clock starts. A 1,000,000-order run
+/// leaves gigabytes on their way there (Postgres's WAL and checkpoints, the database files); a
+/// run started on top of them waits behind that writeback at every commit, since Postgres syncs
+/// its WAL on each. It is not part of the run being measured.
+fn settle(database: &str) {
+    if let Some(url) = database
+        .lines()
+        .find_map(|line| line.strip_prefix("url = \""))
+        .and_then(|rest| rest.strip_suffix('"'))
+        .filter(|url| url.starts_with("postgres"))
+    {
+        // Writes out the server's dirty buffers now rather than in the middle of the run.
+        let _ = Command::new("psql")
+            .args([url, "-qc", "CHECKPOINT"])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+    let _ = Command::new("sync").status();
 }
 
 /// The daemon's CPU per thread, named by what each thread does in a backfill.
