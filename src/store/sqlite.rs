@@ -1479,6 +1479,18 @@ mod tests {
         (dir, path, config)
     }
 
+    /// The store on `config`'s database, migrated to the newest schema.
+    async fn migrated_store(config: &DatabaseConfig) -> SqliteStore {
+        let store = match SqliteStore::open(config).await {
+            Ok(store) => store,
+            Err(error) => panic!("open: {error}"),
+        };
+        if let Err(error) = store.migrate().await {
+            panic!("migrate: {error}");
+        }
+        store
+    }
+
     /// A database written before orders were keyed by scope (migration 7) keeps every order,
     /// its id and its history, and the orders it holds are still found by their key: a newer
     /// copy updates the row instead of adding one, and the same order id in another channel or
@@ -1530,13 +1542,7 @@ mod tests {
         };
         old.close().await;
 
-        let store = match SqliteStore::open(&config).await {
-            Ok(store) => store,
-            Err(error) => panic!("open: {error}"),
-        };
-        if let Err(error) = store.migrate().await {
-            panic!("migrate: {error}");
-        }
+        let store = migrated_store(&config).await;
         let ids_after: Vec<(i64, String, String, String)> = match sqlx::query_as(
             "SELECT id, account, channel, external_id FROM orders ORDER BY id",
         )
@@ -1638,13 +1644,7 @@ mod tests {
     #[tokio::test]
     async fn a_batch_of_new_and_stored_orders_writes_each_once_and_keys_hold_at_commit() {
         let (_dir, _path, config) = temporary_database();
-        let store = match SqliteStore::open(&config).await {
-            Ok(store) => store,
-            Err(error) => panic!("open: {error}"),
-        };
-        if let Err(error) = store.migrate().await {
-            panic!("migrate: {error}");
-        }
+        let store = migrated_store(&config).await;
         let stream = StreamKey {
             provider: ProviderKind::Graas,
             account: "a".into(),
@@ -1750,13 +1750,7 @@ mod tests {
     #[tokio::test]
     async fn a_caller_done_writing_gets_the_log_copied_into_the_database_file() {
         let (_dir, path, config) = temporary_database();
-        let store = SqliteStore::open(&config).await;
-        let Ok(store) = store else {
-            panic!("open: {:?}", store.err())
-        };
-        if let Err(error) = store.migrate().await {
-            panic!("migrate: {error}");
-        }
+        let store = migrated_store(&config).await;
         let stream = StreamKey {
             provider: ProviderKind::Graas,
             account: "a".into(),
