@@ -70,6 +70,30 @@ async fn backfill_matches_truth(db: TestDb) {
 }
 on_both_backends!(backfill_matches_truth);
 
+/// A `database.schema` named with capitals is the schema the daemon creates, searches and
+/// writes to (Postgres folds an unquoted name to lower case: searching for it unquoted found no
+/// schema, and the migrations failed with "no schema has been selected to create in").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(ordersync_pg), ignore = "needs Postgres: set ORDERSYNC_TEST_PG")]
+async fn a_schema_named_with_capitals_is_used_as_named() {
+    let mut db = TestDb::new(common::Backend::Postgres, "schema_with_capitals");
+    let schema = format!("Shop_{}", db.schema.as_deref().unwrap_or_default());
+    db.schema = Some(schema.clone());
+    let spec = SandboxConfig::graas(1, 300);
+    let sandbox = sandbox(&spec).await;
+    let (store, runners) = synced_store(&db, &sandbox, &spec, &AccountToml::default()).await;
+    catch_up(&runners).await;
+    assert_matches_truth(&store, &sandbox, &spec).await;
+    let stored = execute_scalar(
+        &db,
+        &format!("SELECT count(*)::text FROM \"{schema}\".orders"),
+    )
+    .await;
+    assert_eq!(stored, "300");
+    store.close().await;
+    sandbox.stop().await;
+}
+
 /// Four accounts backfilling at once draw on one buffer of fetched orders, smaller than two
 /// pages: they wait for each other's commits, it fills, and no stream is starved or stuck (each
 /// ends equal to the upstream).

@@ -41,7 +41,10 @@ impl PostgresStore {
             .execute(&mut conn)
             .await?;
             conn.close().await?;
-            options = options.options([("search_path", schema.as_str())]);
+            // Quoted as it was created: unquoted, Postgres folds the name to lower case, and a
+            // schema named with capitals would not be found.
+            let search_path = format!("\"{schema}\"");
+            options = options.options([("search_path", search_path.as_str())]);
         }
         // The server ends a statement, a lock wait or a transaction left open by a client that
         // went away, so a stalled database gives an error instead of a wait, and a connection
