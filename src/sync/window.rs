@@ -877,6 +877,7 @@ impl Committer {
         let mut in_flight_keys: VecDeque<HashSet<OrderKey>> = VecDeque::new();
         let mut earlier = EarlierCommit::none();
         let mut held_back = None;
+        let mut waiting = Waiting::default();
         let mut open = true;
         loop {
             let room = in_flight.len() < concurrent;
@@ -887,7 +888,7 @@ impl Committer {
                     in_flight_keys.pop_front();
                     self.record(done?, &mut committed);
                 }
-                piece = next_piece(&mut receiver, &mut held_back, batch_orders), if open && room => {
+                piece = next_batch(&mut receiver, &mut held_back, &mut waiting, batch_orders, concurrent), if open && room => {
                     let Some((piece, room)) = piece else {
                         open = false;
                         continue;
@@ -980,23 +981,62 @@ impl Committer {
     }
 }
 
+/// Fetched pieces taken off the channel and not yet in a batch, earliest first.
+#[derive(Default)]
+struct Waiting {
+    pieces: VecDeque<(Piece, Held)>,
+    orders: usize,
+}
+
+impl Waiting {
+    fn push(&mut self, (piece, room): (Piece, Held)) {
+        self.orders += piece.orders.len();
+        self.pieces.push_back((piece, room));
+    }
+
+    fn pop(&mut self) -> Option<(Piece, Held)> {
+        let (piece, room) = self.pieces.pop_front()?;
+        self.orders -= piece.orders.len();
+        Some((piece, room))
+    }
+}
+
 /// The piece held back for a batch in flight, else the next fetched pieces: those already
 /// waiting go into the same transaction (one commit instead of several, and the cursor moves
-/// to the end of the last of them). What was fetched is committed even during shutdown: it is
-/// at most a few pieces.
-async fn next_piece(
+/// to the end of the last of them). Where the store writes several batches at once, a batch
+/// takes its share of what is waiting rather than all of it, so the other connections have
+/// work too: a run's last pieces, fetched all at once, were otherwise written by one
+/// connection while the others sat idle. What was fetched is committed even during shutdown:
+/// it is at most a few pieces.
+async fn next_batch(
     receiver: &mut mpsc::Receiver<(Piece, Held)>,
     held_back: &mut Option<(Piece, Held)>,
+    waiting: &mut Waiting,
     batch_orders: usize,
+    concurrent: usize,
 ) -> Option<(Piece, Held)> {
-    if let Some(waiting) = held_back.take() {
-        return Some(waiting);
+    if let Some(batch) = held_back.take() {
+        return Some(batch);
     }
-    let (piece, mut room) = receiver.recv().await?;
-    let mut orders = piece.orders.len();
-    let mut pieces = vec![piece];
-    while orders < batch_orders {
-        let Ok((next, next_room)) = receiver.try_recv() else {
+    if waiting.pieces.is_empty() {
+        // The only wait; once a piece is here the rest is taken without one, so dropping this
+        // future (the committer's select) loses nothing.
+        let first = receiver.recv().await?;
+        waiting.push(first);
+    }
+    let concurrent = concurrent.max(1);
+    while waiting.orders < batch_orders.saturating_mul(concurrent) {
+        let Ok(next) = receiver.try_recv() else {
+            break;
+        };
+        waiting.push(next);
+    }
+    let share = waiting.orders.div_ceil(concurrent).min(batch_orders);
+    let (first, mut room) = waiting.pop()?;
+    let mut orders = first.orders.len();
+    let mut pieces = vec![first];
+    while orders < share {
+        let Some((next, next_room)) = waiting.pop() else {
             break;
         };
         orders += next.orders.len();
@@ -1283,5 +1323,94 @@ mod tests {
         let mut density = Density::default();
         density.observe(1, 100_000);
         assert_eq!(density.parts(narrow, one_page), Some(3));
+    }
+
+    /// A piece of `orders` orders for the seconds `after..before`, sent as the fetcher does.
+    async fn send_piece(
+        sender: &mpsc::Sender<(Piece, Held)>,
+        buffer: &OrderBuffer,
+        after: i64,
+        orders: usize,
+    ) {
+        let piece = Piece {
+            window: TimeWindow {
+                after,
+                before: after + 10,
+            },
+            orders: (0..orders)
+                .map(|i| crate::model::test_order(&format!("{after}-{i}"), after + 1, None))
+                .collect(),
+            quarantined: Vec::new(),
+        };
+        let room = buffer.hold(orders).await;
+        assert!(sender.send((piece, room)).await.is_ok());
+    }
+
+    fn batch_shape(batch: &(Piece, Held)) -> (i64, i64, usize) {
+        let (piece, _) = batch;
+        (piece.window.after, piece.window.before, piece.orders.len())
+    }
+
+    #[tokio::test]
+    async fn one_writer_takes_every_waiting_piece_up_to_a_batch() {
+        let buffer = OrderBuffer::new(10_000);
+        let (sender, mut receiver) = mpsc::channel(16);
+        for after in [0, 10, 20, 30, 40, 50] {
+            send_piece(&sender, &buffer, after, 500).await;
+        }
+        let (mut held_back, mut waiting) = (None, Waiting::default());
+        let next = next_batch(&mut receiver, &mut held_back, &mut waiting, 2_000, 1).await;
+        assert_eq!(next.as_ref().map(batch_shape), Some((0, 40, 2_000)));
+        let next = next_batch(&mut receiver, &mut held_back, &mut waiting, 2_000, 1).await;
+        assert_eq!(next.as_ref().map(batch_shape), Some((40, 60, 1_000)));
+        drop(sender);
+        let next = next_batch(&mut receiver, &mut held_back, &mut waiting, 2_000, 1).await;
+        assert!(next.is_none(), "nothing left once the fetcher is done");
+    }
+
+    #[tokio::test]
+    async fn concurrent_writers_share_what_is_waiting_in_time_order() {
+        let buffer = OrderBuffer::new(10_000);
+        let (sender, mut receiver) = mpsc::channel(16);
+        // A run's last window, fetched while both connections were busy.
+        for after in [0, 10, 20, 30, 40, 50] {
+            send_piece(&sender, &buffer, after, 500).await;
+        }
+        drop(sender);
+        let (mut held_back, mut waiting) = (None, Waiting::default());
+        let mut batches = Vec::new();
+        while let Some(batch) =
+            next_batch(&mut receiver, &mut held_back, &mut waiting, 4_000, 2).await
+        {
+            batches.push(batch_shape(&batch));
+        }
+        // Half for the first connection instead of all 3,000 orders, the rest for the others.
+        assert_eq!(
+            batches,
+            vec![(0, 30, 1_500), (30, 50, 1_000), (50, 60, 500)]
+        );
+        // Their room in the buffer went with them and came back as they were dropped.
+        assert_eq!(buffer.held(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_batch_held_back_goes_first_and_whole() {
+        let buffer = OrderBuffer::new(10_000);
+        let (sender, mut receiver) = mpsc::channel(16);
+        send_piece(&sender, &buffer, 100, 500).await;
+        let held = Piece {
+            window: TimeWindow {
+                after: 0,
+                before: 90,
+            },
+            orders: vec![crate::model::test_order("x", 1, None); 3_000],
+            quarantined: Vec::new(),
+        };
+        let mut held_back = Some((held, Held::default()));
+        let mut waiting = Waiting::default();
+        let next = next_batch(&mut receiver, &mut held_back, &mut waiting, 1_000, 2).await;
+        assert_eq!(next.as_ref().map(batch_shape), Some((0, 90, 3_000)));
+        let next = next_batch(&mut receiver, &mut held_back, &mut waiting, 1_000, 2).await;
+        assert_eq!(next.as_ref().map(batch_shape), Some((100, 110, 500)));
     }
 }
