@@ -19,7 +19,9 @@
 //! `BENCH_SIZES=10000,100000,1000000` runs those sizes in turn (instead of `BENCH_ORDERS`),
 //! `BENCH_ROUNDS` times (default 1), and ends with each size's median orders/s against the
 //! fastest size's: how flat speed stays as the database grows, measured within one sitting. A
-//! size below 100,000 orders runs up to 5 times a round.
+//! size below 100,000 orders runs up to 5 times a round. Each run also prints its syncing
+//! alone (`run --once`'s own timing of its jobs, without the process's start and stop), and
+//! the summary the same ratio for it: what a run pays once whatever its size, apart.
 //!
 //! Before each run's clock starts, what earlier runs wrote is let reach the disk (a Postgres
 //! `CHECKPOINT`, then `sync`); `BENCH_NO_SETTLE=1` starts each run without waiting for it.
@@ -39,7 +41,14 @@ struct Shape {
     ids: String,
 }
 
-fn run_once(label: &str, database: &str, base_url: &str, shape: &Shape) -> Result<f64, String> {
+/// Orders/s of one run: over the whole process, and over its syncing alone.
+#[derive(Clone, Copy)]
+struct Speed {
+    wall: f64,
+    syncing: f64,
+}
+
+fn run_once(label: &str, database: &str, base_url: &str, shape: &Shape) -> Result<Speed, String> {
     let Shape {
         accounts,
         orders_each,
@@ -103,12 +112,14 @@ fn run_once(label: &str, database: &str, base_url: &str, shape: &Shape) -> Resul
     let mut written = 0u64;
     let mut peak_kb = 0u64;
     let mut requests = 0u64;
+    let mut syncing_ms = 0u64;
     let mut cpu = String::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let value: serde_json::Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
         written += value["written"].as_u64().unwrap_or(0);
         requests += value["requests"].as_u64().unwrap_or(0);
         peak_kb = peak_kb.max(value["peak_rss_kb"].as_u64().unwrap_or(0));
+        syncing_ms = syncing_ms.max(value["elapsed_ms"].as_u64().unwrap_or(0));
         if let Some(threads) = value["cpu_ms_by_thread"].as_object() {
             cpu = cpu_by_stage(threads);
         }
@@ -126,8 +137,18 @@ fn run_once(label: &str, database: &str, base_url: &str, shape: &Shape) -> Resul
         requests as f64 / pages_needed as f64,
         if accounts == 1 { "" } else { "s" }
     );
-    println!("          CPU by stage: {cpu}");
-    Ok(orders as f64 / wall.as_secs_f64())
+    // `run --once` times its jobs itself (cursor reads, fetching, commits, the outbox pass):
+    // the run without the process's start (connections, migrations check, leases) and stop.
+    let syncing = std::time::Duration::from_millis(syncing_ms.max(1));
+    println!(
+        "          syncing alone {:.2} s, {:.0} orders/s; CPU by stage: {cpu}",
+        syncing.as_secs_f64(),
+        orders as f64 / syncing.as_secs_f64()
+    );
+    Ok(Speed {
+        wall: orders as f64 / wall.as_secs_f64(),
+        syncing: orders as f64 / syncing.as_secs_f64(),
+    })
 }
 
 /// Lets what earlier runs wrote reach the disk before the clock starts. A 1,000,000-order run
@@ -185,49 +206,78 @@ fn cpu_by_stage(threads: &serde_json::Map<String, serde_json::Value>) -> String 
 
 /// Orders/s of every run, by backend and size, for the summary of a run over several sizes.
 #[derive(Default)]
-struct Speeds(Vec<(&'static str, usize, f64)>);
+struct Speeds(Vec<(&'static str, usize, Speed)>);
 
 impl Speeds {
     /// Per backend: each size's median and the range, and the slowest median against the
-    /// fastest (1.00: flat).
+    /// fastest (1.00: flat); then the same for the syncing alone, which leaves out what every
+    /// run pays once whatever its size (the process's start and stop).
     fn print_summary(&self) {
         for backend in ["sqlite", "postgres"] {
-            let mut sizes: Vec<usize> = self
-                .0
-                .iter()
-                .filter(|(b, ..)| *b == backend)
-                .map(|(_, size, _)| *size)
-                .collect();
-            sizes.sort_unstable();
-            sizes.dedup();
-            let medians: Vec<(usize, f64, f64, f64)> = sizes
-                .iter()
-                .map(|&size| {
-                    let mut runs: Vec<f64> = self
-                        .0
-                        .iter()
-                        .filter(|(b, s, _)| *b == backend && *s == size)
-                        .map(|(.., speed)| *speed)
-                        .collect();
-                    runs.sort_by(f64::total_cmp);
-                    let median = (runs[(runs.len() - 1) / 2] + runs[runs.len() / 2]) / 2.0;
-                    (size, median, runs[0], runs[runs.len() - 1])
-                })
-                .collect();
-            let Some(fastest) = medians.iter().map(|m| m.1).max_by(f64::total_cmp) else {
+            let wall = self.medians(backend, |speed| speed.wall);
+            if wall.is_empty() {
                 continue;
-            };
-            let slowest = medians.iter().map(|m| m.1).fold(fastest, f64::min);
-            println!("{backend}: median orders/s by size, runs interleaved");
-            for (size, median, low, high) in &medians {
-                println!(
-                    "  {size:>8} orders  {median:>7.0}/s  ({low:.0}-{high:.0})  {:.2} of the fastest",
-                    median / fastest
-                );
             }
-            println!("  slowest size / fastest size: {:.2}", slowest / fastest);
+            println!("{backend}: median orders/s by size, runs interleaved");
+            let flatness = print_medians(&wall);
+            let syncing = medians_on_one_line(&self.medians(backend, |speed| speed.syncing));
+            println!("  slowest size / fastest size: {flatness:.2} (syncing alone: {syncing})");
         }
     }
+
+    /// Each size's median, lowest and highest orders/s by `measure`, smallest size first.
+    fn medians(
+        &self,
+        backend: &str,
+        measure: impl Fn(&Speed) -> f64,
+    ) -> Vec<(usize, f64, f64, f64)> {
+        let mut sizes: Vec<usize> = self
+            .0
+            .iter()
+            .filter(|(b, ..)| *b == backend)
+            .map(|(_, size, _)| *size)
+            .collect();
+        sizes.sort_unstable();
+        sizes.dedup();
+        sizes
+            .iter()
+            .map(|&size| {
+                let mut runs: Vec<f64> = self
+                    .0
+                    .iter()
+                    .filter(|(b, s, _)| *b == backend && *s == size)
+                    .map(|(.., speed)| measure(speed))
+                    .collect();
+                runs.sort_by(f64::total_cmp);
+                let median = (runs[(runs.len() - 1) / 2] + runs[runs.len() / 2]) / 2.0;
+                (size, median, runs[0], runs[runs.len() - 1])
+            })
+            .collect()
+    }
+}
+
+/// Prints each size's median against the fastest size's; returns the slowest against the
+/// fastest.
+fn print_medians(medians: &[(usize, f64, f64, f64)]) -> f64 {
+    let fastest = medians.iter().map(|m| m.1).fold(f64::MIN, f64::max);
+    for (size, median, low, high) in medians {
+        println!(
+            "  {size:>8} orders  {median:>7.0}/s  ({low:.0}-{high:.0})  {:.2} of the fastest",
+            median / fastest
+        );
+    }
+    medians.iter().map(|m| m.1).fold(fastest, f64::min) / fastest
+}
+
+/// The medians on one line, `size: orders/s`, and the slowest against the fastest.
+fn medians_on_one_line(medians: &[(usize, f64, f64, f64)]) -> String {
+    let fastest = medians.iter().map(|m| m.1).fold(f64::MIN, f64::max);
+    let slowest = medians.iter().map(|m| m.1).fold(fastest, f64::min);
+    let sizes: Vec<String> = medians
+        .iter()
+        .map(|(size, median, ..)| format!("{size} {median:.0}/s"))
+        .collect();
+    format!("{}; {:.2}", sizes.join(", "), slowest / fastest)
 }
 
 fn main() {
