@@ -1346,6 +1346,20 @@ mod tests {
         assert!(sender.send((piece, room)).await.is_ok());
     }
 
+    /// Six pages of 500 orders fetched and waiting for the committer, in a buffer of 10,000.
+    async fn six_pages_waiting() -> (
+        OrderBuffer,
+        mpsc::Sender<(Piece, Held)>,
+        mpsc::Receiver<(Piece, Held)>,
+    ) {
+        let buffer = OrderBuffer::new(10_000);
+        let (sender, receiver) = mpsc::channel(16);
+        for after in [0, 10, 20, 30, 40, 50] {
+            send_piece(&sender, &buffer, after, 500).await;
+        }
+        (buffer, sender, receiver)
+    }
+
     fn batch_shape(batch: &(Piece, Held)) -> (i64, i64, usize) {
         let (piece, _) = batch;
         (piece.window.after, piece.window.before, piece.orders.len())
@@ -1353,11 +1367,7 @@ mod tests {
 
     #[tokio::test]
     async fn one_writer_takes_every_waiting_piece_up_to_a_batch() {
-        let buffer = OrderBuffer::new(10_000);
-        let (sender, mut receiver) = mpsc::channel(16);
-        for after in [0, 10, 20, 30, 40, 50] {
-            send_piece(&sender, &buffer, after, 500).await;
-        }
+        let (_buffer, sender, mut receiver) = six_pages_waiting().await;
         let (mut held_back, mut waiting) = (None, Waiting::default());
         let next = next_batch(&mut receiver, &mut held_back, &mut waiting, 2_000, 1).await;
         assert_eq!(next.as_ref().map(batch_shape), Some((0, 40, 2_000)));
@@ -1370,12 +1380,8 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_writers_share_what_is_waiting_in_time_order() {
-        let buffer = OrderBuffer::new(10_000);
-        let (sender, mut receiver) = mpsc::channel(16);
         // A run's last window, fetched while both connections were busy.
-        for after in [0, 10, 20, 30, 40, 50] {
-            send_piece(&sender, &buffer, after, 500).await;
-        }
+        let (buffer, sender, mut receiver) = six_pages_waiting().await;
         drop(sender);
         let (mut held_back, mut waiting) = (None, Waiting::default());
         let mut batches = Vec::new();
