@@ -1325,7 +1325,7 @@ mod tests {
         assert_eq!(density.parts(narrow, one_page), Some(3));
     }
 
-    /// A piece of `orders` orders for the seconds `after..before`, sent as the fetcher does.
+    /// A piece of `orders` orders for the ten seconds after `after`, sent as the fetcher does.
     async fn send_piece(
         sender: &mpsc::Sender<(Piece, Held)>,
         buffer: &OrderBuffer,
