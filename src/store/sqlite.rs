@@ -1803,6 +1803,12 @@ mod tests {
         std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
     }
 
+    /// Waits long enough for a woken checkpoint to have run, then checks the file did not grow.
+    async fn file_stays(path: &std::path::Path, size: u64, why: &str) {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(file_size(path), size, "{why}");
+    }
+
     /// Waits up to 10 s for the database file to reach `least` bytes.
     async fn file_reaches(path: &std::path::Path, least: u64) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -1825,12 +1831,7 @@ mod tests {
         // 1.2 MB is far below the background checkpoint's threshold: it stays in the log only
         // until the caller says its writes are ending.
         commit_padded(&store, 0..300, 4000).await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(
-            file_size(&path),
-            before,
-            "a checkpoint ran before one was due"
-        );
+        file_stays(&path, before, "a checkpoint ran before one was due").await;
         store.writes_ending();
         file_reaches(&path, before + 300 * 4000).await;
 
@@ -1838,8 +1839,7 @@ mod tests {
         let copied = file_size(&path);
         commit_padded(&store, 300..305, 100).await;
         store.writes_ending();
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(file_size(&path), copied, "a few KB were checkpointed early");
+        file_stays(&path, copied, "a few KB were checkpointed early").await;
         store.close().await;
     }
 
@@ -1864,12 +1864,7 @@ mod tests {
         // Beyond the buffer the drain is over: 1.2 MB waits for 16.
         let copied = file_size(&path);
         commit_padded(&store, 600..900, 4000).await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(
-            file_size(&path),
-            copied,
-            "copied in after the drain was over"
-        );
+        file_stays(&path, copied, "copied in after the drain was over").await;
         store.close().await;
     }
 
