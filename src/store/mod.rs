@@ -229,8 +229,8 @@ pub trait Store: Send + Sync {
 
     /// The caller has sent every batch it has for now: only those in flight are still to
     /// commit. A store may start housekeeping it would otherwise leave to later; SQLite starts a
-    /// checkpoint on its spare connection, so the batches still committing and a close that
-    /// follows find less of the log left to copy.
+    /// checkpoint on its spare connection and copies in each megabyte those batches add as they
+    /// commit, so a close that follows finds little of the log left to copy.
     fn writes_ending(&self) {}
 
     /// [`Store::commit_batch`] for the batch that follows the one `earlier` reports on: the

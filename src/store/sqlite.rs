@@ -1772,7 +1772,8 @@ mod tests {
         store.close().await;
     }
 
-    /// Commits orders `ids`, each with a payload of about `pad` bytes, on a stream of its own.
+    /// Commits orders `ids` to account `a`'s order stream, each with a payload of about `pad`
+    /// bytes.
     async fn commit_padded(store: &SqliteStore, ids: std::ops::Range<usize>, pad: usize) {
         let stream = StreamKey {
             provider: ProviderKind::Graas,
