@@ -136,6 +136,7 @@ async fn kill_loop(db: TestDb) {
         differences_from_truth(&store, &setup.sandbox, &setup.spec).await == 0
             && all_final(&store).await
             && grafterr_stored(&store).await == grafterr_truth(&setup)
+            && grafterr_inbox_processed(&store).await
     })
     .await;
     let (status, _) = daemon.terminate(Duration::from_secs(40));
@@ -216,6 +217,20 @@ async fn grafterr_stored(store: &Arc<dyn Store>) -> BTreeMap<(String, String), S
         .into_iter()
         .map(|o| ((o.channel, o.external_id), o.status.unwrap_or_default()))
         .collect()
+}
+
+/// Every stored Grafterr delivery has been processed. The orders can equal the upstream's
+/// while an older delivery stored before a kill still waits: the run after it processes it
+/// (idempotently), and the last run must not be stopped before it has.
+async fn grafterr_inbox_processed(store: &Arc<dyn Store>) -> bool {
+    store
+        .inbox(&InboxFilter {
+            provider: Some("grafterr".into()),
+            limit: 100_000,
+            ..InboxFilter::default()
+        })
+        .await
+        .is_ok_and(|inbox| inbox.iter().all(|d| d.state == "processed"))
 }
 
 fn grafterr_truth(setup: &Setup) -> BTreeMap<(String, String), String> {
