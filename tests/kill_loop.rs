@@ -20,7 +20,7 @@ use common::{
 use ordersync::model::ProviderKind;
 use ordersync::sandbox::grafterr::PushPlan;
 use ordersync::sandbox::{Faults, SandboxConfig};
-use ordersync::store::{ActionFilter, InboxFilter, Store};
+use ordersync::store::{ActionFilter, InboxEntry, InboxFilter, Store, StoreError};
 use rand::Rng;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -168,14 +168,7 @@ async fn kill_loop(db: TestDb) {
         repeats <= loops * 2 * BATCH,
         "{repeats} repeats after {loops} kills of batches of {BATCH}"
     );
-    let inbox = store
-        .inbox(&InboxFilter {
-            provider: Some("grafterr".into()),
-            limit: 100_000,
-            ..InboxFilter::default()
-        })
-        .await
-        .expect("inbox");
+    let inbox = grafterr_inbox(&store).await.expect("inbox");
     // Each event once (the sender repeats some, and every push resends each order's last one).
     let events: std::collections::BTreeSet<&str> =
         inbox.iter().filter_map(|d| d.event_id.as_deref()).collect();
@@ -223,6 +216,13 @@ async fn grafterr_stored(store: &Arc<dyn Store>) -> BTreeMap<(String, String), S
 /// while an older delivery stored before a kill still waits: the run after it processes it
 /// (idempotently), and the last run must not be stopped before it has.
 async fn grafterr_inbox_processed(store: &Arc<dyn Store>) -> bool {
+    grafterr_inbox(store)
+        .await
+        .is_ok_and(|inbox| inbox.iter().all(|d| d.state == "processed"))
+}
+
+/// Every Grafterr delivery stored.
+async fn grafterr_inbox(store: &Arc<dyn Store>) -> Result<Vec<InboxEntry>, StoreError> {
     store
         .inbox(&InboxFilter {
             provider: Some("grafterr".into()),
@@ -230,7 +230,6 @@ async fn grafterr_inbox_processed(store: &Arc<dyn Store>) -> bool {
             ..InboxFilter::default()
         })
         .await
-        .is_ok_and(|inbox| inbox.iter().all(|d| d.state == "processed"))
 }
 
 fn grafterr_truth(setup: &Setup) -> BTreeMap<(String, String), String> {
