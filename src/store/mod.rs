@@ -208,7 +208,8 @@ pub struct StatusChange {
 
 #[async_trait]
 pub trait Store: Send + Sync {
-    /// Applies the migrations in `migrations/<backend>`.
+    /// Applies the migrations in `migrations/<backend>`; on Postgres, first creates
+    /// `database.schema` when it does not exist.
     async fn migrate(&self) -> Result<(), StoreError>;
 
     /// The database answers and every migration this build knows is applied; the reason when

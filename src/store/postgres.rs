@@ -16,11 +16,13 @@ use crate::model::{Action, ActionOutcome, NewAction, Order, OrderKey, StreamKey}
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Connection, PgPool, Postgres, Row};
+use sqlx::{PgPool, Postgres, Row};
 use std::str::FromStr;
 
 pub struct PostgresStore {
     pool: PgPool,
+    /// `database.schema`: created by [`Store::migrate`] when it does not exist yet.
+    schema: Option<String>,
     /// The leases this process holds, once the daemon shares accounts with other replicas:
     /// every write for an account then checks its lease (see [`Store::fence_with`]).
     fence: std::sync::OnceLock<std::sync::Arc<crate::lease::LeaseBook>>,
@@ -31,18 +33,8 @@ impl PostgresStore {
         let mut options =
             PgConnectOptions::from_str(config.url.expose()).map_err(StoreError::Connect)?;
         if let Some(schema) = &config.schema {
-            // The schema name was checked to be [A-Za-z0-9_]+ when the config was read.
-            let mut conn = sqlx::PgConnection::connect_with(&options)
-                .await
-                .map_err(StoreError::Connect)?;
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "CREATE SCHEMA IF NOT EXISTS \"{schema}\""
-            )))
-            .execute(&mut conn)
-            .await?;
-            conn.close().await?;
-            // Quoted as it was created: unquoted, Postgres folds the name to lower case, and a
-            // schema named with capitals would not be found.
+            // Quoted as `migrate` creates it: unquoted, Postgres folds the name to lower case,
+            // and a schema named with capitals would not be found.
             let search_path = format!("\"{schema}\"");
             options = options.options([("search_path", search_path.as_str())]);
         }
@@ -69,6 +61,7 @@ impl PostgresStore {
             .map_err(StoreError::Connect)?;
         Ok(PostgresStore {
             pool,
+            schema: config.schema.clone(),
             fence: std::sync::OnceLock::new(),
         })
     }
@@ -107,6 +100,47 @@ macro_rules! LEASE_HELD_BY_4 {
         "($4::text IS NULL OR EXISTS (SELECT 1 FROM account_leases AS l \
          WHERE l.provider = actions.provider AND l.account = actions.account AND l.holder = $4))"
     };
+}
+
+/// True when the database has every migration of this build applied, unchanged, and no other:
+/// the usual start, told in two round trips where the migrator takes nine (its lock, its table,
+/// its checks). Anything else (a new database, a migration to apply, one changed, missing or
+/// left half done) goes to the migrator, which applies or reports it as before.
+async fn migrations_current(
+    conn: &mut sqlx::PgConnection,
+    migrator: &sqlx::migrate::Migrator,
+) -> Result<bool, StoreError> {
+    let table: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(&mut *conn)
+        .await?;
+    if !table {
+        return Ok(false);
+    }
+    let applied: Vec<(i64, Vec<u8>, bool)> =
+        sqlx::query_as("SELECT version, checksum, success FROM _sqlx_migrations")
+            .fetch_all(&mut *conn)
+            .await?;
+    Ok(all_applied(&applied, migrator))
+}
+
+/// True when `applied` (version, checksum, success) is exactly this build's migrations, each
+/// applied in full with the same checksum.
+fn all_applied(applied: &[(i64, Vec<u8>, bool)], migrator: &sqlx::migrate::Migrator) -> bool {
+    let mut ours: Vec<(i64, &[u8])> = migrator
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration())
+        .map(|m| (m.version, m.checksum.as_ref()))
+        .collect();
+    let mut theirs: Vec<(i64, &[u8])> = Vec::with_capacity(applied.len());
+    for (version, checksum, success) in applied {
+        if !success {
+            return false;
+        }
+        theirs.push((*version, checksum.as_slice()));
+    }
+    ours.sort_unstable();
+    theirs.sort_unstable();
+    ours == theirs
 }
 
 /// Batches of one stream written at once: the server works on both while ordersync prepares
@@ -275,15 +309,27 @@ impl PostgresStore {
 #[async_trait]
 impl Store for PostgresStore {
     async fn migrate(&self) -> Result<(), StoreError> {
+        let migrator = sqlx::migrate!("migrations/postgres");
+        let mut conn = self.pool.acquire().await?;
+        if let Some(schema) = &self.schema {
+            // On the migrations' connection, not one of its own: every connection a start
+            // opens is a server process forked and a TLS handshake (about 4 ms on loopback).
+            // The name was checked to be [A-Za-z0-9_]+ when the config was read.
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "CREATE SCHEMA IF NOT EXISTS \"{schema}\""
+            )))
+            .execute(&mut *conn)
+            .await?;
+        }
+        if migrations_current(&mut conn, &migrator).await? {
+            return Ok(());
+        }
         // A migration of a large table may rightly outlast statement_timeout: lift it on this
         // one connection, and restore it before the connection goes back to the pool.
-        let mut conn = self.pool.acquire().await?;
         sqlx::query("SET statement_timeout = 0")
             .execute(&mut *conn)
             .await?;
-        let migrated = sqlx::migrate!("migrations/postgres")
-            .run_direct(None, &mut *conn, false)
-            .await;
+        let migrated = migrator.run_direct(None, &mut *conn, false).await;
         sqlx::query("RESET statement_timeout")
             .execute(&mut *conn)
             .await?;
