@@ -31,6 +31,41 @@ async fn migrated(db: &TestDb) {
     open_store(&config(db)).await.close().await;
 }
 
+/// The error a start gives on a migrated database after `statement` changed its record of
+/// migrations.
+async fn refused_after(db: &TestDb, statement: &str) -> String {
+    migrated(db).await;
+    execute_sql(db, &[statement]).await;
+    migrate_again(db).await.err().expect("refused")
+}
+
+/// A checksum no migration has, as the backend writes a byte string.
+fn foreign_checksum(db: &TestDb) -> &'static str {
+    match db.backend {
+        Backend::Sqlite => "x'00'",
+        Backend::Postgres => "'\\x00'::bytea",
+    }
+}
+
+async fn store_a_cursor(db: &TestDb) {
+    execute_sql(
+        db,
+        &[
+            "INSERT INTO sync_cursors (provider, account, resource, cursor) \
+           VALUES ('graas', 'shop-1', 'orders', '1700000000')",
+        ],
+    )
+    .await;
+}
+
+async fn assert_cursor_kept(db: &TestDb) {
+    let cursor = execute_scalar(
+        db,
+        "SELECT cursor FROM sync_cursors WHERE account = 'shop-1'",
+    );
+    assert_eq!(cursor.await, "1700000000");
+}
+
 /// The newest migration this build carries for the test's backend.
 fn newest_version(db: &TestDb) -> i64 {
     let migrator = match db.backend {
@@ -43,46 +78,25 @@ fn newest_version(db: &TestDb) -> i64 {
 /// Migrating an up-to-date database again changes nothing and keeps the stored rows.
 async fn a_migrated_database_starts_as_it_is(db: TestDb) {
     migrated(&db).await;
-    execute_sql(
-        &db,
-        &[
-            "INSERT INTO sync_cursors (provider, account, resource, cursor) \
-           VALUES ('graas', 'shop-1', 'orders', '1700000000')",
-        ],
-    )
-    .await;
+    store_a_cursor(&db).await;
     let before = execute_scalar(&db, "SELECT count(*) || '' FROM _sqlx_migrations").await;
     let store = migrate_again(&db).await.expect("migrate again");
     store.readiness().await.expect("ready");
     store.close().await;
     let after = execute_scalar(&db, "SELECT count(*) || '' FROM _sqlx_migrations").await;
     assert_eq!(before, after);
-    assert_eq!(
-        execute_scalar(
-            &db,
-            "SELECT cursor FROM sync_cursors WHERE account = 'shop-1'"
-        )
-        .await,
-        "1700000000"
-    );
+    assert_cursor_kept(&db).await;
 }
 on_both_backends!(a_migrated_database_starts_as_it_is);
 
 /// An applied migration whose text changed since (its checksum differs) is refused by name.
 async fn a_changed_migration_is_refused(db: TestDb) {
-    migrated(&db).await;
-    let other_checksum = match db.backend {
-        Backend::Sqlite => "x'00'",
-        Backend::Postgres => "'\\x00'::bytea",
-    };
-    execute_sql(
+    let checksum = foreign_checksum(&db);
+    let error = refused_after(
         &db,
-        &[&format!(
-            "UPDATE _sqlx_migrations SET checksum = {other_checksum} WHERE version = 1"
-        )],
+        &format!("UPDATE _sqlx_migrations SET checksum = {checksum} WHERE version = 1"),
     )
     .await;
-    let error = migrate_again(&db).await.err().expect("refused");
     assert!(
         error.contains("migration 1 was previously applied but has been modified"),
         "{error}"
@@ -92,16 +106,12 @@ on_both_backends!(a_changed_migration_is_refused);
 
 /// A migration recorded as not finished (a failed run left it) is refused: someone must look.
 async fn a_migration_left_unfinished_is_refused(db: TestDb) {
-    migrated(&db).await;
     let newest = newest_version(&db);
-    execute_sql(
+    let error = refused_after(
         &db,
-        &[&format!(
-            "UPDATE _sqlx_migrations SET success = false WHERE version = {newest}"
-        )],
+        &format!("UPDATE _sqlx_migrations SET success = false WHERE version = {newest}"),
     )
     .await;
-    let error = migrate_again(&db).await.err().expect("refused");
     assert!(
         error.contains(&format!("migration {newest} is partially applied")),
         "{error}"
@@ -112,20 +122,15 @@ on_both_backends!(a_migration_left_unfinished_is_refused);
 /// A database migrated by a newer build (a migration this build does not carry) is refused,
 /// rather than written by code that does not know its schema.
 async fn a_migration_from_a_newer_build_is_refused(db: TestDb) {
-    migrated(&db).await;
-    let checksum = match db.backend {
-        Backend::Sqlite => "x'00'",
-        Backend::Postgres => "'\\x00'::bytea",
-    };
-    execute_sql(
+    let checksum = foreign_checksum(&db);
+    let error = refused_after(
         &db,
-        &[&format!(
+        &format!(
             "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
              VALUES (99999999, 'from a newer build', true, {checksum}, 0)"
-        )],
+        ),
     )
     .await;
-    let error = migrate_again(&db).await.err().expect("refused");
     assert!(
         error.contains("migration 99999999 was previously applied but is missing"),
         "{error}"
@@ -164,14 +169,7 @@ async fn a_database_behind_this_build_is_brought_up_to_date(db: TestDb) {
             pool.close().await;
         }
     }
-    execute_sql(
-        &db,
-        &[
-            "INSERT INTO sync_cursors (provider, account, resource, cursor) \
-           VALUES ('graas', 'shop-1', 'orders', '1700000000')",
-        ],
-    )
-    .await;
+    store_a_cursor(&db).await;
     let store = migrate_again(&db).await.expect("migrated");
     store.readiness().await.expect("ready");
     store.close().await;
@@ -183,13 +181,6 @@ async fn a_database_behind_this_build_is_brought_up_to_date(db: TestDb) {
         .await,
         newest.to_string()
     );
-    assert_eq!(
-        execute_scalar(
-            &db,
-            "SELECT cursor FROM sync_cursors WHERE account = 'shop-1'"
-        )
-        .await,
-        "1700000000"
-    );
+    assert_cursor_kept(&db).await;
 }
 on_both_backends!(a_database_behind_this_build_is_brought_up_to_date);
