@@ -53,12 +53,15 @@ impl PostgresStore {
             // So an operator can tell ordersync's sessions apart in pg_stat_activity.
             options = options.application_name("ordersync");
         }
-        let pool = PgPoolOptions::new()
+        let pool_options = PgPoolOptions::new()
             .max_connections(config.max_connections)
-            .acquire_timeout(config.acquire_timeout)
-            .connect_with(options)
-            .await
-            .map_err(StoreError::Connect)?;
+            .acquire_timeout(config.acquire_timeout);
+        let pool = if tls_left_open(config.url.expose()) && is_loopback(&options) {
+            connect_plain_first(pool_options, options).await
+        } else {
+            pool_options.connect_with(options).await
+        }
+        .map_err(StoreError::Connect)?;
         Ok(PostgresStore {
             pool,
             schema: config.schema.clone(),
@@ -87,6 +90,51 @@ impl PostgresStore {
             super::leases::check_fence(book, &mut tx, provider, account).await?;
         }
         Ok(tx)
+    }
+}
+
+/// True when neither the URL nor `PGSSLMODE` says how to use TLS: no `sslmode` or other `ssl…`
+/// key in the query.
+fn tls_left_open(url: &str) -> bool {
+    if std::env::var_os("PGSSLMODE").is_some() {
+        return false;
+    }
+    url::Url::parse(url).is_ok_and(|url| !url.query_pairs().any(|(key, _)| key.starts_with("ssl")))
+}
+
+/// A server on this machine, reached over TCP: `localhost` or a loopback address.
+fn is_loopback(options: &PgConnectOptions) -> bool {
+    if options.get_socket().is_some() {
+        return false;
+    }
+    let host = options
+        .get_host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Connects without TLS first, as libpq's `sslmode=allow` does, and with it when the server
+/// refuses a connection without (a `hostssl` line in `pg_hba.conf`, SQLSTATE 28000). Traffic
+/// on loopback never leaves the kernel, so TLS there protects nothing, and with `sslmode=prefer`
+/// (the default otherwise) it does not check the server either. It costs a handshake per
+/// connection and encryption of every batch on both sides: a 10,000-order backfill took 20 ms
+/// longer with it (100 pairs, see docs/performance.md).
+async fn connect_plain_first(
+    pool_options: PgPoolOptions,
+    options: PgConnectOptions,
+) -> Result<PgPool, sqlx::Error> {
+    use sqlx::postgres::PgSslMode;
+    let plain = options.clone().ssl_mode(PgSslMode::Disable);
+    match pool_options.clone().connect_with(plain).await {
+        Err(sqlx::Error::Database(refused)) if refused.code().as_deref() == Some("28000") => {
+            tracing::debug!("the server refused a connection without TLS; connecting with it");
+            pool_options.connect_with(options).await
+        }
+        connected => connected,
     }
 }
 
@@ -1357,5 +1405,39 @@ impl PostgresStore {
         .await?;
         tx.commit().await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loopback(url: &str) -> bool {
+        is_loopback(&PgConnectOptions::from_str(url).expect("a URL"))
+    }
+
+    #[test]
+    fn tls_is_left_open_only_without_ssl_keys() {
+        assert!(tls_left_open("postgres://u@db.example:5432/shop"));
+        assert!(tls_left_open(
+            "postgres://u@127.0.0.1/shop?application_name=a"
+        ));
+        assert!(!tls_left_open("postgres://u@127.0.0.1/shop?sslmode=prefer"));
+        assert!(!tls_left_open(
+            "postgres://u@127.0.0.1/shop?application_name=a&sslrootcert=/ca.pem"
+        ));
+        assert!(!tls_left_open("not a url"));
+    }
+
+    #[test]
+    fn loopback_is_localhost_or_a_loopback_address() {
+        assert!(loopback("postgres://u@localhost:5432/shop"));
+        assert!(loopback("postgres://u@127.0.0.1:5432/shop"));
+        assert!(loopback("postgres://u@127.0.0.53/shop"));
+        assert!(loopback("postgres://u@[::1]:5432/shop"));
+        assert!(!loopback("postgres://u@10.0.0.7:5432/shop"));
+        assert!(!loopback("postgres://u@db.example:5432/shop"));
+        // A Unix socket has no TLS to leave out.
+        assert!(!loopback("postgres://u@%2Fvar%2Frun%2Fpostgresql/shop"));
     }
 }
