@@ -655,6 +655,8 @@ async fn a_batch_commits_only_after_the_one_before_it(db: TestDb) {
 
     // The later batch is written first, then waits until the earlier one has committed.
     let (done, earlier) = EarlierCommit::pair();
+    let (written, mut written_heard) = tokio::sync::oneshot::channel();
+    let earlier = earlier.tell_when_written(written);
     let later = {
         let store = Arc::clone(&store);
         let stream = stream.clone();
@@ -673,6 +675,21 @@ async fn a_batch_commits_only_after_the_one_before_it(db: TestDb) {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!later.is_finished(), "the later batch committed first");
     assert_eq!(store.cursor(&stream).await.unwrap(), None);
+    // Postgres writes the rows before its turn and says so, so the caller can start another
+    // batch meanwhile; SQLite writes one batch at a time, after the earlier one.
+    let heard_while_waiting = written_heard.try_recv();
+    match db.backend {
+        Backend::Postgres => assert_eq!(
+            heard_while_waiting,
+            Ok(()),
+            "a Postgres batch waiting for its turn should have said it was written"
+        ),
+        Backend::Sqlite => assert_eq!(
+            heard_while_waiting,
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty),
+            "SQLite writes nothing before the earlier batch commits"
+        ),
+    }
     store
         .commit_batch(&batch(&first, "1800000050"))
         .await
@@ -692,3 +709,106 @@ async fn a_batch_commits_only_after_the_one_before_it(db: TestDb) {
     store.close().await;
 }
 on_both_backends!(a_batch_commits_only_after_the_one_before_it);
+
+/// Postgres writes two batches at once; a batch written and waiting for the one before it to
+/// commit lets one more batch be written meanwhile, and no more. Here the run's first commit
+/// is held at its cursor by a lock, so every batch after it waits for its turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(ordersync_pg), ignore = "needs Postgres: set ORDERSYNC_TEST_PG")]
+async fn a_batch_waiting_for_its_turn_lets_one_more_be_written() {
+    let db = TestDb::new(Backend::Postgres, "batch_turns");
+    // Its own name, so its connections are told apart from other tests' in pg_stat_activity.
+    let application = db.schema.clone().expect("a schema");
+    let spec = SandboxConfig::graas(1, 3_000);
+    let account = AccountToml {
+        page_size: 100,
+        rate_limit: "1000/s",
+        ..AccountToml::default()
+    };
+    let url = db.url.clone();
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let s = Setup::start(&db, spec, &account, |text| {
+        text.replace(
+            &format!("url = \"{url}\""),
+            &format!("url = \"{url}{separator}application_name={application}\""),
+        )
+    })
+    .await;
+    let store = open_store(&s.config).await;
+
+    // The stream's cursor row, inserted and not committed: the run's first cursor write waits.
+    let mut locker = db.pg_connection().await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "BEGIN; INSERT INTO sync_cursors (provider, account, resource) \
+         VALUES ('graas', '{}', 'orders')",
+        account_name(0)
+    )))
+    .execute(&mut locker)
+    .await
+    .unwrap();
+    let mut run = std::process::Command::new(env!("CARGO_BIN_EXE_ordersync"))
+        .args(["run", "--once", "--config"])
+        .arg(&s.config_path)
+        .env_remove("ORDERSYNC_CONFIG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run ordersync");
+
+    // Batches holding rows in an open transaction: the first (waiting on the lock) and those
+    // written and waiting for their turn. The run's start, recorded after a second, waits on
+    // the same lock and is not a batch.
+    let mut watcher = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let mut most = 0i64;
+    // Under the lease renewal's limit (5 s): the held batches keep the account's lease row
+    // shared, and a renewal kept waiting longer gives the lease up and stops the run.
+    let deadline = Instant::now() + Duration::from_secs(4);
+    let mut reached = None;
+    while Instant::now() < deadline {
+        let holding: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 \
+             AND backend_xid IS NOT NULL AND query NOT LIKE '%last_run_started_at%'",
+        )
+        .bind(&application)
+        .fetch_one(&mut watcher)
+        .await
+        .unwrap();
+        most = most.max(holding);
+        // Watched a while longer once three hold rows: a fourth must not start.
+        match reached {
+            None if holding >= 3 => reached = Some(Instant::now()),
+            Some(at) if at.elapsed() > Duration::from_millis(700) => break,
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sqlx::raw_sql("ROLLBACK")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    let status = tokio::task::spawn_blocking(move || run.wait())
+        .await
+        .unwrap()
+        .expect("wait for ordersync");
+    assert_eq!(
+        most, 3,
+        "two batches written at once, plus one while another waits for its turn"
+    );
+    assert!(status.success(), "run --once failed");
+    assert_eq!(
+        store
+            .orders_of("graas", &account_name(0))
+            .await
+            .unwrap()
+            .len(),
+        3_000
+    );
+    assert!(
+        store
+            .cursor(&orders_stream(&account_name(0)))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    store.close().await;
+}

@@ -128,9 +128,13 @@ pub struct Batch<'a> {
     pub seen_at: DateTime<Utc>,
 }
 
-/// Tells a batch whether the batch before it committed (see [`Store::commit_batch_after`]).
+/// Tells a batch whether the batch before it committed (see [`Store::commit_batch_after`]),
+/// and tells the caller when the batch has written its rows and only waits for its turn.
 #[derive(Debug)]
-pub struct EarlierCommit(tokio::sync::oneshot::Receiver<()>);
+pub struct EarlierCommit {
+    earlier: tokio::sync::oneshot::Receiver<()>,
+    written: Option<tokio::sync::oneshot::Sender<()>>,
+}
 
 /// Held by a batch while it commits; dropped without [`CommitDone::committed`] it reports a
 /// failure to the batch after it.
@@ -141,7 +145,13 @@ impl EarlierCommit {
     /// A pair: the first for the earlier batch to report with, the second for the later one.
     pub fn pair() -> (CommitDone, EarlierCommit) {
         let (sender, receiver) = tokio::sync::oneshot::channel();
-        (CommitDone(sender), EarlierCommit(receiver))
+        (
+            CommitDone(sender),
+            EarlierCommit {
+                earlier: receiver,
+                written: None,
+            },
+        )
     }
 
     /// One that has already committed: for the first batch of a run.
@@ -151,9 +161,26 @@ impl EarlierCommit {
         earlier
     }
 
+    /// `written` hears when the batch holding this has written its rows and waits only for
+    /// the earlier batch to commit, or has ended (the sender is dropped with it).
+    pub fn tell_when_written(mut self, written: tokio::sync::oneshot::Sender<()>) -> Self {
+        self.written = Some(written);
+        self
+    }
+
+    /// Called by a store that writes a batch before the earlier one has committed, once the
+    /// rows are written: from here the batch holds a connection but no core.
+    pub fn written(&mut self) {
+        if let Some(written) = self.written.take() {
+            let _ = written.send(());
+        }
+    }
+
     /// Waits for the earlier batch; it is bounded by that batch's own statement timeouts.
     pub async fn committed(self) -> Result<(), StoreError> {
-        self.0.await.map_err(|_| StoreError::EarlierBatchFailed)
+        self.earlier
+            .await
+            .map_err(|_| StoreError::EarlierBatchFailed)
     }
 }
 

@@ -310,7 +310,8 @@ impl PostgresStore {
             outcome.written = done.rows_affected();
         }
         outcome.unchanged = batch.orders.len() as u64 - outcome.written;
-        if let Some(earlier) = earlier {
+        if let Some(mut earlier) = earlier {
+            earlier.written();
             earlier.committed().await?;
         }
 

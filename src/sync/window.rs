@@ -25,7 +25,7 @@ use crate::providers::{ProviderError, TimeWindow, WindowPage, WindowSource};
 use crate::store::{Batch, BatchOutcome, CommitDone, EarlierCommit, Store, StoreError};
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
-use futures_util::stream::FuturesOrdered;
+use futures_util::stream::{FuturesOrdered, FuturesUnordered};
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -874,13 +874,19 @@ impl Committer {
         };
         let mut issued_cursor = start_cursor;
         let mut in_flight = FuturesOrdered::new();
+        // One per batch still writing its rows. A batch that has written them and waits for
+        // the one before it to commit holds a connection but no core, so another batch is
+        // written meanwhile: otherwise a small batch done early left its connection idle
+        // until a large one before it committed. One more batch than the store writes at once.
+        let mut writing = FuturesUnordered::new();
+        let most_in_flight = concurrent + 1;
         let mut in_flight_keys: VecDeque<HashSet<OrderKey>> = VecDeque::new();
         let mut earlier = EarlierCommit::none();
         let mut held_back = None;
         let mut waiting = Waiting::default();
         let mut open = true;
         loop {
-            let room = in_flight.len() < concurrent;
+            let room = writing.len() < concurrent && in_flight.len() < most_in_flight;
             tokio::select! {
                 // Finished commits are taken first, so their results (and errors) come in order.
                 biased;
@@ -888,6 +894,7 @@ impl Committer {
                     in_flight_keys.pop_front();
                     self.record(done?, &mut committed);
                 }
+                Some(_) = writing.next(), if !writing.is_empty() => {}
                 piece = next_batch(&mut receiver, &mut held_back, &mut waiting, batch_orders, concurrent), if open && room => {
                     let Some((piece, room)) = piece else {
                         open = false;
@@ -910,7 +917,9 @@ impl Committer {
                     let advance = piece.window.before > issued_cursor;
                     issued_cursor = issued_cursor.max(piece.window.before);
                     let (done, next) = EarlierCommit::pair();
-                    let before = std::mem::replace(&mut earlier, next);
+                    let (written, written_heard) = tokio::sync::oneshot::channel();
+                    writing.push(written_heard);
+                    let before = std::mem::replace(&mut earlier, next).tell_when_written(written);
                     in_flight_keys.push_back(keys);
                     in_flight.push_back(self.commit(piece, room, advance, before, done));
                 }
