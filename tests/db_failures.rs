@@ -760,8 +760,7 @@ async fn a_batch_waiting_for_its_turn_lets_one_more_be_written() {
     // the same lock and is not a batch.
     let mut watcher = sqlx::PgConnection::connect(&db.url).await.unwrap();
     let mut most = 0i64;
-    // Under the lease renewal's limit (5 s): the held batches keep the account's lease row
-    // shared, and a renewal kept waiting longer gives the lease up and stops the run.
+    // Three batches are holding rows within a second; four never come.
     let deadline = Instant::now() + Duration::from_secs(4);
     let mut reached = None;
     while Instant::now() < deadline {

@@ -472,9 +472,9 @@ async fn taking_passes_over_a_held_lease_without_waiting_for_its_writes() {
         .expect("take")
         .expect("free");
 
-    // A write of replica A in progress: its transaction holds the lease row FOR SHARE.
+    // A write of replica A in progress: its transaction holds the lease row, as its fence does.
     let mut writer = db.pg_connection().await;
-    sqlx::raw_sql("BEGIN; SELECT 1 FROM account_leases WHERE account = 'shop-1' FOR SHARE")
+    sqlx::raw_sql("BEGIN; SELECT 1 FROM account_leases WHERE account = 'shop-1' FOR KEY SHARE")
         .execute(&mut writer)
         .await
         .expect("lock the lease row");
@@ -504,9 +504,7 @@ async fn taking_passes_over_a_held_lease_without_waiting_for_its_writes() {
     store.close().await;
 }
 
-/// Keeping leases renews them one `renew_every` after the take before it, not at once: a
-/// renewal waits for the transactions holding the lease row `FOR SHARE` (every batch being
-/// written), and the batches that come after it wait for the renewal.
+/// Keeping leases renews them one `renew_every` after the take before it, not at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(not(ordersync_pg), ignore = "needs Postgres: set ORDERSYNC_TEST_PG")]
 async fn kept_leases_are_renewed_one_period_after_they_were_taken() {
@@ -801,4 +799,104 @@ async fn actions_survive_a_killed_replica() {
     );
     assert_eq!(over_limit(&setup), 0);
     store.close().await;
+}
+
+/// The fence's lock against the lease's own updates: while a write holds the lease row (its
+/// fence, in its transaction), the holder's renewal goes through at once, and another replica
+/// taking the expired lease over waits until the write has committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(ordersync_pg), ignore = "needs Postgres: set ORDERSYNC_TEST_PG")]
+async fn a_write_in_flight_holds_up_a_takeover_but_not_a_renewal() {
+    let db = TestDb::new(common::Backend::Postgres, "fence_locks");
+    let config = ordersync::config::Config::from_toml(&db.toml()).expect("config");
+    let first = open_store(&config).await;
+    let second = ordersync::store::open(&config.database)
+        .await
+        .expect("open");
+    let account = AccountId::new(ProviderKind::Graas, "shop-1");
+    let ttl = Duration::from_secs(2);
+    let never_stop = tokio_util::sync::CancellationToken::new();
+    let table = first.lease_table().expect("Postgres has leases");
+    let taken = table
+        .take("replica-a", "graas", "shop-1", ttl)
+        .await
+        .expect("take")
+        .expect("free");
+    let a = Arc::new(LeaseBook::new("replica-a"));
+    a.taken(
+        account,
+        taken.token,
+        Instant::now() + Duration::from_secs(3600),
+        &never_stop,
+    );
+    first.fence_with(a);
+
+    // A write that passes its fence and then waits inside its transaction for the orders table.
+    let mut blocker = db.pg_connection().await;
+    sqlx::raw_sql("BEGIN; LOCK TABLE orders IN EXCLUSIVE MODE")
+        .execute(&mut blocker)
+        .await
+        .expect("lock the orders table");
+    let writing = tokio::spawn({
+        let first = first.clone();
+        async move { commit(&first, "1", "1").await }
+    });
+    wait_until(Duration::from_secs(10), "the write to hold the lease row", || {
+        async {
+            execute_scalar(
+                &db,
+                "SELECT count(*)::text FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
+                 WHERE l.locktype = 'relation' AND NOT l.granted AND a.query LIKE 'INSERT INTO orders%'",
+            )
+            .await
+                == "1"
+        }
+    })
+    .await;
+
+    let renewed = tokio::time::timeout(
+        Duration::from_secs(2),
+        table.renew(
+            "replica-a",
+            &[("graas".into(), "shop-1".into(), taken.token)],
+            ttl,
+        ),
+    )
+    .await
+    .expect("the renewal waited for the write in flight")
+    .expect("renew");
+    assert_eq!(renewed.len(), 1, "the lease was not renewed");
+
+    // Once the lease has run out, another replica takes it only after the write committed.
+    tokio::time::sleep(ttl + Duration::from_millis(200)).await;
+    let takeover = tokio::spawn({
+        let second = second.clone();
+        async move {
+            let table = second.lease_table().expect("Postgres has leases");
+            table.take("replica-b", "graas", "shop-1", ttl).await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !takeover.is_finished(),
+        "the lease was taken over while the old holder's write was in flight"
+    );
+    sqlx::raw_sql("COMMIT")
+        .execute(&mut blocker)
+        .await
+        .expect("unlock");
+    tokio::time::timeout(Duration::from_secs(10), writing)
+        .await
+        .expect("the write finishes")
+        .expect("write task")
+        .expect("the write under the old lease commits");
+    let taken_over = tokio::time::timeout(Duration::from_secs(10), takeover)
+        .await
+        .expect("the takeover finishes")
+        .expect("take task")
+        .expect("take")
+        .expect("expired, so free to take");
+    assert_eq!(taken_over.token, taken.token + 1);
+    first.close().await;
+    second.close().await;
 }

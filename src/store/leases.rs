@@ -120,7 +120,10 @@ impl LeaseTable for PostgresStore {
         // `previous` reads the row as it was before this statement: when the lease it replaces
         // ended. A lease still held is left alone without touching its row: the conflict
         // would wait for the row's lock, which the holder's writes take (the fence) for as
-        // long as a commit lasts.
+        // long as a commit lasts. An ended one is taken over in the conflict's update, which
+        // names a key column (`provider`, unchanged) so that Postgres locks the row `FOR
+        // UPDATE`, the lock that waits for the old holder's writes still in flight (their
+        // fence holds the row `FOR KEY SHARE`).
         let row = sqlx::query(
             "WITH previous AS (SELECT holder, expires_at FROM account_leases \
                                WHERE provider = $1 AND account = $2) \
@@ -128,7 +131,8 @@ impl LeaseTable for PostgresStore {
              SELECT $1::text, $2::text, $3::text, 1, now() + make_interval(secs => $4), now() \
              WHERE NOT EXISTS (SELECT 1 FROM previous \
                                WHERE holder IS NOT NULL AND expires_at > now()) \
-             ON CONFLICT (provider, account) DO UPDATE SET holder = excluded.holder, \
+             ON CONFLICT (provider, account) DO UPDATE SET provider = excluded.provider, \
+             holder = excluded.holder, \
              token = account_leases.token + 1, expires_at = excluded.expires_at, \
              acquired_at = excluded.acquired_at \
              WHERE account_leases.holder IS NULL OR account_leases.expires_at <= now() \
@@ -259,9 +263,11 @@ impl LeaseTable for PostgresStore {
 }
 
 /// Checks, inside a write's own transaction, that this process still holds the account's lease
-/// with the token it was taken with. The row is locked `FOR SHARE` until the write commits, so
-/// a replica taking the lease over waits for this write, and any write after the takeover finds
-/// the new token and is refused.
+/// with the token it was taken with. The row is locked `FOR KEY SHARE` until the write commits,
+/// so a replica taking the lease over (which locks the row `FOR UPDATE`, see `take`) waits for
+/// this write, and any write after the takeover finds the new token and is refused. Renewals
+/// only move `expires_at` and do not wait for writes: with batches overlapping all the time,
+/// a renewal waiting for the share lock had gone without it until the lease ran out.
 pub(super) async fn check_fence(
     book: &LeaseBook,
     tx: &mut Transaction<'static, Postgres>,
@@ -280,7 +286,7 @@ pub(super) async fn check_fence(
     };
     let current: Option<i64> = sqlx::query_scalar(
         "SELECT token FROM account_leases WHERE provider = $1 AND account = $2 AND holder = $3 \
-         FOR SHARE",
+         FOR KEY SHARE",
     )
     .bind(provider)
     .bind(account)
