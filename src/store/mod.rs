@@ -176,9 +176,11 @@ impl EarlierCommit {
         }
     }
 
-    /// Waits for the earlier batch; it is bounded by that batch's own statement timeouts.
-    pub async fn committed(self) -> Result<(), StoreError> {
-        self.earlier
+    /// Waits for the earlier batch; it is bounded by that batch's own statement timeouts. By
+    /// reference: kept until the batch ends, so a store that writes only after this (and never
+    /// calls [`EarlierCommit::written`]) counts as writing until then.
+    pub async fn committed(&mut self) -> Result<(), StoreError> {
+        (&mut self.earlier)
             .await
             .map_err(|_| StoreError::EarlierBatchFailed)
     }
@@ -268,7 +270,7 @@ pub trait Store: Send + Sync {
     async fn commit_batch_after(
         &self,
         batch: &Batch<'_>,
-        earlier: EarlierCommit,
+        mut earlier: EarlierCommit,
     ) -> Result<BatchOutcome, StoreError> {
         earlier.committed().await?;
         self.commit_batch(batch).await
@@ -840,5 +842,34 @@ mod tests {
         assert_eq!(kept.len(), 2);
         assert_eq!(kept[0].status.as_deref(), Some("B"));
         assert_eq!(kept[1].status.as_deref(), Some("X"));
+    }
+
+    /// A batch that waits for the earlier one and only then writes (SQLite's way) still counts
+    /// as writing after the wait: the caller hears only when it ends.
+    #[tokio::test]
+    async fn a_batch_counts_as_writing_until_it_says_so_or_ends() {
+        use tokio::sync::oneshot::error::TryRecvError;
+        let (done, earlier) = EarlierCommit::pair();
+        let (written, mut heard) = tokio::sync::oneshot::channel();
+        let mut earlier = earlier.tell_when_written(written);
+        done.committed();
+        earlier
+            .committed()
+            .await
+            .expect("the earlier batch committed");
+        assert_eq!(heard.try_recv(), Err(TryRecvError::Empty));
+        drop(earlier);
+        assert_eq!(heard.try_recv(), Err(TryRecvError::Closed));
+
+        let (done, earlier) = EarlierCommit::pair();
+        let (written, mut heard) = tokio::sync::oneshot::channel();
+        let mut earlier = earlier.tell_when_written(written);
+        earlier.written();
+        assert_eq!(heard.try_recv(), Ok(()));
+        drop(done);
+        assert!(
+            earlier.committed().await.is_err(),
+            "the earlier batch failed"
+        );
     }
 }
