@@ -563,38 +563,61 @@ async fn kept_leases_are_renewed_one_period_after_they_were_taken() {
     store.close().await;
 }
 
-/// The fencing itself, without processes: a store whose book still believes in a lease that
-/// another replica has taken since writes nothing, and the new holder's writes go through.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(ordersync_pg), ignore = "needs Postgres: set ORDERSYNC_TEST_PG")]
-async fn writes_with_a_lost_lease_are_refused() {
-    let db = TestDb::new(common::Backend::Postgres, "fencing");
+/// Two stores on one database; through the first, replica A has taken the lease of shop-1 for
+/// `ttl`, and its writes are fenced by a book that never learns of a loss (as if frozen right
+/// after taking it).
+struct ReplicaAHolding {
+    db: TestDb,
+    first: Arc<dyn ordersync::store::Store>,
+    second: Arc<dyn ordersync::store::Store>,
+    taken: ordersync::store::Taken,
+}
+
+async fn replica_a_holding_shop_1(test: &str, ttl: Duration) -> ReplicaAHolding {
+    let db = TestDb::new(common::Backend::Postgres, test);
     let config = ordersync::config::Config::from_toml(&db.toml()).expect("config");
     let first = open_store(&config).await;
     let second = ordersync::store::open(&config.database)
         .await
         .expect("open");
-    let account = AccountId::new(ProviderKind::Graas, "shop-1");
-    let ttl = Duration::from_secs(2);
-    let never_stop = tokio_util::sync::CancellationToken::new();
-
     let table = first.lease_table().expect("Postgres has leases");
     let taken = table
         .take("replica-a", "graas", "shop-1", ttl)
         .await
         .expect("take")
         .expect("free");
+    let a = Arc::new(LeaseBook::new("replica-a"));
+    a.taken(
+        AccountId::new(ProviderKind::Graas, "shop-1"),
+        taken.token,
+        Instant::now() + Duration::from_secs(3600),
+        &tokio_util::sync::CancellationToken::new(),
+    );
+    first.fence_with(a);
+    ReplicaAHolding {
+        db,
+        first,
+        second,
+        taken,
+    }
+}
+
+/// The fencing itself, without processes: a store whose book still believes in a lease that
+/// another replica has taken since writes nothing, and the new holder's writes go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(ordersync_pg), ignore = "needs Postgres: set ORDERSYNC_TEST_PG")]
+async fn writes_with_a_lost_lease_are_refused() {
+    let ttl = Duration::from_secs(2);
+    let ReplicaAHolding {
+        db: _db,
+        first,
+        second,
+        taken,
+    } = replica_a_holding_shop_1("fencing", ttl).await;
+    let account = AccountId::new(ProviderKind::Graas, "shop-1");
+    let never_stop = tokio_util::sync::CancellationToken::new();
     assert_eq!(taken.previous_ended, None, "no holder before");
     let old_token = taken.token;
-    let a = Arc::new(LeaseBook::new("replica-a"));
-    // Replica A never learns that it lost the lease: as if frozen right after taking it.
-    a.taken(
-        account.clone(),
-        old_token,
-        Instant::now() + Duration::from_secs(3600),
-        &never_stop,
-    );
-    first.fence_with(a.clone());
     commit(&first, "1", "1").await.expect("A holds the lease");
 
     tokio::time::sleep(ttl + Duration::from_millis(200)).await;
@@ -807,29 +830,14 @@ async fn actions_survive_a_killed_replica() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(not(ordersync_pg), ignore = "needs Postgres: set ORDERSYNC_TEST_PG")]
 async fn a_write_in_flight_holds_up_a_takeover_but_not_a_renewal() {
-    let db = TestDb::new(common::Backend::Postgres, "fence_locks");
-    let config = ordersync::config::Config::from_toml(&db.toml()).expect("config");
-    let first = open_store(&config).await;
-    let second = ordersync::store::open(&config.database)
-        .await
-        .expect("open");
-    let account = AccountId::new(ProviderKind::Graas, "shop-1");
     let ttl = Duration::from_secs(2);
-    let never_stop = tokio_util::sync::CancellationToken::new();
+    let ReplicaAHolding {
+        db,
+        first,
+        second,
+        taken,
+    } = replica_a_holding_shop_1("fence_locks", ttl).await;
     let table = first.lease_table().expect("Postgres has leases");
-    let taken = table
-        .take("replica-a", "graas", "shop-1", ttl)
-        .await
-        .expect("take")
-        .expect("free");
-    let a = Arc::new(LeaseBook::new("replica-a"));
-    a.taken(
-        account,
-        taken.token,
-        Instant::now() + Duration::from_secs(3600),
-        &never_stop,
-    );
-    first.fence_with(a);
 
     // A write that passes its fence and then waits inside its transaction for the orders table.
     let mut blocker = db.pg_connection().await;
