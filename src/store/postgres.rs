@@ -362,7 +362,7 @@ impl Store for PostgresStore {
         let mut conn = self.pool.acquire().await?;
         if let Some(schema) = &self.schema {
             // On the migrations' connection, not one of its own: every connection a start
-            // opens is a server process forked and a TLS handshake (about 4 ms on loopback).
+            // opens is a server process forked (and, off loopback, a TLS handshake).
             // The name was checked to be [A-Za-z0-9_]+ when the config was read.
             sqlx::query(sqlx::AssertSqlSafe(format!(
                 "CREATE SCHEMA IF NOT EXISTS \"{schema}\""
