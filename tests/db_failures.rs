@@ -710,6 +710,74 @@ async fn a_batch_commits_only_after_the_one_before_it(db: TestDb) {
 }
 on_both_backends!(a_batch_commits_only_after_the_one_before_it);
 
+/// A batch of orders is never planned with its values: Postgres plans a prepared statement's
+/// first five runs on each connection with the values bound (a custom plan), which copies a
+/// batch's arrays, megabytes each, into the plan. Most of a backfill's batches are among
+/// those first five. Seen from inside the writing session, by a trigger of the test's own
+/// reading `pg_prepared_statements`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(ordersync_pg), ignore = "needs Postgres: set ORDERSYNC_TEST_PG")]
+async fn order_batches_are_planned_without_their_values() {
+    use ordersync::store::Batch;
+    let db = TestDb::new(Backend::Postgres, "batch_plans");
+    let config = ordersync::config::Config::from_toml(&db.toml()).unwrap();
+    let store = open_store(&config).await;
+    let mut conn = db.pg_connection().await;
+    sqlx::raw_sql(
+        "CREATE TABLE upsert_plans (generic bigint, custom bigint); \
+         CREATE FUNCTION note_upsert_plans() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+         INSERT INTO upsert_plans SELECT generic_plans, custom_plans FROM pg_prepared_statements \
+         WHERE statement LIKE 'INSERT INTO orders %'; RETURN NULL; END $$; \
+         CREATE TRIGGER note_upsert_plans AFTER INSERT ON orders \
+         FOR EACH STATEMENT EXECUTE FUNCTION note_upsert_plans()",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+
+    let stream = orders_stream("main");
+    let batches = 7;
+    for i in 0..batches {
+        let updated = 1_800_000_000 + i * 100;
+        let orders = [
+            order("main", &format!("{i}-a"), "new", updated),
+            order("main", &format!("{i}-b"), "paid", updated),
+        ];
+        let cursor = (updated + 50).to_string();
+        store
+            .commit_batch(&Batch {
+                stream: &stream,
+                orders: &orders,
+                quarantined: &[],
+                cursor: Some(&cursor),
+                seen_at: Utc::now(),
+            })
+            .await
+            .unwrap();
+    }
+
+    let plans: Vec<(i64, i64)> = sqlx::query_as("SELECT generic, custom FROM upsert_plans")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        plans.len(),
+        batches as usize,
+        "one upsert a batch: {plans:?}"
+    );
+    assert!(
+        plans
+            .iter()
+            .all(|&(generic, custom)| generic >= 1 && custom == 0),
+        "every batch's upsert runs a generic plan: (generic, custom) runs on its connection {plans:?}"
+    );
+    assert_eq!(
+        store.orders_of("graas", "main").await.unwrap().len(),
+        2 * batches as usize
+    );
+    store.close().await;
+}
+
 /// Postgres writes two batches at once; a batch written and waiting for the one before it to
 /// commit lets one more batch be written meanwhile, and no more. Here the run's first commit
 /// is held at its cursor by a lock, so every batch after it waits for its turn.

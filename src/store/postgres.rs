@@ -85,7 +85,32 @@ impl PostgresStore {
         provider: &str,
         account: &str,
     ) -> Result<sqlx::Transaction<'static, Postgres>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let tx = self.pool.begin().await?;
+        self.fenced(tx, provider, account).await
+    }
+
+    /// [`Self::begin_for`] for a batch of orders: its statements are planned once per
+    /// connection. A custom plan, Postgres's choice for a statement's first five runs on each
+    /// connection (most of a backfill's batches), copies the batch's arrays into the plan as
+    /// constants: megabytes a batch, in memory the server process asks of the kernel each time.
+    async fn begin_batch_for(
+        &self,
+        provider: &str,
+        account: &str,
+    ) -> Result<sqlx::Transaction<'static, Postgres>, StoreError> {
+        let tx = self
+            .pool
+            .begin_with("BEGIN; SET LOCAL plan_cache_mode = force_generic_plan")
+            .await?;
+        self.fenced(tx, provider, account).await
+    }
+
+    async fn fenced(
+        &self,
+        mut tx: sqlx::Transaction<'static, Postgres>,
+        provider: &str,
+        account: &str,
+    ) -> Result<sqlx::Transaction<'static, Postgres>, StoreError> {
         if let Some(book) = self.fence.get() {
             super::leases::check_fence(book, &mut tx, provider, account).await?;
         }
@@ -302,7 +327,7 @@ impl PostgresStore {
         let orders = newest_per_key(batch.orders);
         let mut outcome = BatchOutcome::default();
         let mut tx = self
-            .begin_for(batch.stream.provider.as_str(), &batch.stream.account)
+            .begin_batch_for(batch.stream.provider.as_str(), &batch.stream.account)
             .await?;
 
         if !orders.is_empty() {
