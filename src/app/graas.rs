@@ -17,7 +17,8 @@ pub(super) fn assemble(assembly: &Assembly<'_>, app: &mut App) {
     let store = assembly.store;
     // One buffer for every account: a new install backfilling many shops at once holds no more
     // than one backfilling alone.
-    let buffer = Arc::new(OrderBuffer::new(assembly.config.database.buffered_orders));
+    let orders = assembly.config.database.buffered_orders;
+    let buffer = Arc::new(OrderBuffer::new(orders, store.buffer_starts_at(orders)));
     app.order_buffer = Some(buffer.clone());
     for account in assembly.config.graas.iter().filter(|a| a.enabled) {
         let gate = Arc::new(RateGate::for_account(

@@ -74,6 +74,10 @@ impl Store for Bounded {
         self.inner.concurrent_commits()
     }
 
+    fn buffer_starts_at(&self, buffered: usize) -> usize {
+        self.inner.buffer_starts_at(buffered)
+    }
+
     fn writes_ending(&self) {
         self.inner.writes_ending();
     }

@@ -257,6 +257,14 @@ pub trait Store: Send + Sync {
         1
     }
 
+    /// How many of `buffered` orders a process's order buffer holds at first; it grows to all
+    /// of them as orders pass through it ([`crate::sync::buffer::OrderBuffer`]). SQLite wants
+    /// its large batches from the first commit, since each commit rewrites the index pages it
+    /// touches.
+    fn buffer_starts_at(&self, buffered: usize) -> usize {
+        buffered
+    }
+
     /// The caller has sent every batch it has for now: only those in flight are still to
     /// commit. A store may start housekeeping it would otherwise leave to later; SQLite starts a
     /// checkpoint on its spare connection and copies in each megabyte those batches add as they

@@ -2,44 +2,109 @@
 //! backfill costs in memory. A store writes faster in larger batches (SQLite rewrites every index
 //! page a commit touches), so one stream alone may use the whole buffer; several backfilling at
 //! once share it instead of each holding its own.
+//!
+//! Where the store says so ([`Store::buffer_starts_at`]), the buffer starts smaller and grows to
+//! half of what has gone through it, up to the whole: a short run, or the first seconds of a
+//! long one, does not fill memory it cannot use yet, while a long backfill reaches its large
+//! batches within its first few.
+//!
+//! [`Store::buffer_starts_at`]: crate::store::Store::buffer_starts_at
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub struct OrderBuffer {
     room: Arc<Semaphore>,
+    growth: Arc<Growth>,
+}
+
+/// How much room the buffer has given out so far, and what has gone through it.
+struct Growth {
+    room: Arc<Semaphore>,
     orders: usize,
+    granted: AtomicUsize,
+    passed: AtomicUsize,
+}
+
+impl Growth {
+    /// Counts orders given back and widens the room to half of all that has passed, up to the
+    /// whole buffer.
+    fn passed(&self, orders: usize) {
+        let passed = self.passed.fetch_add(orders, Ordering::Relaxed) + orders;
+        let wanted = (passed / 2).min(self.orders);
+        let mut granted = self.granted.load(Ordering::Relaxed);
+        while wanted > granted {
+            match self.granted.compare_exchange_weak(
+                granted,
+                wanted,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    self.room.add_permits(wanted - granted);
+                    return;
+                }
+                Err(now) => granted = now,
+            }
+        }
+    }
 }
 
 /// Room for some orders in an [`OrderBuffer`], given back when dropped (once they are
 /// committed).
 #[derive(Default)]
-pub struct Held(Option<OwnedSemaphorePermit>);
+pub struct Held {
+    permit: Option<OwnedSemaphorePermit>,
+    growth: Option<Arc<Growth>>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let orders = self.permit.take().map_or(0, |permit| permit.num_permits());
+        if let Some(growth) = &self.growth {
+            growth.passed(orders);
+        }
+    }
+}
 
 impl OrderBuffer {
-    pub fn new(orders: usize) -> Self {
+    /// A buffer for `orders` that starts with room for `start` of them (see the module's note).
+    pub fn new(orders: usize, start: usize) -> Self {
         let orders = orders.clamp(1, Semaphore::MAX_PERMITS);
+        let start = start.clamp(1, orders);
+        let room = Arc::new(Semaphore::new(start));
         OrderBuffer {
-            room: Arc::new(Semaphore::new(orders)),
-            orders,
+            growth: Arc::new(Growth {
+                room: Arc::clone(&room),
+                orders,
+                granted: AtomicUsize::new(start),
+                passed: AtomicUsize::new(0),
+            }),
+            room,
         }
     }
 
-    /// How many orders the buffer holds when full.
+    /// How many orders the buffer holds when full, once grown.
     pub fn orders(&self) -> usize {
-        self.orders
+        self.growth.orders
     }
 
     /// How much room is taken now, including what a waiting hold has set aside so far.
     pub fn held(&self) -> usize {
-        self.orders - self.room.available_permits()
+        // Room that grows in between the two reads is counted as free.
+        self.growth
+            .granted
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.room.available_permits())
     }
 
     /// Waits until there is room for `orders` and takes it. Waits in turn: a stream asking for
-    /// much is not passed over by others asking for little. More than the whole buffer takes all
-    /// of it, so a piece larger than the buffer still goes, alone.
+    /// much is not passed over by others asking for little. More than the room the buffer has
+    /// grown to takes all of it, so a piece larger than the buffer still goes, alone.
     pub async fn hold(&self, orders: usize) -> Held {
-        let wanted = orders.min(self.orders);
+        let room_now = self.growth.granted.load(Ordering::Relaxed);
+        let wanted = orders.min(room_now);
         if wanted == 0 {
             return Held::default();
         }
@@ -47,7 +112,10 @@ impl OrderBuffer {
         // The semaphore is never closed, so this only returns with the room taken; the wait is
         // cancelled with the run that awaits it.
         match Arc::clone(&self.room).acquire_many_owned(wanted).await {
-            Ok(permit) => Held(Some(permit)),
+            Ok(permit) => Held {
+                permit: Some(permit),
+                growth: Some(Arc::clone(&self.growth)),
+            },
             Err(_) => Held::default(),
         }
     }
@@ -55,11 +123,14 @@ impl OrderBuffer {
 
 impl Held {
     /// One hold for the orders of both, as when pieces are joined into one batch.
-    pub fn merge(&mut self, other: Held) {
-        match (&mut self.0, other.0) {
+    pub fn merge(&mut self, mut other: Held) {
+        match (&mut self.permit, other.permit.take()) {
             (Some(mine), Some(theirs)) => mine.merge(theirs),
             (mine @ None, theirs) => *mine = theirs,
             (Some(_), None) => {}
+        }
+        if self.growth.is_none() {
+            self.growth = other.growth.take();
         }
     }
 }
@@ -71,7 +142,7 @@ mod tests {
 
     #[tokio::test]
     async fn room_is_taken_in_turn_and_given_back_when_dropped() {
-        let buffer = Arc::new(OrderBuffer::new(1_000));
+        let buffer = Arc::new(OrderBuffer::new(1_000, 1_000));
         let mut first = buffer.hold(600).await;
         first.merge(buffer.hold(300).await);
         assert_eq!(buffer.held(), 900);
@@ -102,7 +173,7 @@ mod tests {
 
     #[tokio::test]
     async fn more_than_the_whole_buffer_takes_all_of_it() {
-        let buffer = OrderBuffer::new(100);
+        let buffer = OrderBuffer::new(100, 100);
         let all = tokio::time::timeout(Duration::from_secs(5), buffer.hold(5_000))
             .await
             .expect("a piece larger than the buffer is not refused forever");
@@ -111,5 +182,61 @@ mod tests {
         let none = buffer.hold(0).await;
         assert_eq!(buffer.held(), 0);
         drop(none);
+    }
+
+    #[tokio::test]
+    async fn the_room_grows_to_half_of_what_has_passed_up_to_the_whole() {
+        let buffer = OrderBuffer::new(1_000, 250);
+        // A quarter to start with: more than that takes what there is.
+        let first = buffer.hold(400).await;
+        assert_eq!(buffer.held(), 250);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), buffer.hold(1))
+                .await
+                .is_err(),
+            "no room beyond the first quarter until orders pass"
+        );
+        drop(first);
+        // 250 passed: half of it is less than the room already there.
+        let second = buffer.hold(250).await;
+        drop(second);
+        // 500 passed, then 750: the room is now 375.
+        let third = buffer.hold(250).await;
+        drop(third);
+        let grown = buffer.hold(2_000).await;
+        assert_eq!(buffer.held(), 375);
+        drop(grown);
+        // 1,125 passed: 562 of room; then the whole buffer, and no more, after 2,000.
+        let mut passed = 1_125;
+        while passed < 2_000 {
+            let held = buffer.hold(500).await;
+            passed += 500;
+            drop(held);
+        }
+        let all = buffer.hold(5_000).await;
+        assert_eq!(buffer.held(), 1_000);
+        drop(all);
+        assert_eq!(buffer.held(), 0);
+    }
+
+    #[tokio::test]
+    async fn room_merged_into_one_hold_is_given_back_once() {
+        let buffer = OrderBuffer::new(400, 100);
+        let mut batch = buffer.hold(60).await;
+        batch.merge(buffer.hold(40).await);
+        batch.merge(Held::default());
+        assert_eq!(buffer.held(), 100);
+        drop(batch);
+        assert_eq!(buffer.held(), 0);
+        // 100 passed: the room stays at its first quarter (100) until 200 have.
+        let all = buffer.hold(400).await;
+        assert_eq!(buffer.held(), 100);
+        drop(all);
+        let all = buffer.hold(400).await;
+        assert_eq!(buffer.held(), 100);
+        drop(all);
+        let all = buffer.hold(400).await;
+        assert_eq!(buffer.held(), 150);
+        drop(all);
     }
 }

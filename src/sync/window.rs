@@ -1361,7 +1361,7 @@ mod tests {
         mpsc::Sender<(Piece, Held)>,
         mpsc::Receiver<(Piece, Held)>,
     ) {
-        let buffer = OrderBuffer::new(10_000);
+        let buffer = OrderBuffer::new(10_000, 10_000);
         let (sender, receiver) = mpsc::channel(16);
         for after in [0, 10, 20, 30, 40, 50] {
             send_piece(&sender, &buffer, after, 500).await;
@@ -1410,7 +1410,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_held_back_goes_first_and_whole() {
-        let buffer = OrderBuffer::new(10_000);
+        let buffer = OrderBuffer::new(10_000, 10_000);
         let (sender, mut receiver) = mpsc::channel(16);
         send_piece(&sender, &buffer, 100, 500).await;
         let held = Piece {
