@@ -33,20 +33,10 @@ impl Growth {
     fn passed(&self, orders: usize) {
         let passed = self.passed.fetch_add(orders, Ordering::Relaxed) + orders;
         let wanted = (passed / 2).min(self.orders);
-        let mut granted = self.granted.load(Ordering::Relaxed);
-        while wanted > granted {
-            match self.granted.compare_exchange_weak(
-                granted,
-                wanted,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => {
-                    self.room.add_permits(wanted - granted);
-                    return;
-                }
-                Err(now) => granted = now,
-            }
+        // Whoever raises `granted` adds the permits between the old value and its own.
+        let before = self.granted.fetch_max(wanted, Ordering::Relaxed);
+        if wanted > before {
+            self.room.add_permits(wanted - before);
         }
     }
 }
