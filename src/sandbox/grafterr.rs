@@ -345,7 +345,8 @@ impl GrafterrSim {
 
     /// Pushes every order's history to `url` (the account's webhook URL without its path token:
     /// `…/webhooks/grafterr/<name>`). Returns when each delivery was answered; a delivery
-    /// refused with a 5xx is sent again (up to 5 times), as a sender's retry would.
+    /// without an answer or refused with a 5xx is sent again, as a sender's retry would
+    /// (`super::delivery`).
     pub async fn push(self: &Arc<Self>, account: &str, url: &str, plan: &PushPlan) {
         let Some(spec) = self
             .lock()
@@ -434,20 +435,12 @@ impl GrafterrSim {
                 }
                 let target = format!("{url}/{}", spec.path_token);
                 sim.record(&spec.name, |s| s.deliveries_sent += 1);
-                for attempt in 0..5 {
-                    if attempt > 0 {
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                    }
-                    let status =
-                        post_delivery(&client, &target, spec.signing_secret.as_deref(), &body)
-                            .await;
-                    if status.is_some_and(|s| (200..300).contains(&s)) {
-                        sim.record(&spec.name, |s| s.deliveries_acknowledged += 1);
-                        return;
-                    }
-                    if status.is_some_and(|s| (400..500).contains(&s)) {
-                        return;
-                    }
+                let status = super::delivery::send_with_retries(|| {
+                    post_delivery(&client, &target, spec.signing_secret.as_deref(), &body)
+                })
+                .await;
+                if status.is_some_and(|s| (200..300).contains(&s)) {
+                    sim.record(&spec.name, |s| s.deliveries_acknowledged += 1);
                 }
             }
         });

@@ -19,8 +19,6 @@ use std::time::{Duration, Instant};
 
 /// The path the simulated API lives under (an account's `base_url` is `<sandbox>/lagerkoll/v1/`).
 pub const BASE_PATH: &str = "lagerkoll/v1";
-/// Tries of one delivery that gets no answer or a 5xx.
-const DELIVERY_ATTEMPTS: usize = 5;
 
 /// One simulated store and its credentials.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -260,27 +258,17 @@ impl LagerkollSim {
             "timestamp": Utc::now().to_rfc3339(), "data": data,
         });
         self.with_store(store, |s| s.stats.deliveries_sent += 1);
-        // A delivery without an answer or with a 5xx is sent again, as senders of webhooks do
-        // (Grafterr's simulator alike): a listener under load, or a kept-alive connection it
-        // closed as the delivery went out, must not make the demo's sent orders differ from
-        // what was delivered. A 4xx is final.
-        let mut status = None;
-        for attempt in 0..DELIVERY_ATTEMPTS {
-            if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            status = self
-                .client
+        // Sent again without an answer or with a 5xx, as senders do (see `super::delivery`).
+        let status = super::delivery::send_with_retries(|| async {
+            self.client
                 .post(&webhook.url)
                 .json(&body)
                 .send()
                 .await
                 .ok()
-                .map(|r| r.status().as_u16());
-            if status.is_some_and(|s| (200..500).contains(&s)) {
-                break;
-            }
-        }
+                .map(|r| r.status().as_u16())
+        })
+        .await;
         self.with_store(store, |s| match status {
             Some(200..=299) => s.stats.deliveries_acknowledged += 1,
             Some(401) => s.stats.deliveries_refused += 1,

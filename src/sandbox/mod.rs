@@ -1,6 +1,7 @@
 //! Simulated provider APIs on loopback, for `ordersync demo`, `ordersync sandbox` and the tests.
 //! Data is deterministic for a seed; faults and mutations are switched on per run.
 
+mod delivery;
 pub mod faults;
 pub mod getitdone;
 pub mod graas;
