@@ -15,11 +15,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub struct OrderBuffer {
-    room: Arc<Semaphore>,
     growth: Arc<Growth>,
 }
 
-/// How much room the buffer has given out so far, and what has gone through it.
+/// The buffer's room, how much of it has been given out so far, and what has gone through it.
+/// Each [`Held`] keeps it too, to report what passed when it is dropped.
 struct Growth {
     room: Arc<Semaphore>,
     orders: usize,
@@ -63,15 +63,13 @@ impl OrderBuffer {
     pub fn new(orders: usize, start: usize) -> Self {
         let orders = orders.clamp(1, Semaphore::MAX_PERMITS);
         let start = start.clamp(1, orders);
-        let room = Arc::new(Semaphore::new(start));
         OrderBuffer {
             growth: Arc::new(Growth {
-                room: Arc::clone(&room),
+                room: Arc::new(Semaphore::new(start)),
                 orders,
                 granted: AtomicUsize::new(start),
                 passed: AtomicUsize::new(0),
             }),
-            room,
         }
     }
 
@@ -86,7 +84,7 @@ impl OrderBuffer {
         self.growth
             .granted
             .load(Ordering::Relaxed)
-            .saturating_sub(self.room.available_permits())
+            .saturating_sub(self.growth.room.available_permits())
     }
 
     /// Waits until there is room for `orders` and takes it. Waits in turn: a stream asking for
@@ -101,7 +99,10 @@ impl OrderBuffer {
         let wanted = u32::try_from(wanted).unwrap_or(u32::MAX);
         // The semaphore is never closed, so this only returns with the room taken; the wait is
         // cancelled with the run that awaits it.
-        match Arc::clone(&self.room).acquire_many_owned(wanted).await {
+        match Arc::clone(&self.growth.room)
+            .acquire_many_owned(wanted)
+            .await
+        {
             Ok(permit) => Held {
                 permit: Some(permit),
                 growth: Some(Arc::clone(&self.growth)),
