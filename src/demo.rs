@@ -317,10 +317,12 @@ impl Demo {
             .clone()
             .unwrap_or_else(|| temp.path().join("ordersync-demo.db"));
         let url = format!("sqlite://{}", database.display());
-        // Lagerkoll is told where the listener is before it starts: a free port, chosen now.
-        let listen = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|probe| probe.local_addr())
+        // Lagerkoll is told where the listener is before it starts: bound now and kept, so no
+        // other socket can take the port in between.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
             .map_err(DemoError::Webhooks)?;
+        let listen = listener.local_addr().map_err(DemoError::Webhooks)?;
         let config = Config::from_toml(&config_toml(&sandbox, &spec, &url, listen))?;
         let store = store::open(&config.database).await?;
         store.migrate().await?;
@@ -346,9 +348,7 @@ impl Demo {
             .cloned()
             .collect();
         let router = webhooks::router(app.hooks.clone(), store.clone(), &config.webhooks);
-        let server = Server::start(config.webhooks.listen, router)
-            .await
-            .map_err(DemoError::Webhooks)?;
+        let server = Server::serve(listener, router).map_err(DemoError::Webhooks)?;
         for hook in &app.hooks {
             let account = hook.receiver.account();
             sandbox.getitdone().set_webhook_url(

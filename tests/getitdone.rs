@@ -665,10 +665,7 @@ async fn every_acknowledged_delivery_survives_kill_9(db: TestDb) {
     // Deliveries refused while the daemon is down are tried again, a second apart.
     spec.getitdone_options.delivery_attempts = 30;
     let sandbox = start_sandbox(&spec).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    let port = common::fixed_port();
     let text = config_text(&db, &sandbox, &spec, "rate_limit = \"100/s\"").replace(
         "[webhooks]\nlisten = \"127.0.0.1:0\"",
         &format!("[webhooks]\nlisten = \"127.0.0.1:{port}\""),

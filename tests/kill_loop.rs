@@ -44,10 +44,7 @@ async fn kill_loop(db: TestDb) {
         slow_ms: 300,
         ..Faults::default()
     };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|probe| probe.local_addr())
-        .expect("a free port")
-        .port();
+    let port = common::fixed_port();
     let account = AccountToml {
         // A backfill of several seconds, so kills land in it.
         page_size: 50,

@@ -66,12 +66,11 @@ struct Listener {
 }
 
 impl Listener {
-    async fn start(config: &Config, store: Arc<dyn Store>) -> Listener {
+    /// Serves on `bound`, the socket whose address the config names.
+    fn start(config: &Config, store: Arc<dyn Store>, bound: tokio::net::TcpListener) -> Listener {
         let app = App::build(config, &store).expect("app");
         let router = webhooks::router(app.hooks.clone(), store.clone(), &config.webhooks);
-        let server = Server::start(config.webhooks.listen, router)
-            .await
-            .expect("listener");
+        let server = Server::serve(bound, router).expect("listener");
         Listener { store, server, app }
     }
 
@@ -97,10 +96,12 @@ async fn setup(
     spec: &SandboxConfig,
     webhooks: &[(&str, &str)],
 ) -> (Config, Listener) {
-    // The listener's address goes into the config, so bind once to learn a free port.
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
-    let addr = probe.local_addr().expect("addr");
-    drop(probe);
+    // The listener's address goes into the config: bound first and kept, so no other socket
+    // (an outgoing connection included) takes the port in between.
+    let bound = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a listener");
+    let addr = bound.local_addr().expect("addr");
     let text = config_text(
         db,
         sandbox,
@@ -114,7 +115,7 @@ async fn setup(
     );
     let config = Config::from_toml(&text).expect("config");
     let store = open_store(&config).await;
-    let listener = Listener::start(&config, store).await;
+    let listener = Listener::start(&config, store, bound);
     assert_eq!(listener.public_url(), format!("http://{addr}"));
     (config, listener)
 }

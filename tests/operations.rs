@@ -8,13 +8,6 @@ use ordersync::sandbox::{Faults, SandboxConfig};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
 /// The config with the internal listener on `port`.
 fn on_port(text: String, port: u16) -> String {
     text.replacen(
@@ -80,7 +73,7 @@ async fn probes_and_metrics_tell_what_happened(db: TestDb) {
         retry_after_secs: 1,
         ..Faults::default()
     };
-    let port = free_port();
+    let port = common::fixed_port();
     let account = AccountToml {
         rate_limit: "20/s",
         page_size: 20,
@@ -222,7 +215,7 @@ async fn readiness_follows_the_database() {
     .expect("an address");
     let proxy = common::PausableProxy::start(upstream).await;
     let db = direct.through(&proxy);
-    let port = free_port();
+    let port = common::fixed_port();
     let spec = SandboxConfig::graas(1, 20);
     let s = Setup::start(&db, spec, &AccountToml::default(), |text| {
         common::with_database_timeouts(&on_port(text, port), "1s", "1s")
@@ -305,7 +298,7 @@ async fn systemd_hears_ready_watchdog_and_stopping(db: TestDb) {
     let dir = tempfile::tempdir().expect("dir");
     let path = dir.path().join("notify.sock");
     let socket = std::os::unix::net::UnixDatagram::bind(&path).expect("notify socket");
-    let port = free_port();
+    let port = common::fixed_port();
     let s = Setup::start(
         &db,
         SandboxConfig::graas(1, 20),

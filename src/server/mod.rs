@@ -19,7 +19,12 @@ pub struct Server {
 impl Server {
     /// Binds `listen` (port 0 picks one) and serves `router` until stopped.
     pub async fn start(listen: SocketAddr, router: axum::Router) -> std::io::Result<Server> {
-        let listener = TcpListener::bind(listen).await?;
+        Server::serve(TcpListener::bind(listen).await?, router)
+    }
+
+    /// Serves `router` on a listener bound earlier, for a caller that had to name the address
+    /// (in a config, to an upstream) before the server could start, without letting it go.
+    pub fn serve(listener: TcpListener, router: axum::Router) -> std::io::Result<Server> {
         let addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();

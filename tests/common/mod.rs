@@ -322,6 +322,30 @@ pub async fn assert_matches_truth(store: &Arc<dyn Store>, sandbox: &Sandbox, spe
     }
 }
 
+/// A port for a daemon that must be told its address before it binds, and bind it again after a
+/// restart. Port 0 would do for neither, and a port the kernel hands out for port 0 is one it also
+/// gives outgoing connections (another test's, say) between the probe and the daemon's bind. So:
+/// below the ephemeral range, free now, and never given to two tests of this process.
+pub fn fixed_port() -> u16 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let span = 8_000.min(ephemeral_start.saturating_sub(1_024)).max(1);
+    let base = ephemeral_start - span;
+    // Spread over the span by process, so two test binaries at once rarely meet either.
+    let offset = std::process::id() % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = u16::try_from(base + (offset + n) % span).expect("a port below 65536");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {base}..{}", base + span);
+}
+
 /// Polls `check` until it returns true or `timeout` passes.
 pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut check: F)
 where
