@@ -6,7 +6,7 @@ use super::{PostgresStore, StoreError};
 use crate::lease::LeaseBook;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::{Connection, Postgres, Row, Transaction};
 use std::time::Duration;
 
 /// One row of `account_leases`, for `status`.
@@ -206,7 +206,8 @@ impl LeaseTable for PostgresStore {
     }
 
     async fn leave(&self, holder: &str) -> Result<(), StoreError> {
-        let mut tx = self.pool().begin().await?;
+        let mut connection = self.lend().await?;
+        let mut tx = connection.begin().await?;
         sqlx::query(
             "UPDATE account_leases SET holder = NULL, expires_at = now() WHERE holder = $1",
         )
@@ -218,6 +219,7 @@ impl LeaseTable for PostgresStore {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        self.keep(connection);
         Ok(())
     }
 
@@ -270,7 +272,7 @@ impl LeaseTable for PostgresStore {
 /// a renewal waiting for the share lock had gone without it until the lease ran out.
 pub(super) async fn check_fence(
     book: &LeaseBook,
-    tx: &mut Transaction<'static, Postgres>,
+    tx: &mut Transaction<'_, Postgres>,
     provider: &str,
     account: &str,
 ) -> Result<(), StoreError> {

@@ -31,6 +31,7 @@ macro_rules! shop_history_columns {
 }
 
 mod bounded;
+mod handover;
 mod leases;
 mod postgres;
 mod rows;

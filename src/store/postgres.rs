@@ -1,5 +1,6 @@
 //! Postgres: for shared deployments and for running several ordersync processes on one database.
 
+use super::handover::Handover;
 use super::outcome_columns;
 use super::rows;
 use super::{
@@ -15,12 +16,15 @@ use crate::config::DatabaseConfig;
 use crate::model::{Action, ActionOutcome, NewAction, Order, OrderKey, StreamKey};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgPool, Postgres, Row};
+use sqlx::{Connection, PgConnection, PgPool, Postgres, Row};
 use std::str::FromStr;
 
 pub struct PostgresStore {
     pool: PgPool,
+    /// Connections passed from one write straight to the next.
+    handover: std::sync::Arc<Handover<PoolConnection<Postgres>>>,
     /// `database.schema`: created by [`Store::migrate`] when it does not exist yet.
     schema: Option<String>,
     /// The leases this process holds, once the daemon shares accounts with other replicas:
@@ -64,6 +68,7 @@ impl PostgresStore {
         .map_err(StoreError::Connect)?;
         Ok(PostgresStore {
             pool,
+            handover: std::sync::Arc::new(Handover::default()),
             schema: config.schema.clone(),
             fence: std::sync::OnceLock::new(),
         })
@@ -89,28 +94,40 @@ impl PostgresStore {
         self.fenced(tx, provider, account).await
     }
 
-    /// [`Self::begin_for`] for a batch of orders: its statements are planned once per
-    /// connection. A custom plan, Postgres's choice for a statement's first five runs on each
-    /// connection (most of a backfill's batches), copies the batch's arrays into the plan as
-    /// constants: megabytes a batch, in memory the server process asks of the kernel each time.
-    async fn begin_batch_for(
+    /// [`Self::begin_for`] on `connection` (from [`Self::lend`], given to [`Self::keep`] once
+    /// committed).
+    async fn begin_on<'c>(
         &self,
+        connection: &'c mut PgConnection,
         provider: &str,
         account: &str,
-    ) -> Result<sqlx::Transaction<'static, Postgres>, StoreError> {
-        let tx = self
-            .pool
+    ) -> Result<sqlx::Transaction<'c, Postgres>, StoreError> {
+        let tx = connection.begin().await?;
+        self.fenced(tx, provider, account).await
+    }
+
+    /// [`Self::begin_on`] for a batch of orders: its statements are planned once per connection.
+    /// A custom plan, Postgres's choice for a statement's first five runs on each connection
+    /// (most of a backfill's batches), copies the batch's arrays into the plan as constants:
+    /// megabytes a batch, in memory the server process asks of the kernel each time.
+    async fn begin_batch_on<'c>(
+        &self,
+        connection: &'c mut PgConnection,
+        provider: &str,
+        account: &str,
+    ) -> Result<sqlx::Transaction<'c, Postgres>, StoreError> {
+        let tx = connection
             .begin_with("BEGIN; SET LOCAL plan_cache_mode = force_generic_plan")
             .await?;
         self.fenced(tx, provider, account).await
     }
 
-    async fn fenced(
+    async fn fenced<'c>(
         &self,
-        mut tx: sqlx::Transaction<'static, Postgres>,
+        mut tx: sqlx::Transaction<'c, Postgres>,
         provider: &str,
         account: &str,
-    ) -> Result<sqlx::Transaction<'static, Postgres>, StoreError> {
+    ) -> Result<sqlx::Transaction<'c, Postgres>, StoreError> {
         if let Some(book) = self.fence.get() {
             super::leases::check_fence(book, &mut tx, provider, account).await?;
         }
@@ -323,11 +340,44 @@ impl PostgresStore {
         batch: &Batch<'_>,
         earlier: Option<EarlierCommit>,
     ) -> Result<BatchOutcome, StoreError> {
+        let mut connection = self.lend().await?;
+        let outcome = self.commit_on(&mut connection, batch, earlier).await?;
+        self.keep(connection);
+        Ok(outcome)
+    }
+
+    /// A connection for a write: the one the last write kept, else one from the pool.
+    pub(super) async fn lend(&self) -> Result<PoolConnection<Postgres>, StoreError> {
+        match self.handover.take() {
+            Some(kept) => Ok(kept),
+            None => Ok(self.pool.acquire().await?),
+        }
+    }
+
+    /// Keeps a connection whose transaction committed for the next write. One that failed is
+    /// dropped instead, and the pool checks it.
+    pub(super) fn keep(&self, connection: PoolConnection<Postgres>) {
+        let pool_can_spare = self.pool.num_idle() > 0
+            || self.pool.size() < self.pool.options().get_max_connections();
+        self.handover
+            .keep(connection, CONCURRENT_COMMITS + 1, pool_can_spare);
+    }
+
+    async fn commit_on(
+        &self,
+        connection: &mut PgConnection,
+        batch: &Batch<'_>,
+        earlier: Option<EarlierCommit>,
+    ) -> Result<BatchOutcome, StoreError> {
         let seen = batch.seen_at;
         let orders = newest_per_key(batch.orders);
         let mut outcome = BatchOutcome::default();
         let mut tx = self
-            .begin_batch_for(batch.stream.provider.as_str(), &batch.stream.account)
+            .begin_batch_on(
+                connection,
+                batch.stream.provider.as_str(),
+                &batch.stream.account,
+            )
             .await?;
 
         if !orders.is_empty() {
@@ -457,8 +507,9 @@ impl Store for PostgresStore {
     }
 
     async fn run_started(&self, stream: &StreamKey, at: DateTime<Utc>) -> Result<(), StoreError> {
+        let mut connection = self.lend().await?;
         let mut tx = self
-            .begin_for(stream.provider.as_str(), &stream.account)
+            .begin_on(&mut connection, stream.provider.as_str(), &stream.account)
             .await?;
         sqlx::query(
             "INSERT INTO sync_cursors (provider, account, resource, last_run_started_at) \
@@ -472,6 +523,7 @@ impl Store for PostgresStore {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        self.keep(connection);
         Ok(())
     }
 
@@ -482,8 +534,9 @@ impl Store for PostgresStore {
         at: DateTime<Utc>,
         error: Option<&str>,
     ) -> Result<(), StoreError> {
+        let mut connection = self.lend().await?;
         let mut tx = self
-            .begin_for(stream.provider.as_str(), &stream.account)
+            .begin_on(&mut connection, stream.provider.as_str(), &stream.account)
             .await?;
         sqlx::query(
             "INSERT INTO sync_cursors (provider, account, resource, last_run_started_at, \
@@ -508,6 +561,7 @@ impl Store for PostgresStore {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        self.keep(connection);
         Ok(())
     }
 
@@ -609,7 +663,10 @@ impl Store for PostgresStore {
     }
 
     async fn claim(&self, claim: &Claim<'_>) -> Result<Vec<Action>, StoreError> {
-        let mut tx = self.begin_for(claim.provider, claim.account).await?;
+        let mut connection = self.lend().await?;
+        let mut tx = self
+            .begin_on(&mut connection, claim.provider, claim.account)
+            .await?;
         // SKIP LOCKED: several processes claim from one queue without waiting on each other or
         // taking the same row. `= ANY(ARRAY(…))` makes the outer update use the primary key;
         // `state IN (…)` lets the inner scan use the partial index of open actions.
@@ -633,6 +690,7 @@ impl Store for PostgresStore {
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
+        self.keep(connection);
         let mut actions = rows
             .iter()
             .map(rows::action)
@@ -1407,6 +1465,7 @@ impl Store for PostgresStore {
     }
 
     async fn close(&self) {
+        self.handover.give_back_all();
         self.pool.close().await;
     }
 
