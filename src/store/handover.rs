@@ -8,9 +8,11 @@
 //! transaction committed is kept here for the next write instead, for [`KEEP_FOR`] at most,
 //! and neither ping is paid (the pool's when it is given back, and again when it is taken).
 //!
-//! Only a connection whose transaction committed is kept, so nothing is left to flush on it; an
-//! error drops it to the pool, which checks it. It is kept only while the pool could still open
-//! a connection or has one idle, so nothing else in the daemon waits for one kept here.
+//! Every write transaction of the Postgres store goes through here; single statements and reads
+//! use the pool directly. Only a connection whose transaction committed is kept, so nothing is
+//! left to flush on it; an error drops it to the pool, which checks it. It is kept only while
+//! the pool could still open a connection or has one idle, so nothing else in the daemon waits
+//! for one kept here.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;

@@ -83,19 +83,9 @@ impl PostgresStore {
         &self.pool
     }
 
-    /// A transaction for a write on behalf of one account: fenced by the account's lease when
-    /// this process shares accounts with other replicas.
-    async fn begin_for(
-        &self,
-        provider: &str,
-        account: &str,
-    ) -> Result<sqlx::Transaction<'static, Postgres>, StoreError> {
-        let tx = self.pool.begin().await?;
-        self.fenced(tx, provider, account).await
-    }
-
-    /// [`Self::begin_for`] on `connection` (from [`Self::lend`], given to [`Self::keep`] once
-    /// committed).
+    /// A transaction for a write on behalf of one account, on `connection` (from [`Self::lend`],
+    /// given to [`Self::keep`] once committed): fenced by the account's lease when this process
+    /// shares accounts with other replicas.
     async fn begin_on<'c>(
         &self,
         connection: &'c mut PgConnection,
@@ -738,7 +728,10 @@ impl Store for PostgresStore {
     }
 
     async fn record_asn(&self, asn: &NewAsn) -> Result<(), StoreError> {
-        let mut tx = self.begin_for(asn.provider.as_str(), &asn.account).await?;
+        let mut connection = self.lend().await?;
+        let mut tx = self
+            .begin_on(&mut connection, asn.provider.as_str(), &asn.account)
+            .await?;
         sqlx::query(
             "INSERT INTO asns (provider, account, asn_id, warehouse_id, supplier_id, supplier_ref, \
              action_id, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, now()) \
@@ -754,6 +747,7 @@ impl Store for PostgresStore {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        self.keep(connection);
         Ok(())
     }
 
@@ -770,7 +764,10 @@ impl Store for PostgresStore {
     }
 
     async fn record_gate(&self, gate: &GateState) -> Result<(), StoreError> {
-        let mut tx = self.begin_for(&gate.provider, &gate.account).await?;
+        let mut connection = self.lend().await?;
+        let mut tx = self
+            .begin_on(&mut connection, &gate.provider, &gate.account)
+            .await?;
         sqlx::query(
             "INSERT INTO account_gates (provider, account, paused_until, rate_limited, updated_at) \
              VALUES ($1, $2, $3, $4, $5) ON CONFLICT (provider, account) DO UPDATE SET \
@@ -785,6 +782,7 @@ impl Store for PostgresStore {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        self.keep(connection);
         Ok(())
     }
 
@@ -801,8 +799,9 @@ impl Store for PostgresStore {
     }
 
     async fn update_asn(&self, update: &AsnUpdate) -> Result<(), StoreError> {
+        let mut connection = self.lend().await?;
         let mut tx = self
-            .begin_for(update.provider.as_str(), &update.account)
+            .begin_on(&mut connection, update.provider.as_str(), &update.account)
             .await?;
         sqlx::query(
             "UPDATE asns SET status = $1, received_quantity = $2, payload = $3::json, \
@@ -819,6 +818,7 @@ impl Store for PostgresStore {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        self.keep(connection);
         Ok(())
     }
 
@@ -1026,7 +1026,8 @@ impl Store for PostgresStore {
         event_type: &str,
         done: &[ObjectDone],
     ) -> Result<u64, StoreError> {
-        let mut tx = self.begin_for(provider, account).await?;
+        let mut connection = self.lend().await?;
+        let mut tx = self.begin_on(&mut connection, provider, account).await?;
         if done.is_empty() {
             return Ok(0);
         }
@@ -1052,6 +1053,7 @@ impl Store for PostgresStore {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        self.keep(connection);
         Ok(updated.rows_affected())
     }
 
@@ -1143,7 +1145,10 @@ impl Store for PostgresStore {
     }
 
     async fn save_registration(&self, r: &Registration) -> Result<(), StoreError> {
-        let mut tx = self.begin_for(&r.provider, &r.account).await?;
+        let mut connection = self.lend().await?;
+        let mut tx = self
+            .begin_on(&mut connection, &r.provider, &r.account)
+            .await?;
         sqlx::query(
             "INSERT INTO webhook_registrations (provider, account, registration_id, guid, \
              feature_id, feature_method, group_wide, url, created_at) \
@@ -1164,6 +1169,7 @@ impl Store for PostgresStore {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        self.keep(connection);
         Ok(())
     }
 
@@ -1173,7 +1179,8 @@ impl Store for PostgresStore {
         account: &str,
         registration_id: &str,
     ) -> Result<(), StoreError> {
-        let mut tx = self.begin_for(provider, account).await?;
+        let mut connection = self.lend().await?;
+        let mut tx = self.begin_on(&mut connection, provider, account).await?;
         sqlx::query(
             "DELETE FROM webhook_registrations \
              WHERE provider = $1 AND account = $2 AND registration_id = $3",
@@ -1184,6 +1191,7 @@ impl Store for PostgresStore {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        self.keep(connection);
         Ok(())
     }
 
@@ -1314,7 +1322,10 @@ impl Store for PostgresStore {
             return self.shop_state_seen(state).await;
         }
         let products = serde_json::Value::from(state.unavailable_products.clone()).to_string();
-        let mut tx = self.begin_for(&state.provider, &state.account).await?;
+        let mut connection = self.lend().await?;
+        let mut tx = self
+            .begin_on(&mut connection, &state.provider, &state.account)
+            .await?;
         sqlx::query(
             "INSERT INTO shop_states (provider, account, hours_open, delivery_open, pickup_open, \
              connection_ok, delivery_wait_minutes, pickup_wait_minutes, unavailable_products, \
@@ -1370,6 +1381,7 @@ impl Store for PostgresStore {
             .await?;
         }
         tx.commit().await?;
+        self.keep(connection);
         Ok(())
     }
 
@@ -1422,8 +1434,9 @@ impl Store for PostgresStore {
     }
 
     async fn record_shop_document(&self, document: &ShopDocument) -> Result<(), StoreError> {
+        let mut connection = self.lend().await?;
         let mut tx = self
-            .begin_for(&document.provider, &document.account)
+            .begin_on(&mut connection, &document.provider, &document.account)
             .await?;
         sqlx::query(
             "INSERT INTO shop_documents (provider, account, document, refresh_value, body, \
@@ -1439,6 +1452,7 @@ impl Store for PostgresStore {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        self.keep(connection);
         Ok(())
     }
 
@@ -1482,7 +1496,10 @@ impl Store for PostgresStore {
 impl PostgresStore {
     /// An unchanged state: when it was seen, its body and refresh values.
     async fn shop_state_seen(&self, state: &ShopState) -> Result<(), StoreError> {
-        let mut tx = self.begin_for(&state.provider, &state.account).await?;
+        let mut connection = self.lend().await?;
+        let mut tx = self
+            .begin_on(&mut connection, &state.provider, &state.account)
+            .await?;
         sqlx::query(
             "UPDATE shop_states SET observed_at = $1, body = $2, last_menu_refresh = $3, \
              last_open_times_refresh = $4, last_delivery_cost_refresh = $5 \
@@ -1498,6 +1515,7 @@ impl PostgresStore {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        self.keep(connection);
         Ok(())
     }
 }
