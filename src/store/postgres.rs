@@ -322,20 +322,6 @@ const FINISH_BATCH: &str = "UPDATE actions AS a SET \
      RETURNING a.id";
 
 impl PostgresStore {
-    /// [`Store::commit_batch`]; with `earlier`, the orders are written while the earlier batch
-    /// may still be committing, and everything after them waits for it: the quarantine (the
-    /// same body could be in both), the cursor and the commit.
-    async fn commit(
-        &self,
-        batch: &Batch<'_>,
-        earlier: Option<EarlierCommit>,
-    ) -> Result<BatchOutcome, StoreError> {
-        let mut connection = self.lend().await?;
-        let outcome = self.commit_on(&mut connection, batch, earlier).await?;
-        self.keep(connection);
-        Ok(outcome)
-    }
-
     /// A connection for a write: the one the last write kept, else one from the pool.
     pub(super) async fn lend(&self) -> Result<PoolConnection<Postgres>, StoreError> {
         match self.handover.take() {
@@ -353,18 +339,21 @@ impl PostgresStore {
             .keep(connection, CONCURRENT_COMMITS + 1, pool_can_spare);
     }
 
-    async fn commit_on(
+    /// [`Store::commit_batch`]; with `earlier`, the orders are written while the earlier batch
+    /// may still be committing, and everything after them waits for it: the quarantine (the
+    /// same body could be in both), the cursor and the commit.
+    async fn commit(
         &self,
-        connection: &mut PgConnection,
         batch: &Batch<'_>,
         earlier: Option<EarlierCommit>,
     ) -> Result<BatchOutcome, StoreError> {
         let seen = batch.seen_at;
         let orders = newest_per_key(batch.orders);
         let mut outcome = BatchOutcome::default();
+        let mut connection = self.lend().await?;
         let mut tx = self
             .begin_batch_on(
-                connection,
+                &mut connection,
                 batch.stream.provider.as_str(),
                 &batch.stream.account,
             )
@@ -416,6 +405,7 @@ impl PostgresStore {
         }
 
         tx.commit().await?;
+        self.keep(connection);
         Ok(outcome)
     }
 }
