@@ -291,7 +291,7 @@ struct OrderStatement {
 
 /// One shared copy of each distinct text value bound in a batch.
 #[derive(Default)]
-struct SharedText<'a>(std::collections::HashMap<&'a str, Arc<str>>);
+struct SharedText<'a>(foldhash::HashMap<&'a str, Arc<str>>);
 
 impl<'a> SharedText<'a> {
     fn get(&mut self, text: &'a str) -> Arc<str> {

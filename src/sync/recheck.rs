@@ -14,8 +14,9 @@
 
 use crate::model::{Order, OrderKey};
 use crate::providers::TimeWindow;
-use std::collections::{BTreeSet, HashMap, HashSet};
-use std::hash::{DefaultHasher, Hash, Hasher};
+use foldhash::{HashMap, HashSet};
+use std::collections::BTreeSet;
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::time::{Duration, Instant};
 
 /// What one run re-reads behind the cursor it started at.
@@ -168,10 +169,13 @@ pub fn horizon(end: i64, lookback: i64) -> i64 {
     end - 1 - lookback
 }
 
-/// A compact identity for an order key; a collision could only end a consistent read one
-/// pass early, never drop an order read.
+/// A compact identity for an order key within one stream, the same throughout the process
+/// (its seed is the process's own); a collision could only end a consistent read one pass
+/// early or hold a batch back for the one before it, never drop an order read.
 pub fn key_hash(key: &OrderKey) -> u64 {
-    let mut hasher = DefaultHasher::new();
+    let state =
+        foldhash::quality::SeedableRandomState::with_seed(0, foldhash::SharedSeed::global_random());
+    let mut hasher = state.build_hasher();
     key.channel.hash(&mut hasher);
     key.external_id.hash(&mut hasher);
     hasher.finish()

@@ -20,13 +20,14 @@ use super::job::{Job, RunReport};
 use super::progress::StreamProgress;
 use super::read_ahead::{ReadAhead, Warmth};
 use super::recheck::{Recheck, horizon, key_hash};
-use crate::model::{Order, OrderKey, Quarantined, StreamKey};
+use crate::model::{Order, Quarantined, StreamKey};
 use crate::providers::{ProviderError, TimeWindow, WindowPage, WindowSource};
 use crate::store::{Batch, BatchOutcome, CommitDone, EarlierCommit, Store, StoreError};
 use chrono::{DateTime, Utc};
+use foldhash::{HashSet, HashSetExt};
 use futures_util::StreamExt;
 use futures_util::stream::{FuturesOrdered, FuturesUnordered};
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -880,7 +881,7 @@ impl Committer {
         // until a large one before it committed. One more batch than the store writes at once.
         let mut writing = FuturesUnordered::new();
         let most_in_flight = concurrent + 1;
-        let mut in_flight_keys: VecDeque<HashSet<OrderKey>> = VecDeque::new();
+        let mut in_flight_keys: VecDeque<HashSet<u64>> = VecDeque::new();
         let mut earlier = EarlierCommit::none();
         let mut held_back = None;
         let mut waiting = Waiting::default();
@@ -901,9 +902,10 @@ impl Committer {
                         continue;
                     };
                     // Only batches that can run together need their keys compared.
-                    let keys: HashSet<OrderKey> = match concurrent {
+                    // By hash: a collision only holds a batch back, as a shared key would.
+                    let keys: HashSet<u64> = match concurrent {
                         1 => HashSet::new(),
-                        _ => piece.orders.iter().map(|o| o.key.clone()).collect(),
+                        _ => piece.orders.iter().map(|o| key_hash(&o.key)).collect(),
                     };
                     if in_flight_keys.iter().any(|k| !k.is_disjoint(&keys)) {
                         held_back = Some((piece, room));
