@@ -173,12 +173,16 @@ pub fn horizon(end: i64, lookback: i64) -> i64 {
 /// (its seed is the process's own); a collision could only end a consistent read one pass
 /// early or hold a batch back for the one before it, never drop an order read.
 pub fn key_hash(key: &OrderKey) -> u64 {
-    let state =
-        foldhash::quality::SeedableRandomState::with_seed(0, foldhash::SharedSeed::global_random());
-    let mut hasher = state.build_hasher();
+    let mut hasher = identity_hasher();
     key.channel.hash(&mut hasher);
     key.external_id.hash(&mut hasher);
     hasher.finish()
+}
+
+/// The hasher behind every compact identity of the process: the same seed throughout it.
+pub fn identity_hasher() -> impl Hasher {
+    foldhash::quality::SeedableRandomState::with_seed(0, foldhash::SharedSeed::global_random())
+        .build_hasher()
 }
 
 #[cfg(test)]

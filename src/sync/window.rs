@@ -19,7 +19,7 @@ use super::buffer::{Held, OrderBuffer};
 use super::job::{Job, RunReport};
 use super::progress::StreamProgress;
 use super::read_ahead::{ReadAhead, Warmth};
-use super::recheck::{Recheck, horizon, key_hash};
+use super::recheck::{Recheck, horizon, identity_hasher, key_hash};
 use crate::model::{Order, Quarantined, StreamKey};
 use crate::providers::{ProviderError, TimeWindow, WindowPage, WindowSource};
 use crate::store::{Batch, BatchOutcome, CommitDone, EarlierCommit, Store, StoreError};
@@ -1149,7 +1149,7 @@ fn cut_at(window: TimeWindow, at: i64) -> Option<(TimeWindow, TimeWindow)> {
 /// A quarantined record's identity in a closed read (it may have no usable key).
 fn raw_hash(raw: &str) -> u64 {
     use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    let mut hasher = identity_hasher();
     raw.hash(&mut hasher);
     hasher.finish()
 }
