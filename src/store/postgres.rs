@@ -1016,11 +1016,11 @@ impl Store for PostgresStore {
         event_type: &str,
         done: &[ObjectDone],
     ) -> Result<u64, StoreError> {
-        let mut connection = self.lend().await?;
-        let mut tx = self.begin_on(&mut connection, provider, account).await?;
         if done.is_empty() {
             return Ok(0);
         }
+        let mut connection = self.lend().await?;
+        let mut tx = self.begin_on(&mut connection, provider, account).await?;
         let objects: Vec<&str> = done.iter().map(|d| d.object_id.as_str()).collect();
         let before: Vec<DateTime<Utc>> = done.iter().map(|d| d.before).collect();
         let states: Vec<&str> = done.iter().map(|d| d.state.as_str()).collect();
