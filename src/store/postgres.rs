@@ -83,20 +83,27 @@ impl PostgresStore {
         &self.pool
     }
 
-    /// A transaction for a write on behalf of one account, on `connection` (from [`Self::lend`],
-    /// given to [`Self::keep`] once committed): fenced by the account's lease when this process
-    /// shares accounts with other replicas.
-    async fn begin_on<'c>(
+    /// Runs `write` for one account in a transaction on a lent connection ([`Self::lend`]),
+    /// commits it, and keeps the connection for the next write ([`Self::keep`]). The
+    /// transaction is fenced by the account's lease when this process shares accounts with
+    /// other replicas.
+    async fn write_for<T>(
         &self,
-        connection: &'c mut PgConnection,
         provider: &str,
         account: &str,
-    ) -> Result<sqlx::Transaction<'c, Postgres>, StoreError> {
+        write: impl AsyncFnOnce(&mut PgConnection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut connection = self.lend().await?;
         let tx = connection.begin().await?;
-        self.fenced(tx, provider, account).await
+        let mut tx = self.fenced(tx, provider, account).await?;
+        let value = write(&mut tx).await?;
+        tx.commit().await?;
+        self.keep(connection);
+        Ok(value)
     }
 
-    /// [`Self::begin_on`] for a batch of orders: its statements are planned once per connection.
+    /// A fenced transaction, as [`Self::write_for`] begins, for a batch of orders: its statements
+    /// are planned once per connection.
     /// A custom plan, Postgres's choice for a statement's first five runs on each connection
     /// (most of a backfill's batches), copies the batch's arrays into the plan as constants:
     /// megabytes a batch, in memory the server process asks of the kernel each time.
@@ -487,24 +494,21 @@ impl Store for PostgresStore {
     }
 
     async fn run_started(&self, stream: &StreamKey, at: DateTime<Utc>) -> Result<(), StoreError> {
-        let mut connection = self.lend().await?;
-        let mut tx = self
-            .begin_on(&mut connection, stream.provider.as_str(), &stream.account)
+        self.write_for(stream.provider.as_str(), &stream.account, async |tx| {
+            sqlx::query(
+                "INSERT INTO sync_cursors (provider, account, resource, last_run_started_at) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (provider, account, resource) DO UPDATE SET \
+                 last_run_started_at = excluded.last_run_started_at",
+            )
+            .bind(stream.provider.as_str())
+            .bind(&stream.account)
+            .bind(&stream.resource)
+            .bind(at)
+            .execute(&mut *tx)
             .await?;
-        sqlx::query(
-            "INSERT INTO sync_cursors (provider, account, resource, last_run_started_at) \
-             VALUES ($1, $2, $3, $4) ON CONFLICT (provider, account, resource) DO UPDATE SET \
-             last_run_started_at = excluded.last_run_started_at",
-        )
-        .bind(stream.provider.as_str())
-        .bind(&stream.account)
-        .bind(&stream.resource)
-        .bind(at)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        self.keep(connection);
-        Ok(())
+            Ok(())
+        })
+        .await
     }
 
     async fn run_finished(
@@ -514,35 +518,32 @@ impl Store for PostgresStore {
         at: DateTime<Utc>,
         error: Option<&str>,
     ) -> Result<(), StoreError> {
-        let mut connection = self.lend().await?;
-        let mut tx = self
-            .begin_on(&mut connection, stream.provider.as_str(), &stream.account)
+        self.write_for(stream.provider.as_str(), &stream.account, async |tx| {
+            sqlx::query(
+                "INSERT INTO sync_cursors (provider, account, resource, last_run_started_at, \
+                 last_run_finished_at, last_success_at, last_error, consecutive_failures) \
+                 VALUES ($3, $4, $5, $6, $1, CASE WHEN $2::text IS NULL THEN $1 END, $2, \
+                         CASE WHEN $2::text IS NULL THEN 0 ELSE 1 END) \
+                 ON CONFLICT (provider, account, resource) DO UPDATE SET \
+                 last_run_started_at = excluded.last_run_started_at, \
+                 last_run_finished_at = excluded.last_run_finished_at, \
+                 last_success_at = CASE WHEN $2::text IS NULL THEN $1 \
+                                        ELSE sync_cursors.last_success_at END, \
+                 last_error = $2, \
+                 consecutive_failures = CASE WHEN $2::text IS NULL THEN 0 \
+                                             ELSE sync_cursors.consecutive_failures + 1 END",
+            )
+            .bind(at)
+            .bind(error)
+            .bind(stream.provider.as_str())
+            .bind(&stream.account)
+            .bind(&stream.resource)
+            .bind(started)
+            .execute(&mut *tx)
             .await?;
-        sqlx::query(
-            "INSERT INTO sync_cursors (provider, account, resource, last_run_started_at, \
-             last_run_finished_at, last_success_at, last_error, consecutive_failures) \
-             VALUES ($3, $4, $5, $6, $1, CASE WHEN $2::text IS NULL THEN $1 END, $2, \
-                     CASE WHEN $2::text IS NULL THEN 0 ELSE 1 END) \
-             ON CONFLICT (provider, account, resource) DO UPDATE SET \
-             last_run_started_at = excluded.last_run_started_at, \
-             last_run_finished_at = excluded.last_run_finished_at, \
-             last_success_at = CASE WHEN $2::text IS NULL THEN $1 \
-                                    ELSE sync_cursors.last_success_at END, \
-             last_error = $2, \
-             consecutive_failures = CASE WHEN $2::text IS NULL THEN 0 \
-                                         ELSE sync_cursors.consecutive_failures + 1 END",
-        )
-        .bind(at)
-        .bind(error)
-        .bind(stream.provider.as_str())
-        .bind(&stream.account)
-        .bind(&stream.resource)
-        .bind(started)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        self.keep(connection);
-        Ok(())
+            Ok(())
+        })
+        .await
     }
 
     async fn streams(&self) -> Result<Vec<StreamStatus>, StoreError> {
@@ -643,15 +644,13 @@ impl Store for PostgresStore {
     }
 
     async fn claim(&self, claim: &Claim<'_>) -> Result<Vec<Action>, StoreError> {
-        let mut connection = self.lend().await?;
-        let mut tx = self
-            .begin_on(&mut connection, claim.provider, claim.account)
-            .await?;
         // SKIP LOCKED: several processes claim from one queue without waiting on each other or
         // taking the same row. `= ANY(ARRAY(…))` makes the outer update use the primary key;
         // `state IN (…)` lets the inner scan use the partial index of open actions.
-        let rows = sqlx::query(concat!(
-            "UPDATE actions SET state = 'in_flight', claimed_by = $1, claimed_until = $2, \
+        let rows = self
+            .write_for(claim.provider, claim.account, async |tx| {
+                Ok(sqlx::query(concat!(
+                    "UPDATE actions SET state = 'in_flight', claimed_by = $1, claimed_until = $2, \
              attempts = attempts + 1, updated_at = $3 \
              WHERE id = ANY(ARRAY(SELECT id FROM actions WHERE provider = $4 AND account = $5 \
                AND state IN ('pending', 'in_flight') \
@@ -659,18 +658,18 @@ impl Store for PostgresStore {
                  OR (state = 'in_flight' AND claimed_until < $3)) \
                ORDER BY next_attempt_at, id LIMIT $6 FOR UPDATE SKIP LOCKED)) \
              RETURNING ",
-            action_columns!()
-        ))
-        .bind(claim.worker)
-        .bind(claim.visible_until)
-        .bind(claim.now)
-        .bind(claim.provider)
-        .bind(claim.account)
-        .bind(claim.limit)
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        self.keep(connection);
+                    action_columns!()
+                ))
+                .bind(claim.worker)
+                .bind(claim.visible_until)
+                .bind(claim.now)
+                .bind(claim.provider)
+                .bind(claim.account)
+                .bind(claim.limit)
+                .fetch_all(&mut *tx)
+                .await?)
+            })
+            .await?;
         let mut actions = rows
             .iter()
             .map(rows::action)
@@ -718,27 +717,24 @@ impl Store for PostgresStore {
     }
 
     async fn record_asn(&self, asn: &NewAsn) -> Result<(), StoreError> {
-        let mut connection = self.lend().await?;
-        let mut tx = self
-            .begin_on(&mut connection, asn.provider.as_str(), &asn.account)
+        self.write_for(asn.provider.as_str(), &asn.account, async |tx| {
+            sqlx::query(
+                "INSERT INTO asns (provider, account, asn_id, warehouse_id, supplier_id, supplier_ref, \
+                 action_id, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, now()) \
+                 ON CONFLICT (provider, account, asn_id) DO NOTHING",
+            )
+            .bind(asn.provider.as_str())
+            .bind(&asn.account)
+            .bind(asn.asn_id)
+            .bind(&asn.warehouse_id)
+            .bind(asn.supplier_id)
+            .bind(&asn.supplier_ref)
+            .bind(asn.action_id)
+            .execute(&mut *tx)
             .await?;
-        sqlx::query(
-            "INSERT INTO asns (provider, account, asn_id, warehouse_id, supplier_id, supplier_ref, \
-             action_id, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, now()) \
-             ON CONFLICT (provider, account, asn_id) DO NOTHING",
-        )
-        .bind(asn.provider.as_str())
-        .bind(&asn.account)
-        .bind(asn.asn_id)
-        .bind(&asn.warehouse_id)
-        .bind(asn.supplier_id)
-        .bind(&asn.supplier_ref)
-        .bind(asn.action_id)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        self.keep(connection);
-        Ok(())
+            Ok(())
+        })
+        .await
     }
 
     async fn open_asns(&self, provider: &str, account: &str) -> Result<Vec<AsnRow>, StoreError> {
@@ -754,26 +750,23 @@ impl Store for PostgresStore {
     }
 
     async fn record_gate(&self, gate: &GateState) -> Result<(), StoreError> {
-        let mut connection = self.lend().await?;
-        let mut tx = self
-            .begin_on(&mut connection, &gate.provider, &gate.account)
+        self.write_for(&gate.provider, &gate.account, async |tx| {
+            sqlx::query(
+                "INSERT INTO account_gates (provider, account, paused_until, rate_limited, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (provider, account) DO UPDATE SET \
+                 paused_until = excluded.paused_until, rate_limited = excluded.rate_limited, \
+                 updated_at = excluded.updated_at",
+            )
+            .bind(&gate.provider)
+            .bind(&gate.account)
+            .bind(gate.paused_until)
+            .bind(gate.rate_limited)
+            .bind(gate.updated_at)
+            .execute(&mut *tx)
             .await?;
-        sqlx::query(
-            "INSERT INTO account_gates (provider, account, paused_until, rate_limited, updated_at) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (provider, account) DO UPDATE SET \
-             paused_until = excluded.paused_until, rate_limited = excluded.rate_limited, \
-             updated_at = excluded.updated_at",
-        )
-        .bind(&gate.provider)
-        .bind(&gate.account)
-        .bind(gate.paused_until)
-        .bind(gate.rate_limited)
-        .bind(gate.updated_at)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        self.keep(connection);
-        Ok(())
+            Ok(())
+        })
+        .await
     }
 
     async fn gates(&self) -> Result<Vec<GateState>, StoreError> {
@@ -789,27 +782,24 @@ impl Store for PostgresStore {
     }
 
     async fn update_asn(&self, update: &AsnUpdate) -> Result<(), StoreError> {
-        let mut connection = self.lend().await?;
-        let mut tx = self
-            .begin_on(&mut connection, update.provider.as_str(), &update.account)
+        self.write_for(update.provider.as_str(), &update.account, async |tx| {
+            sqlx::query(
+                "UPDATE asns SET status = $1, received_quantity = $2, payload = $3::json, \
+                 is_final = $4, checked_at = $5 WHERE provider = $6 AND account = $7 AND asn_id = $8",
+            )
+            .bind(&update.status)
+            .bind(update.received_quantity)
+            .bind(update.payload.to_string())
+            .bind(update.is_final)
+            .bind(update.checked_at)
+            .bind(update.provider.as_str())
+            .bind(&update.account)
+            .bind(update.asn_id)
+            .execute(&mut *tx)
             .await?;
-        sqlx::query(
-            "UPDATE asns SET status = $1, received_quantity = $2, payload = $3::json, \
-             is_final = $4, checked_at = $5 WHERE provider = $6 AND account = $7 AND asn_id = $8",
-        )
-        .bind(&update.status)
-        .bind(update.received_quantity)
-        .bind(update.payload.to_string())
-        .bind(update.is_final)
-        .bind(update.checked_at)
-        .bind(update.provider.as_str())
-        .bind(&update.account)
-        .bind(update.asn_id)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        self.keep(connection);
-        Ok(())
+            Ok(())
+        })
+        .await
     }
 
     async fn action(&self, id: i64) -> Result<Option<Action>, StoreError> {
@@ -1019,32 +1009,31 @@ impl Store for PostgresStore {
         if done.is_empty() {
             return Ok(0);
         }
-        let mut connection = self.lend().await?;
-        let mut tx = self.begin_on(&mut connection, provider, account).await?;
-        let objects: Vec<&str> = done.iter().map(|d| d.object_id.as_str()).collect();
-        let before: Vec<DateTime<Utc>> = done.iter().map(|d| d.before).collect();
-        let states: Vec<&str> = done.iter().map(|d| d.state.as_str()).collect();
-        let notes: Vec<Option<&str>> = done.iter().map(|d| d.note.as_deref()).collect();
-        let updated = sqlx::query(
-            "UPDATE webhook_deliveries AS w SET state = u.state, error = u.note, processed_at = $7 \
-             FROM UNNEST($3::text[], $4::timestamptz[], $5::text[], $6::text[]) \
-               AS u (object, before, state, note) \
-             WHERE w.provider = $1 AND w.account = $2 AND w.state = 'pending' \
-               AND w.object_id = u.object AND w.event_type = $8 AND w.received_at < u.before",
-        )
-        .bind(provider)
-        .bind(account)
-        .bind(objects)
-        .bind(before)
-        .bind(states)
-        .bind(notes)
-        .bind(Utc::now())
-        .bind(event_type)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        self.keep(connection);
-        Ok(updated.rows_affected())
+        self.write_for(provider, account, async |tx| {
+            let objects: Vec<&str> = done.iter().map(|d| d.object_id.as_str()).collect();
+            let before: Vec<DateTime<Utc>> = done.iter().map(|d| d.before).collect();
+            let states: Vec<&str> = done.iter().map(|d| d.state.as_str()).collect();
+            let notes: Vec<Option<&str>> = done.iter().map(|d| d.note.as_deref()).collect();
+            let updated = sqlx::query(
+                "UPDATE webhook_deliveries AS w SET state = u.state, error = u.note, processed_at = $7 \
+                 FROM UNNEST($3::text[], $4::timestamptz[], $5::text[], $6::text[]) \
+                   AS u (object, before, state, note) \
+                 WHERE w.provider = $1 AND w.account = $2 AND w.state = 'pending' \
+                   AND w.object_id = u.object AND w.event_type = $8 AND w.received_at < u.before",
+            )
+            .bind(provider)
+            .bind(account)
+            .bind(objects)
+            .bind(before)
+            .bind(states)
+            .bind(notes)
+            .bind(Utc::now())
+            .bind(event_type)
+            .execute(&mut *tx)
+            .await?;
+            Ok(updated.rows_affected())
+        })
+        .await
     }
 
     async fn delivery_stats(&self) -> Result<Vec<DeliveryStat>, StoreError> {
@@ -1135,32 +1124,29 @@ impl Store for PostgresStore {
     }
 
     async fn save_registration(&self, r: &Registration) -> Result<(), StoreError> {
-        let mut connection = self.lend().await?;
-        let mut tx = self
-            .begin_on(&mut connection, &r.provider, &r.account)
+        self.write_for(&r.provider, &r.account, async |tx| {
+            sqlx::query(
+                "INSERT INTO webhook_registrations (provider, account, registration_id, guid, \
+                 feature_id, feature_method, group_wide, url, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                 ON CONFLICT (provider, account, registration_id) DO UPDATE SET guid = excluded.guid, \
+                 feature_id = excluded.feature_id, feature_method = excluded.feature_method, \
+                 group_wide = excluded.group_wide, url = excluded.url, created_at = excluded.created_at",
+            )
+            .bind(&r.provider)
+            .bind(&r.account)
+            .bind(&r.registration_id)
+            .bind(&r.guid)
+            .bind(&r.feature_id)
+            .bind(&r.feature_method)
+            .bind(r.group_wide)
+            .bind(&r.url)
+            .bind(r.created_at)
+            .execute(&mut *tx)
             .await?;
-        sqlx::query(
-            "INSERT INTO webhook_registrations (provider, account, registration_id, guid, \
-             feature_id, feature_method, group_wide, url, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-             ON CONFLICT (provider, account, registration_id) DO UPDATE SET guid = excluded.guid, \
-             feature_id = excluded.feature_id, feature_method = excluded.feature_method, \
-             group_wide = excluded.group_wide, url = excluded.url, created_at = excluded.created_at",
-        )
-        .bind(&r.provider)
-        .bind(&r.account)
-        .bind(&r.registration_id)
-        .bind(&r.guid)
-        .bind(&r.feature_id)
-        .bind(&r.feature_method)
-        .bind(r.group_wide)
-        .bind(&r.url)
-        .bind(r.created_at)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        self.keep(connection);
-        Ok(())
+            Ok(())
+        })
+        .await
     }
 
     async fn drop_registration(
@@ -1169,20 +1155,19 @@ impl Store for PostgresStore {
         account: &str,
         registration_id: &str,
     ) -> Result<(), StoreError> {
-        let mut connection = self.lend().await?;
-        let mut tx = self.begin_on(&mut connection, provider, account).await?;
-        sqlx::query(
-            "DELETE FROM webhook_registrations \
-             WHERE provider = $1 AND account = $2 AND registration_id = $3",
-        )
-        .bind(provider)
-        .bind(account)
-        .bind(registration_id)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        self.keep(connection);
-        Ok(())
+        self.write_for(provider, account, async |tx| {
+            sqlx::query(
+                "DELETE FROM webhook_registrations \
+                 WHERE provider = $1 AND account = $2 AND registration_id = $3",
+            )
+            .bind(provider)
+            .bind(account)
+            .bind(registration_id)
+            .execute(&mut *tx)
+            .await?;
+            Ok(())
+        })
+        .await
     }
 
     async fn open_orders(
@@ -1312,50 +1297,24 @@ impl Store for PostgresStore {
             return self.shop_state_seen(state).await;
         }
         let products = serde_json::Value::from(state.unavailable_products.clone()).to_string();
-        let mut connection = self.lend().await?;
-        let mut tx = self
-            .begin_on(&mut connection, &state.provider, &state.account)
-            .await?;
-        sqlx::query(
-            "INSERT INTO shop_states (provider, account, hours_open, delivery_open, pickup_open, \
-             connection_ok, delivery_wait_minutes, pickup_wait_minutes, unavailable_products, \
-             last_menu_refresh, last_open_times_refresh, last_delivery_cost_refresh, body, \
-             observed_at, changed_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14) \
-             ON CONFLICT (provider, account) DO UPDATE SET hours_open = excluded.hours_open, \
-             delivery_open = excluded.delivery_open, pickup_open = excluded.pickup_open, \
-             connection_ok = excluded.connection_ok, \
-             delivery_wait_minutes = excluded.delivery_wait_minutes, \
-             pickup_wait_minutes = excluded.pickup_wait_minutes, \
-             unavailable_products = excluded.unavailable_products, \
-             last_menu_refresh = excluded.last_menu_refresh, \
-             last_open_times_refresh = excluded.last_open_times_refresh, \
-             last_delivery_cost_refresh = excluded.last_delivery_cost_refresh, \
-             body = excluded.body, observed_at = excluded.observed_at, \
-             changed_at = excluded.changed_at",
-        )
-        .bind(&state.provider)
-        .bind(&state.account)
-        .bind(state.hours_open)
-        .bind(state.delivery_open)
-        .bind(state.pickup_open)
-        .bind(state.connection_ok)
-        .bind(state.delivery_wait_minutes)
-        .bind(state.pickup_wait_minutes)
-        .bind(&products)
-        .bind(&state.refresh.menu)
-        .bind(&state.refresh.open_times)
-        .bind(&state.refresh.delivery_costs)
-        .bind(&state.body)
-        .bind(state.observed_at)
-        .execute(&mut *tx)
-        .await?;
-        if changed {
+        self.write_for(&state.provider, &state.account, async |tx| {
             sqlx::query(
-                "INSERT INTO shop_state_history (provider, account, hours_open, delivery_open, \
-                 pickup_open, connection_ok, delivery_wait_minutes, pickup_wait_minutes, \
-                 unavailable_products, observed_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                "INSERT INTO shop_states (provider, account, hours_open, delivery_open, pickup_open, \
+                 connection_ok, delivery_wait_minutes, pickup_wait_minutes, unavailable_products, \
+                 last_menu_refresh, last_open_times_refresh, last_delivery_cost_refresh, body, \
+                 observed_at, changed_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14) \
+                 ON CONFLICT (provider, account) DO UPDATE SET hours_open = excluded.hours_open, \
+                 delivery_open = excluded.delivery_open, pickup_open = excluded.pickup_open, \
+                 connection_ok = excluded.connection_ok, \
+                 delivery_wait_minutes = excluded.delivery_wait_minutes, \
+                 pickup_wait_minutes = excluded.pickup_wait_minutes, \
+                 unavailable_products = excluded.unavailable_products, \
+                 last_menu_refresh = excluded.last_menu_refresh, \
+                 last_open_times_refresh = excluded.last_open_times_refresh, \
+                 last_delivery_cost_refresh = excluded.last_delivery_cost_refresh, \
+                 body = excluded.body, observed_at = excluded.observed_at, \
+                 changed_at = excluded.changed_at",
             )
             .bind(&state.provider)
             .bind(&state.account)
@@ -1366,13 +1325,36 @@ impl Store for PostgresStore {
             .bind(state.delivery_wait_minutes)
             .bind(state.pickup_wait_minutes)
             .bind(&products)
+            .bind(&state.refresh.menu)
+            .bind(&state.refresh.open_times)
+            .bind(&state.refresh.delivery_costs)
+            .bind(&state.body)
             .bind(state.observed_at)
             .execute(&mut *tx)
             .await?;
-        }
-        tx.commit().await?;
-        self.keep(connection);
-        Ok(())
+            if changed {
+                sqlx::query(
+                    "INSERT INTO shop_state_history (provider, account, hours_open, delivery_open, \
+                     pickup_open, connection_ok, delivery_wait_minutes, pickup_wait_minutes, \
+                     unavailable_products, observed_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                )
+                .bind(&state.provider)
+                .bind(&state.account)
+                .bind(state.hours_open)
+                .bind(state.delivery_open)
+                .bind(state.pickup_open)
+                .bind(state.connection_ok)
+                .bind(state.delivery_wait_minutes)
+                .bind(state.pickup_wait_minutes)
+                .bind(&products)
+                .bind(state.observed_at)
+                .execute(&mut *tx)
+                .await?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     async fn shop_state(
@@ -1424,26 +1406,23 @@ impl Store for PostgresStore {
     }
 
     async fn record_shop_document(&self, document: &ShopDocument) -> Result<(), StoreError> {
-        let mut connection = self.lend().await?;
-        let mut tx = self
-            .begin_on(&mut connection, &document.provider, &document.account)
+        self.write_for(&document.provider, &document.account, async |tx| {
+            sqlx::query(
+                "INSERT INTO shop_documents (provider, account, document, refresh_value, body, \
+                 body_sha256, fetched_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(&document.provider)
+            .bind(&document.account)
+            .bind(document.document.as_str())
+            .bind(&document.refresh_value)
+            .bind(&document.body)
+            .bind(body_sha256(&document.body))
+            .bind(document.fetched_at)
+            .execute(&mut *tx)
             .await?;
-        sqlx::query(
-            "INSERT INTO shop_documents (provider, account, document, refresh_value, body, \
-             body_sha256, fetched_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(&document.provider)
-        .bind(&document.account)
-        .bind(document.document.as_str())
-        .bind(&document.refresh_value)
-        .bind(&document.body)
-        .bind(body_sha256(&document.body))
-        .bind(document.fetched_at)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        self.keep(connection);
-        Ok(())
+            Ok(())
+        })
+        .await
     }
 
     async fn shop_documents(
@@ -1486,27 +1465,24 @@ impl Store for PostgresStore {
 impl PostgresStore {
     /// An unchanged state: when it was seen, its body and refresh values.
     async fn shop_state_seen(&self, state: &ShopState) -> Result<(), StoreError> {
-        let mut connection = self.lend().await?;
-        let mut tx = self
-            .begin_on(&mut connection, &state.provider, &state.account)
+        self.write_for(&state.provider, &state.account, async |tx| {
+            sqlx::query(
+                "UPDATE shop_states SET observed_at = $1, body = $2, last_menu_refresh = $3, \
+                 last_open_times_refresh = $4, last_delivery_cost_refresh = $5 \
+                 WHERE provider = $6 AND account = $7",
+            )
+            .bind(state.observed_at)
+            .bind(&state.body)
+            .bind(&state.refresh.menu)
+            .bind(&state.refresh.open_times)
+            .bind(&state.refresh.delivery_costs)
+            .bind(&state.provider)
+            .bind(&state.account)
+            .execute(&mut *tx)
             .await?;
-        sqlx::query(
-            "UPDATE shop_states SET observed_at = $1, body = $2, last_menu_refresh = $3, \
-             last_open_times_refresh = $4, last_delivery_cost_refresh = $5 \
-             WHERE provider = $6 AND account = $7",
-        )
-        .bind(state.observed_at)
-        .bind(&state.body)
-        .bind(&state.refresh.menu)
-        .bind(&state.refresh.open_times)
-        .bind(&state.refresh.delivery_costs)
-        .bind(&state.provider)
-        .bind(&state.account)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        self.keep(connection);
-        Ok(())
+            Ok(())
+        })
+        .await
     }
 }
 
