@@ -1332,26 +1332,24 @@ impl Store for PostgresStore {
             .bind(state.observed_at)
             .execute(&mut *tx)
             .await?;
-            if changed {
-                sqlx::query(
-                    "INSERT INTO shop_state_history (provider, account, hours_open, delivery_open, \
-                     pickup_open, connection_ok, delivery_wait_minutes, pickup_wait_minutes, \
-                     unavailable_products, observed_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-                )
-                .bind(&state.provider)
-                .bind(&state.account)
-                .bind(state.hours_open)
-                .bind(state.delivery_open)
-                .bind(state.pickup_open)
-                .bind(state.connection_ok)
-                .bind(state.delivery_wait_minutes)
-                .bind(state.pickup_wait_minutes)
-                .bind(&products)
-                .bind(state.observed_at)
-                .execute(&mut *tx)
-                .await?;
-            }
+            sqlx::query(
+                "INSERT INTO shop_state_history (provider, account, hours_open, delivery_open, \
+                 pickup_open, connection_ok, delivery_wait_minutes, pickup_wait_minutes, \
+                 unavailable_products, observed_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            )
+            .bind(&state.provider)
+            .bind(&state.account)
+            .bind(state.hours_open)
+            .bind(state.delivery_open)
+            .bind(state.pickup_open)
+            .bind(state.connection_ok)
+            .bind(state.delivery_wait_minutes)
+            .bind(state.pickup_wait_minutes)
+            .bind(&products)
+            .bind(state.observed_at)
+            .execute(&mut *tx)
+            .await?;
             Ok(())
         })
         .await

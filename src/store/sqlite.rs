@@ -1309,25 +1309,23 @@ impl Store for SqliteStore {
         .bind(&observed)
         .execute(&mut *tx)
         .await?;
-        if changed {
-            sqlx::query(
-                "INSERT INTO shop_state_history (provider, account, hours_open, delivery_open, \
-                 pickup_open, connection_ok, delivery_wait_minutes, pickup_wait_minutes, \
-                 unavailable_products, observed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(&state.provider)
-            .bind(&state.account)
-            .bind(state.hours_open)
-            .bind(state.delivery_open)
-            .bind(state.pickup_open)
-            .bind(state.connection_ok)
-            .bind(state.delivery_wait_minutes)
-            .bind(state.pickup_wait_minutes)
-            .bind(&products)
-            .bind(&observed)
-            .execute(&mut *tx)
-            .await?;
-        }
+        sqlx::query(
+            "INSERT INTO shop_state_history (provider, account, hours_open, delivery_open, \
+             pickup_open, connection_ok, delivery_wait_minutes, pickup_wait_minutes, \
+             unavailable_products, observed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&state.provider)
+        .bind(&state.account)
+        .bind(state.hours_open)
+        .bind(state.delivery_open)
+        .bind(state.pickup_open)
+        .bind(state.connection_ok)
+        .bind(state.delivery_wait_minutes)
+        .bind(state.pickup_wait_minutes)
+        .bind(&products)
+        .bind(&observed)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(())
     }
