@@ -312,6 +312,21 @@ impl<'a> OutcomeColumns<'a> {
     }
 }
 
+/// Claims an account's due actions. SKIP LOCKED: several processes claim from one queue without
+/// waiting on each other or taking the same row. `= ANY(ARRAY(…))` makes the outer update use
+/// the primary key; `state IN (…)` lets the inner scan use the partial index of open actions.
+const CLAIM_DUE: &str = concat!(
+    "UPDATE actions SET state = 'in_flight', claimed_by = $1, claimed_until = $2, \
+     attempts = attempts + 1, updated_at = $3 \
+     WHERE id = ANY(ARRAY(SELECT id FROM actions WHERE provider = $4 AND account = $5 \
+       AND state IN ('pending', 'in_flight') \
+       AND ((state = 'pending' AND next_attempt_at <= $3) \
+         OR (state = 'in_flight' AND claimed_until < $3)) \
+       ORDER BY next_attempt_at, id LIMIT $6 FOR UPDATE SKIP LOCKED)) \
+     RETURNING ",
+    action_columns!()
+);
+
 /// Every outcome of a batch in one statement; a retry out of attempts becomes `dead`.
 const FINISH_BATCH: &str = "UPDATE actions AS a SET \
      state = CASE WHEN u.kind = 'defer' THEN 'pending' WHEN u.kind <> 'retry' THEN u.kind \
@@ -644,30 +659,17 @@ impl Store for PostgresStore {
     }
 
     async fn claim(&self, claim: &Claim<'_>) -> Result<Vec<Action>, StoreError> {
-        // SKIP LOCKED: several processes claim from one queue without waiting on each other or
-        // taking the same row. `= ANY(ARRAY(…))` makes the outer update use the primary key;
-        // `state IN (…)` lets the inner scan use the partial index of open actions.
         let rows = self
             .write_for(claim.provider, claim.account, async |tx| {
-                Ok(sqlx::query(concat!(
-                    "UPDATE actions SET state = 'in_flight', claimed_by = $1, claimed_until = $2, \
-             attempts = attempts + 1, updated_at = $3 \
-             WHERE id = ANY(ARRAY(SELECT id FROM actions WHERE provider = $4 AND account = $5 \
-               AND state IN ('pending', 'in_flight') \
-               AND ((state = 'pending' AND next_attempt_at <= $3) \
-                 OR (state = 'in_flight' AND claimed_until < $3)) \
-               ORDER BY next_attempt_at, id LIMIT $6 FOR UPDATE SKIP LOCKED)) \
-             RETURNING ",
-                    action_columns!()
-                ))
-                .bind(claim.worker)
-                .bind(claim.visible_until)
-                .bind(claim.now)
-                .bind(claim.provider)
-                .bind(claim.account)
-                .bind(claim.limit)
-                .fetch_all(&mut *tx)
-                .await?)
+                Ok(sqlx::query(CLAIM_DUE)
+                    .bind(claim.worker)
+                    .bind(claim.visible_until)
+                    .bind(claim.now)
+                    .bind(claim.provider)
+                    .bind(claim.account)
+                    .bind(claim.limit)
+                    .fetch_all(&mut *tx)
+                    .await?)
             })
             .await?;
         let mut actions = rows
