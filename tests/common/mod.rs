@@ -24,6 +24,9 @@ pub struct TestDb {
     pub backend: Backend,
     pub url: String,
     pub schema: Option<String>,
+    /// Whether `schema` is dropped with this value (see its `Drop`): true for the one
+    /// [`TestDb::new`] made, false for a copy made by [`TestDb::through`].
+    owns_schema: bool,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -57,6 +60,7 @@ impl TestDb {
                     backend,
                     url,
                     schema: None,
+                    owns_schema: false,
                     _dir: Some(dir),
                 }
             }
@@ -67,6 +71,7 @@ impl TestDb {
                     backend,
                     url,
                     schema: Some(schema),
+                    owns_schema: true,
                     _dir: None,
                 }
             }
@@ -85,6 +90,7 @@ impl TestDb {
             backend: Backend::Postgres,
             url: url.to_string(),
             schema: Some("public".into()),
+            owns_schema: false,
             _dir: None,
         }
     }
@@ -115,6 +121,7 @@ impl TestDb {
             backend: self.backend,
             url: url.to_string(),
             schema: self.schema.clone(),
+            owns_schema: false,
             _dir: None,
         }
     }
@@ -129,6 +136,52 @@ impl TestDb {
                 self.url
             ),
             None => format!("{admin}[database]\nurl = \"{}\"\n", self.url),
+        }
+    }
+}
+
+/// A passing test's schema is dropped, so runs do not pile schemas up in the shared test
+/// database (a whole run made about sixty, each with its tables); a failing test's is kept to
+/// look at.
+/// Bounded: a schema still locked after a few seconds is left behind.
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if !self.owns_schema || std::thread::panicking() {
+            return;
+        }
+        let Some(schema) = self.schema.clone() else {
+            return;
+        };
+        let url = self.url.clone();
+        let name = schema.clone();
+        // Drop may run inside a test's runtime, which cannot be blocked on: the statement runs
+        // on a thread and runtime of its own.
+        let dropped = std::thread::spawn(move || {
+            use sqlx::Connection;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime.block_on(async {
+                tokio::time::timeout(std::time::Duration::from_secs(10), async {
+                    let mut conn = sqlx::PgConnection::connect(&url).await.ok()?;
+                    let statement = format!(
+                        "SET lock_timeout = '5s'; DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
+                    );
+                    let done = sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+                        .execute(&mut conn)
+                        .await;
+                    let _ = conn.close().await;
+                    done.ok()
+                })
+                .await
+                .ok()
+                .flatten()
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Some(_))) {
+            eprintln!("left the test schema {name} in place: it could not be dropped");
         }
     }
 }
