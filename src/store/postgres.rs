@@ -721,8 +721,8 @@ impl Store for PostgresStore {
     async fn record_asn(&self, asn: &NewAsn) -> Result<(), StoreError> {
         self.write_for(asn.provider.as_str(), &asn.account, async |tx| {
             sqlx::query(
-                "INSERT INTO asns (provider, account, asn_id, warehouse_id, supplier_id, supplier_ref, \
-                 action_id, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, now()) \
+                "INSERT INTO asns (provider, account, asn_id, warehouse_id, supplier_id, \
+                 supplier_ref, action_id, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, now()) \
                  ON CONFLICT (provider, account, asn_id) DO NOTHING",
             )
             .bind(asn.provider.as_str())
@@ -754,8 +754,9 @@ impl Store for PostgresStore {
     async fn record_gate(&self, gate: &GateState) -> Result<(), StoreError> {
         self.write_for(&gate.provider, &gate.account, async |tx| {
             sqlx::query(
-                "INSERT INTO account_gates (provider, account, paused_until, rate_limited, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (provider, account) DO UPDATE SET \
+                "INSERT INTO account_gates (provider, account, paused_until, rate_limited, \
+                 updated_at) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (provider, account) DO UPDATE SET \
                  paused_until = excluded.paused_until, rate_limited = excluded.rate_limited, \
                  updated_at = excluded.updated_at",
             )
@@ -787,7 +788,8 @@ impl Store for PostgresStore {
         self.write_for(update.provider.as_str(), &update.account, async |tx| {
             sqlx::query(
                 "UPDATE asns SET status = $1, received_quantity = $2, payload = $3::json, \
-                 is_final = $4, checked_at = $5 WHERE provider = $6 AND account = $7 AND asn_id = $8",
+                 is_final = $4, checked_at = $5 \
+                 WHERE provider = $6 AND account = $7 AND asn_id = $8",
             )
             .bind(&update.status)
             .bind(update.received_quantity)
@@ -1017,7 +1019,8 @@ impl Store for PostgresStore {
             let states: Vec<&str> = done.iter().map(|d| d.state.as_str()).collect();
             let notes: Vec<Option<&str>> = done.iter().map(|d| d.note.as_deref()).collect();
             let updated = sqlx::query(
-                "UPDATE webhook_deliveries AS w SET state = u.state, error = u.note, processed_at = $7 \
+                "UPDATE webhook_deliveries AS w SET state = u.state, error = u.note, \
+                 processed_at = $7 \
                  FROM UNNEST($3::text[], $4::timestamptz[], $5::text[], $6::text[]) \
                    AS u (object, before, state, note) \
                  WHERE w.provider = $1 AND w.account = $2 AND w.state = 'pending' \
@@ -1131,9 +1134,10 @@ impl Store for PostgresStore {
                 "INSERT INTO webhook_registrations (provider, account, registration_id, guid, \
                  feature_id, feature_method, group_wide, url, created_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-                 ON CONFLICT (provider, account, registration_id) DO UPDATE SET guid = excluded.guid, \
-                 feature_id = excluded.feature_id, feature_method = excluded.feature_method, \
-                 group_wide = excluded.group_wide, url = excluded.url, created_at = excluded.created_at",
+                 ON CONFLICT (provider, account, registration_id) DO UPDATE SET \
+                 guid = excluded.guid, feature_id = excluded.feature_id, \
+                 feature_method = excluded.feature_method, group_wide = excluded.group_wide, \
+                 url = excluded.url, created_at = excluded.created_at",
             )
             .bind(&r.provider)
             .bind(&r.account)
@@ -1300,11 +1304,11 @@ impl Store for PostgresStore {
         }
         let products = serde_json::Value::from(state.unavailable_products.clone()).to_string();
         self.write_for(&state.provider, &state.account, async |tx| {
-            sqlx::query(
-                "INSERT INTO shop_states (provider, account, hours_open, delivery_open, pickup_open, \
-                 connection_ok, delivery_wait_minutes, pickup_wait_minutes, unavailable_products, \
-                 last_menu_refresh, last_open_times_refresh, last_delivery_cost_refresh, body, \
-                 observed_at, changed_at) \
+            let row = sqlx::query(
+                "INSERT INTO shop_states (provider, account, hours_open, delivery_open, \
+                 pickup_open, connection_ok, delivery_wait_minutes, pickup_wait_minutes, \
+                 unavailable_products, last_menu_refresh, last_open_times_refresh, \
+                 last_delivery_cost_refresh, body, observed_at, changed_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14) \
                  ON CONFLICT (provider, account) DO UPDATE SET hours_open = excluded.hours_open, \
                  delivery_open = excluded.delivery_open, pickup_open = excluded.pickup_open, \
@@ -1317,41 +1321,25 @@ impl Store for PostgresStore {
                  last_delivery_cost_refresh = excluded.last_delivery_cost_refresh, \
                  body = excluded.body, observed_at = excluded.observed_at, \
                  changed_at = excluded.changed_at",
-            )
-            .bind(&state.provider)
-            .bind(&state.account)
-            .bind(state.hours_open)
-            .bind(state.delivery_open)
-            .bind(state.pickup_open)
-            .bind(state.connection_ok)
-            .bind(state.delivery_wait_minutes)
-            .bind(state.pickup_wait_minutes)
-            .bind(&products)
-            .bind(&state.refresh.menu)
-            .bind(&state.refresh.open_times)
-            .bind(&state.refresh.delivery_costs)
-            .bind(&state.body)
-            .bind(state.observed_at)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
+            );
+            bind_shop_state(row, state, &products)
+                .bind(&state.refresh.menu)
+                .bind(&state.refresh.open_times)
+                .bind(&state.refresh.delivery_costs)
+                .bind(&state.body)
+                .bind(state.observed_at)
+                .execute(&mut *tx)
+                .await?;
+            let history = sqlx::query(
                 "INSERT INTO shop_state_history (provider, account, hours_open, delivery_open, \
                  pickup_open, connection_ok, delivery_wait_minutes, pickup_wait_minutes, \
                  unavailable_products, observed_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-            )
-            .bind(&state.provider)
-            .bind(&state.account)
-            .bind(state.hours_open)
-            .bind(state.delivery_open)
-            .bind(state.pickup_open)
-            .bind(state.connection_ok)
-            .bind(state.delivery_wait_minutes)
-            .bind(state.pickup_wait_minutes)
-            .bind(&products)
-            .bind(state.observed_at)
-            .execute(&mut *tx)
-            .await?;
+            );
+            bind_shop_state(history, state, &products)
+                .bind(state.observed_at)
+                .execute(&mut *tx)
+                .await?;
             Ok(())
         })
         .await
@@ -1484,6 +1472,25 @@ impl PostgresStore {
         })
         .await
     }
+}
+
+/// Binds what a shop state's row and its history row both begin with (`$1` to `$9`): the shop,
+/// its open flags, its waits and the products it cannot sell.
+fn bind_shop_state<'q>(
+    query: sqlx::query::Query<'q, Postgres, <Postgres as sqlx::Database>::Arguments>,
+    state: &ShopState,
+    products: &str,
+) -> sqlx::query::Query<'q, Postgres, <Postgres as sqlx::Database>::Arguments> {
+    query
+        .bind(&state.provider)
+        .bind(&state.account)
+        .bind(state.hours_open)
+        .bind(state.delivery_open)
+        .bind(state.pickup_open)
+        .bind(state.connection_ok)
+        .bind(state.delivery_wait_minutes)
+        .bind(state.pickup_wait_minutes)
+        .bind(products)
 }
 
 #[cfg(test)]

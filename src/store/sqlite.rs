@@ -1275,7 +1275,7 @@ impl Store for SqliteStore {
         let observed = ts(state.observed_at);
         let products = serde_json::Value::from(state.unavailable_products.clone()).to_string();
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
+        let row = sqlx::query(
             "INSERT INTO shop_states (provider, account, hours_open, delivery_open, pickup_open, \
              connection_ok, delivery_wait_minutes, pickup_wait_minutes, unavailable_products, \
              last_menu_refresh, last_open_times_refresh, last_delivery_cost_refresh, body, \
@@ -1292,40 +1292,24 @@ impl Store for SqliteStore {
              last_delivery_cost_refresh = excluded.last_delivery_cost_refresh, \
              body = excluded.body, observed_at = excluded.observed_at, \
              changed_at = excluded.changed_at",
-        )
-        .bind(&state.provider)
-        .bind(&state.account)
-        .bind(state.hours_open)
-        .bind(state.delivery_open)
-        .bind(state.pickup_open)
-        .bind(state.connection_ok)
-        .bind(state.delivery_wait_minutes)
-        .bind(state.pickup_wait_minutes)
-        .bind(&products)
-        .bind(&state.refresh.menu)
-        .bind(&state.refresh.open_times)
-        .bind(&state.refresh.delivery_costs)
-        .bind(&state.body)
-        .bind(&observed)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
+        );
+        bind_shop_state(row, state, &products)
+            .bind(&state.refresh.menu)
+            .bind(&state.refresh.open_times)
+            .bind(&state.refresh.delivery_costs)
+            .bind(&state.body)
+            .bind(&observed)
+            .execute(&mut *tx)
+            .await?;
+        let history = sqlx::query(
             "INSERT INTO shop_state_history (provider, account, hours_open, delivery_open, \
              pickup_open, connection_ok, delivery_wait_minutes, pickup_wait_minutes, \
              unavailable_products, observed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&state.provider)
-        .bind(&state.account)
-        .bind(state.hours_open)
-        .bind(state.delivery_open)
-        .bind(state.pickup_open)
-        .bind(state.connection_ok)
-        .bind(state.delivery_wait_minutes)
-        .bind(state.pickup_wait_minutes)
-        .bind(&products)
-        .bind(&observed)
-        .execute(&mut *tx)
-        .await?;
+        );
+        bind_shop_state(history, state, &products)
+            .bind(&observed)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -1473,6 +1457,25 @@ impl SqliteStore {
         .await?;
         Ok(())
     }
+}
+
+/// Binds what a shop state's row and its history row both begin with (`?1` to `?9`): the shop,
+/// its open flags, its waits and the products it cannot sell.
+fn bind_shop_state<'q>(
+    query: sqlx::query::Query<'q, Sqlite, <Sqlite as sqlx::Database>::Arguments>,
+    state: &ShopState,
+    products: &str,
+) -> sqlx::query::Query<'q, Sqlite, <Sqlite as sqlx::Database>::Arguments> {
+    query
+        .bind(&state.provider)
+        .bind(&state.account)
+        .bind(state.hours_open)
+        .bind(state.delivery_open)
+        .bind(state.pickup_open)
+        .bind(state.connection_ok)
+        .bind(state.delivery_wait_minutes)
+        .bind(state.pickup_wait_minutes)
+        .bind(products)
 }
 
 #[cfg(test)]
