@@ -616,7 +616,8 @@ impl Store for PostgresStore {
         channel: &str,
     ) -> Result<Option<String>, StoreError> {
         Ok(sqlx::query_scalar(
-            "SELECT payload::text FROM orders WHERE provider = $1 AND account = $2              AND channel = $3 LIMIT 1",
+            "SELECT payload::text FROM orders WHERE provider = $1 AND account = $2 \
+             AND channel = $3 LIMIT 1",
         )
         .bind(provider)
         .bind(account)
