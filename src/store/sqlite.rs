@@ -1484,6 +1484,7 @@ mod tests {
     use crate::config::{Backend, DatabaseConfig, Secret};
     use crate::model::{ProviderKind, StreamKey, test_order};
     use crate::store::{Batch, Store};
+    use sqlx::Row;
     use std::time::Duration;
 
     /// A database file in a new directory (removed when the returned guard drops), and its
@@ -1515,6 +1516,64 @@ mod tests {
             panic!("migrate: {error}");
         }
         store
+    }
+
+    /// The lookup of one order that `docs/schema.md` gives for SQLite finds it, and finds it
+    /// through the unique index rather than by reading the account's orders.
+    #[tokio::test]
+    async fn the_documented_lookup_of_one_order_uses_the_unique_index() {
+        const LOOKUP: &str = "SELECT o.external_id, o.status \
+            FROM orders o \
+            JOIN order_scopes s ON s.id = o.scope_id \
+            WHERE s.provider = ? AND s.account = ? AND s.channel = ? \
+              AND o.external_id = ?";
+        let (_dir, _path, config) = temporary_database();
+        let store = migrated_store(&config).await;
+        let stream = StreamKey {
+            provider: ProviderKind::Graas,
+            account: "a".into(),
+            resource: "orders".into(),
+        };
+        let orders: Vec<_> = (0..50)
+            .map(|n| test_order(&format!("{}", 227_973_300 + n), 1_900_000_000, Some("PAID")))
+            .collect();
+        let batch = Batch {
+            stream: &stream,
+            orders: &orders,
+            quarantined: &[],
+            cursor: None,
+            seen_at: chrono::Utc::now(),
+        };
+        if let Err(error) = store.commit_batch(&batch).await {
+            panic!("commit: {error}");
+        }
+
+        // The same statement twice: to run it, and to show how SQLite runs it.
+        let lookup = |prefix: &str| {
+            sqlx::query(sqlx::AssertSqlSafe(format!("{prefix}{LOOKUP}")))
+                .bind("graas")
+                .bind("a")
+                .bind("lazada-1")
+                .bind("227973342")
+                .fetch_all(&store.pool)
+        };
+        let found: Vec<(String, Option<String>)> = match lookup("").await {
+            Ok(rows) => rows
+                .iter()
+                .map(|row| (row.get("external_id"), row.get("status")))
+                .collect(),
+            Err(error) => panic!("lookup: {error}"),
+        };
+        assert_eq!(found, [("227973342".to_owned(), Some("PAID".to_owned()))]);
+        let plan: Vec<String> = match lookup("EXPLAIN QUERY PLAN ").await {
+            Ok(rows) => rows.iter().map(|row| row.get("detail")).collect(),
+            Err(error) => panic!("plan: {error}"),
+        };
+        assert!(
+            plan.iter().any(|step| step.contains("INDEX orders_key")),
+            "the documented lookup does not use the unique index: {plan:?}"
+        );
+        store.close().await;
     }
 
     /// A database written before orders were keyed by scope (migration 7) keeps every order,
