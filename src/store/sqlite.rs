@@ -1599,6 +1599,32 @@ mod tests {
         store
     }
 
+    /// Commits `orders` as one batch of account `a`'s order stream, seen at `seen_at`, moving
+    /// the cursor to `cursor` when given; returns the orders written and left unchanged.
+    async fn commit_orders(
+        store: &SqliteStore,
+        orders: &[crate::model::Order],
+        cursor: Option<&str>,
+        seen_at: chrono::DateTime<chrono::Utc>,
+    ) -> (u64, u64) {
+        let stream = StreamKey {
+            provider: ProviderKind::Graas,
+            account: "a".into(),
+            resource: "orders".into(),
+        };
+        let batch = Batch {
+            stream: &stream,
+            orders,
+            quarantined: &[],
+            cursor,
+            seen_at,
+        };
+        match store.commit_batch(&batch).await {
+            Ok(outcome) => (outcome.written, outcome.unchanged),
+            Err(error) => panic!("commit: {error}"),
+        }
+    }
+
     /// A batch whose orders span two accounts and more than one statement's rows stores each
     /// order under its own provider and account, with the batch's time seen, once each; a
     /// second, newer copy of some of them (written through the upsert) lands on the same rows.
@@ -1606,11 +1632,6 @@ mod tests {
     async fn a_batch_across_accounts_and_statements_keeps_each_order_under_its_own_account() {
         let (_dir, _path, config) = temporary_database();
         let store = migrated_store(&config).await;
-        let stream = StreamKey {
-            provider: ProviderKind::Graas,
-            account: "a".into(),
-            resource: "orders".into(),
-        };
         let order = |account: &str, n: usize, updated: i64, status: &str| {
             let mut order = test_order(&format!("{n}"), updated, Some(status));
             order.key.account = account.into();
@@ -1624,22 +1645,10 @@ mod tests {
             .collect();
         orders.extend((0..30).map(|n| order("b", n, 100, "NEW")));
         let seen_at = chrono::Utc::now();
-        let commit = async |orders: &[crate::model::Order], seen_at| {
-            let batch = Batch {
-                stream: &stream,
-                orders,
-                quarantined: &[],
-                cursor: None,
-                seen_at,
-            };
-            match store.commit_batch(&batch).await {
-                Ok(outcome) => (outcome.written, outcome.unchanged),
-                Err(error) => panic!("commit: {error}"),
-            }
-        };
-        assert_eq!(commit(&orders, seen_at).await, (first_rows as u64 + 30, 0));
-        let newer: Vec<_> = [order("a", 3, 200, "SHIPPED"), order("b", 4, 200, "PAID")].into();
-        assert_eq!(commit(&newer, seen_at).await, (2, 0));
+        let written = commit_orders(&store, &orders, None, seen_at).await;
+        assert_eq!(written, (first_rows as u64 + 30, 0));
+        let newer = [order("a", 3, 200, "SHIPPED"), order("b", 4, 200, "PAID")];
+        assert_eq!(commit_orders(&store, &newer, None, seen_at).await, (2, 0));
 
         let rows = sqlx::query_as::<_, (String, String, String, Option<String>, String, String)>(
             "SELECT o.account, s.account, o.external_id, o.status, o.first_seen_at, o.synced_at \
@@ -1683,24 +1692,10 @@ mod tests {
               AND o.external_id = ?";
         let (_dir, _path, config) = temporary_database();
         let store = migrated_store(&config).await;
-        let stream = StreamKey {
-            provider: ProviderKind::Graas,
-            account: "a".into(),
-            resource: "orders".into(),
-        };
         let orders: Vec<_> = (0..50)
             .map(|n| test_order(&format!("{}", 227_973_300 + n), 1_900_000_000, Some("PAID")))
             .collect();
-        let batch = Batch {
-            stream: &stream,
-            orders: &orders,
-            quarantined: &[],
-            cursor: None,
-            seen_at: chrono::Utc::now(),
-        };
-        if let Err(error) = store.commit_batch(&batch).await {
-            panic!("commit: {error}");
-        }
+        commit_orders(&store, &orders, None, chrono::Utc::now()).await;
 
         // The same statement twice: to run it, and to show how SQLite runs it.
         let lookup = |prefix: &str| {
@@ -1884,23 +1879,8 @@ mod tests {
     async fn a_batch_of_new_and_stored_orders_writes_each_once_and_keys_hold_at_commit() {
         let (_dir, _path, config) = temporary_database();
         let store = migrated_store(&config).await;
-        let stream = StreamKey {
-            provider: ProviderKind::Graas,
-            account: "a".into(),
-            resource: "orders".into(),
-        };
         let commit = async |orders: &[crate::model::Order]| {
-            let batch = Batch {
-                stream: &stream,
-                orders,
-                quarantined: &[],
-                cursor: None,
-                seen_at: chrono::Utc::now(),
-            };
-            match store.commit_batch(&batch).await {
-                Ok(outcome) => (outcome.written, outcome.unchanged),
-                Err(error) => panic!("commit: {error}"),
-            }
+            commit_orders(&store, orders, None, chrono::Utc::now()).await
         };
         let stored: Vec<_> = ["1", "2", "3"]
             .iter()
@@ -1989,11 +1969,6 @@ mod tests {
     /// Commits orders `ids` to account `a`'s order stream, each with a payload of about `pad`
     /// bytes.
     async fn commit_padded(store: &SqliteStore, ids: std::ops::Range<usize>, pad: usize) {
-        let stream = StreamKey {
-            provider: ProviderKind::Graas,
-            account: "a".into(),
-            resource: "orders".into(),
-        };
         let orders: Vec<_> = ids
             .map(|n| {
                 let mut order = test_order(&n.to_string(), 1_000, Some("PAID"));
@@ -2001,16 +1976,7 @@ mod tests {
                 order
             })
             .collect();
-        let batch = Batch {
-            stream: &stream,
-            orders: &orders,
-            quarantined: &[],
-            cursor: Some("1000"),
-            seen_at: chrono::Utc::now(),
-        };
-        if let Err(error) = store.commit_batch(&batch).await {
-            panic!("commit: {error}");
-        }
+        commit_orders(store, &orders, Some("1000"), chrono::Utc::now()).await;
     }
 
     /// The database file's size in bytes: it grows only when a checkpoint copies the log in.
