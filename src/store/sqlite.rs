@@ -1626,8 +1626,8 @@ mod tests {
     }
 
     /// A batch whose orders span two accounts and more than one statement's rows stores each
-    /// order under its own provider and account, with the batch's time seen, once each; a
-    /// second, newer copy of some of them (written through the upsert) lands on the same rows.
+    /// order once, under its own provider and account, with the batch's time seen; newer copies
+    /// of two of them (written through the upsert) land on the same rows with the later time.
     #[tokio::test]
     async fn a_batch_across_accounts_and_statements_keeps_each_order_under_its_own_account() {
         let (_dir, _path, config) = temporary_database();
@@ -1639,16 +1639,15 @@ mod tests {
             order
         };
         // "a" fills more than one statement; "b" sorts after it and starts mid-statement.
-        let first_rows = super::ROWS_PER_STATEMENT + 7;
-        let mut orders: Vec<_> = (0..first_rows)
-            .map(|n| order("a", n, 100, "PAID"))
-            .collect();
+        let of_a = super::ROWS_PER_STATEMENT + 7;
+        let mut orders: Vec<_> = (0..of_a).map(|n| order("a", n, 100, "PAID")).collect();
         orders.extend((0..30).map(|n| order("b", n, 100, "NEW")));
-        let seen_at = chrono::Utc::now();
-        let written = commit_orders(&store, &orders, None, seen_at).await;
-        assert_eq!(written, (first_rows as u64 + 30, 0));
+        let first_seen_at = chrono::Utc::now();
+        let written = commit_orders(&store, &orders, None, first_seen_at).await;
+        assert_eq!(written, (of_a as u64 + 30, 0));
         let newer = [order("a", 3, 200, "SHIPPED"), order("b", 4, 200, "PAID")];
-        assert_eq!(commit_orders(&store, &newer, None, seen_at).await, (2, 0));
+        let later = first_seen_at + chrono::Duration::seconds(1);
+        assert_eq!(commit_orders(&store, &newer, None, later).await, (2, 0));
 
         let rows = sqlx::query_as::<_, (String, String, String, Option<String>, String, String)>(
             "SELECT o.account, s.account, o.external_id, o.status, o.first_seen_at, o.synced_at \
@@ -1660,24 +1659,28 @@ mod tests {
             Ok(rows) => rows,
             Err(error) => panic!("rows: {error}"),
         };
-        assert_eq!(rows.len(), first_rows + 30);
-        let seen = super::ts(seen_at);
+        assert_eq!(rows.len(), of_a + 30);
+        let (first, later) = (super::ts(first_seen_at), super::ts(later));
         for (account, scope_account, id, status, first_seen, synced) in &rows {
             assert_eq!(
                 account, scope_account,
                 "order {id} under another account's scope"
             );
-            assert_eq!((first_seen, synced), (&seen, &seen), "order {account}/{id}");
-            let expected = match (account.as_str(), id.as_str()) {
-                ("a", "3") => "SHIPPED",
-                ("b", "4") => "PAID",
-                ("a", _) => "PAID",
-                _ => "NEW",
+            let (expected, synced_at) = match (account.as_str(), id.as_str()) {
+                ("a", "3") => ("SHIPPED", &later),
+                ("b", "4") => ("PAID", &later),
+                ("a", _) => ("PAID", &first),
+                _ => ("NEW", &first),
             };
             assert_eq!(status.as_deref(), Some(expected), "order {account}/{id}");
+            assert_eq!(
+                (first_seen, synced),
+                (&first, synced_at),
+                "order {account}/{id}"
+            );
         }
         let per_account = |name: &str| rows.iter().filter(|r| r.0 == name).count();
-        assert_eq!((per_account("a"), per_account("b")), (first_rows, 30));
+        assert_eq!((per_account("a"), per_account("b")), (of_a, 30));
         store.close().await;
     }
 
