@@ -3,6 +3,7 @@
 use super::handover::Handover;
 use super::outcome_columns;
 use super::rows;
+use super::shops::bind_shop_state;
 use super::{
     ActionCount, ActionFilter, AsnRow, AsnUpdate, Batch, BatchOutcome, Claim, Delivery,
     DeliveryDone, DeliveryStat, EarlierCommit, GateState, InboxEntry, InboxFilter, NewAsn,
@@ -1473,25 +1474,6 @@ impl PostgresStore {
         })
         .await
     }
-}
-
-/// Binds what a shop state's row and its history row both begin with (`$1` to `$9`): the shop,
-/// its open flags, its waits and the products it cannot sell.
-fn bind_shop_state<'q>(
-    query: sqlx::query::Query<'q, Postgres, <Postgres as sqlx::Database>::Arguments>,
-    state: &ShopState,
-    products: &str,
-) -> sqlx::query::Query<'q, Postgres, <Postgres as sqlx::Database>::Arguments> {
-    query
-        .bind(&state.provider)
-        .bind(&state.account)
-        .bind(state.hours_open)
-        .bind(state.delivery_open)
-        .bind(state.pickup_open)
-        .bind(state.connection_ok)
-        .bind(state.delivery_wait_minutes)
-        .bind(state.pickup_wait_minutes)
-        .bind(products)
 }
 
 #[cfg(test)]

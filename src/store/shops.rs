@@ -153,3 +153,30 @@ pub enum Resolution {
     /// It did not: back to `pending` with fresh attempts.
     NotSubmitted,
 }
+
+/// Binds what a shop state's row and its history row both begin with (parameters 1 to 9 on
+/// either backend): the shop, its open flags, its waits and the products it cannot sell.
+pub(crate) fn bind_shop_state<'q, DB>(
+    query: sqlx::query::Query<'q, DB, DB::Arguments>,
+    state: &'q ShopState,
+    products: &'q str,
+) -> sqlx::query::Query<'q, DB, DB::Arguments>
+where
+    DB: sqlx::Database,
+    &'q String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    bool: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<bool>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<i64>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    query
+        .bind(&state.provider)
+        .bind(&state.account)
+        .bind(state.hours_open)
+        .bind(state.delivery_open)
+        .bind(state.pickup_open)
+        .bind(state.connection_ok)
+        .bind(state.delivery_wait_minutes)
+        .bind(state.pickup_wait_minutes)
+        .bind(products)
+}
