@@ -256,7 +256,7 @@ impl Sandbox {
         tasks.spawn(getitdone.clone().deliver(shutdown.clone()));
         let stop = shutdown.clone();
         tasks.spawn(async move {
-            let served = axum::serve(listener, app)
+            let served = axum::serve(crate::server::without_delay(listener), app)
                 .with_graceful_shutdown(async move { stop.cancelled().await })
                 .await;
             if let Err(error) = served {
