@@ -1,7 +1,7 @@
 //! Sync benchmark: 100,000 Graas orders from a sandbox running in its own process into SQLite,
 //! and into Postgres when `ORDERSYNC_TEST_PG` (or `ORDERSYNC_BENCH_PG`) is set. Prints orders per
-//! second, wall time, the daemon's peak RSS, requests against the pages needed, and the
-//! daemon's CPU per stage (thread).
+//! second, wall time, the daemon's peak RSS, requests against the pages needed, the daemon's
+//! CPU per stage (thread), and what it wrote for the disk (`/proc/self/io`).
 //!
 //!     cargo bench --bench sync
 //!
@@ -26,6 +26,8 @@
 //!
 //! Before each run's clock starts, what earlier runs wrote is let reach the disk (a Postgres
 //! `CHECKPOINT`, then `sync`); `BENCH_NO_SETTLE=1` starts each run without waiting for it.
+//! SQLite's database goes in a new directory under `TMPDIR` (default `/tmp`): pointing it at a
+//! RAM-backed filesystem (`TMPDIR=/dev/shm`) shows what the disk costs.
 
 mod common;
 
@@ -115,12 +117,14 @@ fn run_once(label: &str, database: &str, base_url: &str, shape: &Shape) -> Resul
     let mut requests = 0u64;
     let mut syncing_ms = 0u64;
     let mut cpu = String::new();
+    let mut storage_kb = None;
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let value: serde_json::Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
         written += value["written"].as_u64().unwrap_or(0);
         requests += value["requests"].as_u64().unwrap_or(0);
         peak_kb = peak_kb.max(value["peak_rss_kb"].as_u64().unwrap_or(0));
         syncing_ms = syncing_ms.max(value["elapsed_ms"].as_u64().unwrap_or(0));
+        storage_kb = storage_kb.or(value["storage_written_kb"].as_u64());
         if let Some(threads) = value["cpu_ms_by_thread"].as_object() {
             cpu = cpu_by_stage(threads);
         }
@@ -146,6 +150,14 @@ fn run_once(label: &str, database: &str, base_url: &str, shape: &Shape) -> Resul
         syncing.as_secs_f64(),
         orders as f64 / syncing.as_secs_f64()
     );
+    // Pages the daemon dirtied for the disk: SQLite's files (a Postgres server writes its own).
+    if let Some(kb) = storage_kb.filter(|kb| *kb > 0) {
+        println!(
+            "          written for the disk by ordersync {:.0} MB, {:.2} KB an order",
+            kb as f64 / 1024.0,
+            kb as f64 / orders as f64
+        );
+    }
     Ok(Speed {
         wall: orders as f64 / wall.as_secs_f64(),
         syncing: orders as f64 / syncing.as_secs_f64(),

@@ -520,3 +520,63 @@ async fn a_long_run_records_its_start_without_stalling_its_commits(db: TestDb) {
     assert!(streams[0].last_run_started_at.is_some() && streams[0].last_error.is_none());
 }
 on_both_backends!(a_long_run_records_its_start_without_stalling_its_commits);
+
+/// The filesystem type of the mount holding `path`, from /proc/mounts (the longest mount point
+/// that is a prefix of it).
+fn filesystem_of(path: &std::path::Path) -> Option<String> {
+    let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
+    mounts
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let _device = fields.next()?;
+            let point = fields.next()?;
+            let kind = fields.next()?;
+            path.starts_with(point)
+                .then(|| (point.len(), kind.to_owned()))
+        })
+        .max_by_key(|(len, _)| *len)
+        .map(|(_, kind)| kind)
+}
+
+/// `run --once` ends with one line of figures for benchmarks and capacity planning; what it
+/// wrote for the disk covers at least the orders it added to the database file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_once_reports_what_it_wrote_for_the_disk() {
+    let db = TestDb::new(
+        Backend::Sqlite,
+        "run_once_reports_what_it_wrote_for_the_disk",
+    );
+    let s = setup(&db, 3_000, &AccountToml::default()).await;
+    let path = std::path::PathBuf::from(db.url.trim_start_matches("sqlite://"));
+    let size = |path: &std::path::Path| std::fs::metadata(path).map_or(0, |m| m.len());
+    let before = size(&path);
+    let out = ordersync(&["run", "--once", "--config", s.config_path.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let figures: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap())
+        .unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert!(figures["elapsed_ms"].is_u64(), "{figures}");
+    assert!(figures["peak_rss_kb"].is_u64(), "{figures}");
+    assert!(figures["cpu_ms_by_thread"].is_object(), "{figures}");
+    let written_kb = figures["storage_written_kb"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("storage_written_kb missing: {figures}"));
+    let grown = size(&path).saturating_sub(before);
+    assert!(
+        grown > 3_000 * 500,
+        "3,000 orders grew the file by {grown} bytes"
+    );
+    // A RAM-backed filesystem sends nothing to a disk, and the kernel counts nothing for it.
+    if filesystem_of(&path).as_deref() != Some("tmpfs") {
+        assert!(
+            written_kb * 1024 >= grown,
+            "{written_kb} KiB written for the disk, the database file grew by {grown} bytes"
+        );
+    }
+    s.sandbox.stop().await;
+}
