@@ -469,13 +469,16 @@ fn cpu_ms_by_thread() -> std::collections::BTreeMap<String, u64> {
     by_name
 }
 
+/// The number on the line of a /proc file that starts with `name` (a unit after it ignored).
+fn proc_number(text: &str, name: &str) -> Option<u64> {
+    let rest = text.lines().find_map(|line| line.strip_prefix(name))?;
+    rest.trim().trim_end_matches("kB").trim().parse().ok()
+}
+
 /// The process's peak resident set (VmHWM) in KiB, where /proc tells it.
 fn peak_rss_kb() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+    proc_number(&status, "VmHWM:")
 }
 
 /// File data the process has written for the disk so far, in KiB, where /proc tells it: each
@@ -484,13 +487,8 @@ fn peak_rss_kb() -> Option<u64> {
 /// while still in memory counts once, so this is what the disk gets.
 fn storage_written_kb() -> Option<u64> {
     let io = std::fs::read_to_string("/proc/self/io").ok()?;
-    let field = |name: &str| {
-        io.lines()
-            .find_map(|line| line.strip_prefix(name))
-            .and_then(|rest| rest.trim().parse::<u64>().ok())
-    };
-    let written = field("write_bytes:")?;
-    let cancelled = field("cancelled_write_bytes:").unwrap_or(0);
+    let written = proc_number(&io, "write_bytes:")?;
+    let cancelled = proc_number(&io, "cancelled_write_bytes:").unwrap_or(0);
     Some(written.saturating_sub(cancelled) / 1024)
 }
 
@@ -885,4 +883,18 @@ async fn graas_get(
     );
     println!("{}", order.payload);
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::proc_number;
+
+    #[test]
+    fn proc_numbers_are_read_by_their_whole_name() {
+        let io = "write_bytes: 4096\ncancelled_write_bytes: 1024\n";
+        assert_eq!(proc_number(io, "write_bytes:"), Some(4096));
+        assert_eq!(proc_number(io, "cancelled_write_bytes:"), Some(1024));
+        assert_eq!(proc_number("VmHWM:\t   81234 kB\n", "VmHWM:"), Some(81_234));
+        assert_eq!(proc_number(io, "read_bytes:"), None);
+    }
 }
