@@ -4,7 +4,7 @@
 //! timeout can, so no run or batch waits on the database forever.
 
 use super::{
-    ActionCount, ActionFilter, AsnRow, AsnUpdate, Batch, BatchOutcome, Claim, Delivery,
+    ActionCount, ActionFilter, AsnRow, AsnUpdate, Batch, BatchOutcome, Claim, CommitDone, Delivery,
     DeliveryDone, DeliveryStat, EarlierCommit, GateState, InboxEntry, InboxFilter, NewAsn,
     NewDelivery, ObjectDone, Registration, RetryFilter, StatusChange, Store, StoreError,
     StoredOrder, StreamStatus,
@@ -91,6 +91,22 @@ impl Store for Bounded {
             .within(
                 "committing orders",
                 self.inner.commit_batch_after(batch, earlier),
+            )
+            .await?;
+        count_outcome(batch, &outcome);
+        Ok(outcome)
+    }
+
+    async fn commit_batch_handing_on(
+        &self,
+        batch: &Batch<'_>,
+        earlier: EarlierCommit,
+        done: CommitDone,
+    ) -> Result<BatchOutcome, StoreError> {
+        let outcome = self
+            .within(
+                "committing orders",
+                self.inner.commit_batch_handing_on(batch, earlier, done),
             )
             .await?;
         count_outcome(batch, &outcome);

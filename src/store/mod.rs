@@ -133,21 +133,70 @@ pub struct Batch<'a> {
 /// and tells the caller when the batch has written its rows and only waits for its turn.
 #[derive(Debug)]
 pub struct EarlierCommit {
-    earlier: tokio::sync::oneshot::Receiver<()>,
+    earlier: tokio::sync::oneshot::Receiver<Earlier>,
     written: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
-/// Held by a batch while it commits; dropped without [`CommitDone::committed`] it reports a
-/// failure to the batch after it.
-#[derive(Debug)]
-pub struct CommitDone(tokio::sync::oneshot::Sender<()>);
+/// What the batch before reported.
+enum Earlier {
+    Committed,
+    /// Written but not committed: the transaction, for the next batch to go on with.
+    HandedOn(OpenWrite),
+}
+
+impl std::fmt::Debug for Earlier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Earlier::Committed => "Committed",
+            Earlier::HandedOn(_) => "HandedOn",
+        })
+    }
+}
+
+/// A store's transaction left open by one batch of a stream for the next (see
+/// [`Store::commit_batch_handing_on`]). Only the store that opened it knows what it holds.
+/// Dropped, it is rolled back: the batches in it and their cursor with them, so the stream's
+/// next run reads them again.
+pub struct OpenWrite(Box<dyn std::any::Any + Send>);
+
+impl OpenWrite {
+    pub fn new<T: Send + 'static>(write: T) -> Self {
+        OpenWrite(Box::new(write))
+    }
+
+    /// The store's own transaction, or `None` if another kind of store opened it.
+    pub fn into_inner<T: 'static>(self) -> Option<T> {
+        self.0.downcast().ok().map(|write| *write)
+    }
+}
+
+/// Held by a batch while it commits; dropped without [`CommitDone::committed`] (or
+/// [`CommitDone::hand_on`]) it reports a failure to the batch after it.
+pub struct CommitDone {
+    report: tokio::sync::oneshot::Sender<Earlier>,
+    followed: Option<MoreWaiting>,
+}
+
+/// True while more of a stream's orders wait for the batch after this one.
+pub type MoreWaiting = std::sync::Arc<dyn Fn() -> bool + Send + Sync>;
+
+impl std::fmt::Debug for CommitDone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommitDone")
+            .field("followed", &self.is_followed())
+            .finish_non_exhaustive()
+    }
+}
 
 impl EarlierCommit {
     /// A pair: the first for the earlier batch to report with, the second for the later one.
     pub fn pair() -> (CommitDone, EarlierCommit) {
-        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let (report, receiver) = tokio::sync::oneshot::channel();
         (
-            CommitDone(sender),
+            CommitDone {
+                report,
+                followed: None,
+            },
             EarlierCommit {
                 earlier: receiver,
                 written: None,
@@ -179,18 +228,66 @@ impl EarlierCommit {
 
     /// Waits for the earlier batch; it is bounded by that batch's own statement timeouts. By
     /// reference: kept until the batch ends, so a store that writes only after this (and never
-    /// calls [`EarlierCommit::written`]) counts as writing until then.
+    /// calls [`EarlierCommit::written`]) counts as writing until then. A transaction handed on
+    /// is not expected here: it is rolled back, and this batch fails as after a failed one.
     pub async fn committed(&mut self) -> Result<(), StoreError> {
-        (&mut self.earlier)
-            .await
-            .map_err(|_| StoreError::EarlierBatchFailed)
+        match self.committed_or_handed_on().await? {
+            None => Ok(()),
+            Some(_rolled_back) => Err(StoreError::EarlierBatchFailed),
+        }
+    }
+
+    /// For the end of a run: if the last batch handed its transaction on, one that gives it
+    /// to a batch that commits it.
+    pub fn left_open(mut self) -> Option<EarlierCommit> {
+        match self.earlier.try_recv() {
+            Ok(Earlier::HandedOn(write)) => {
+                let (done, next) = EarlierCommit::pair();
+                done.hand_on(write);
+                Some(next)
+            }
+            _ => None,
+        }
+    }
+
+    /// Waits for the earlier batch, as [`EarlierCommit::committed`]; `Some` is the earlier
+    /// batch's transaction, written and left open for this batch to go on with.
+    pub async fn committed_or_handed_on(&mut self) -> Result<Option<OpenWrite>, StoreError> {
+        match (&mut self.earlier).await {
+            Ok(Earlier::Committed) => Ok(None),
+            Ok(Earlier::HandedOn(write)) => Ok(Some(write)),
+            Err(_) => Err(StoreError::EarlierBatchFailed),
+        }
     }
 }
 
 impl CommitDone {
+    /// Tells the store how to know that the caller has more of this stream's orders waiting,
+    /// which it sends as the next batch as soon as this one returns: while it does, the store
+    /// may leave this batch's transaction open for that batch
+    /// ([`Store::commit_batch_handing_on`]). `more_waiting` must not say so of orders that
+    /// may never come.
+    pub fn followed_while(mut self, more_waiting: MoreWaiting) -> Self {
+        self.followed = Some(more_waiting);
+        self
+    }
+
+    /// Whether a batch is waiting to follow this one, asked when this one is written.
+    pub fn is_followed(&self) -> bool {
+        self.followed
+            .as_ref()
+            .is_some_and(|more_waiting| more_waiting())
+    }
+
     pub fn committed(self) {
         // The later batch may have been dropped already; nothing waits then.
-        let _ = self.0.send(());
+        let _ = self.report.send(Earlier::Committed);
+    }
+
+    /// Gives the next batch this batch's transaction, written and not committed. Should the
+    /// next batch be gone, the transaction is dropped with the message: rolled back.
+    pub fn hand_on(self, write: OpenWrite) {
+        let _ = self.report.send(Earlier::HandedOn(write));
     }
 }
 
@@ -283,6 +380,23 @@ pub trait Store: Send + Sync {
     ) -> Result<BatchOutcome, StoreError> {
         earlier.committed().await?;
         self.commit_batch(batch).await
+    }
+
+    /// [`Store::commit_batch_after`], reporting to the batch after this one through `done`.
+    /// When `done` [is followed](CommitDone::is_followed), a store may write this batch and
+    /// hand its transaction on instead of committing: the next batch commits both, cursor and
+    /// all, or neither. A store that commits each batch on its own (the default) gains nothing
+    /// from it; SQLite does, as each commit rewrites the index pages its orders touch.
+    /// Returns once the batch is written; committed only if `done` was not handed on.
+    async fn commit_batch_handing_on(
+        &self,
+        batch: &Batch<'_>,
+        earlier: EarlierCommit,
+        done: CommitDone,
+    ) -> Result<BatchOutcome, StoreError> {
+        let outcome = self.commit_batch_after(batch, earlier).await?;
+        done.committed();
+        Ok(outcome)
     }
 
     async fn run_started(&self, stream: &StreamKey, at: DateTime<Utc>) -> Result<(), StoreError>;
@@ -834,6 +948,57 @@ pub(crate) const ROWS_PER_STATEMENT: usize = 500;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What one batch hands on, the next receives as it was; a run's end finds it still open
+    /// and gives it to a batch that commits it; a store that does not go on with open writes
+    /// fails rather than dropping one unseen.
+    #[tokio::test]
+    async fn a_write_handed_on_reaches_the_next_batch_or_the_end_of_the_run() {
+        let (done, mut next) = EarlierCommit::pair();
+        done.hand_on(OpenWrite::new(7u32));
+        let write = next.committed_or_handed_on().await.unwrap();
+        assert_eq!(write.and_then(OpenWrite::into_inner::<u32>), Some(7));
+
+        let (done, next) = EarlierCommit::pair();
+        done.hand_on(OpenWrite::new(8u32));
+        let mut left_open = next.left_open().expect("the write left open at the end");
+        let write = left_open.committed_or_handed_on().await.unwrap();
+        assert_eq!(write.and_then(OpenWrite::into_inner::<u32>), Some(8));
+
+        let (done, next) = EarlierCommit::pair();
+        done.committed();
+        assert!(next.left_open().is_none(), "nothing was left open");
+
+        let (done, mut next) = EarlierCommit::pair();
+        done.hand_on(OpenWrite::new(9u32));
+        assert!(matches!(
+            next.committed().await,
+            Err(StoreError::EarlierBatchFailed)
+        ));
+
+        let (done, next) = EarlierCommit::pair();
+        done.hand_on(OpenWrite::new(10u32));
+        let write = next.left_open().unwrap().committed_or_handed_on().await;
+        assert!(
+            write.unwrap().unwrap().into_inner::<String>().is_none(),
+            "another store's write is not taken for this one's"
+        );
+    }
+
+    /// Whether more follow is asked when the batch is written, not when it was sent.
+    #[test]
+    fn a_batch_is_followed_while_the_caller_says_more_wait() {
+        let more = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (done, _next) = EarlierCommit::pair();
+        assert!(!done.is_followed(), "nothing said, nothing follows");
+        let waiting = Arc::clone(&more);
+        let done = done.followed_while(Arc::new(move || {
+            waiting.load(std::sync::atomic::Ordering::Relaxed)
+        }));
+        assert!(!done.is_followed());
+        more.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(done.is_followed());
+    }
 
     fn order(id: &str, updated: i64, status: &str) -> Order {
         crate::model::test_order(id, updated, Some(status))

@@ -29,6 +29,7 @@ use futures_util::StreamExt;
 use futures_util::stream::{FuturesOrdered, FuturesUnordered};
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -160,13 +161,40 @@ pub struct WindowSync {
 struct ToCommitter<'a> {
     sender: mpsc::Sender<(Piece, Held)>,
     buffer: &'a OrderBuffer,
+    unbatched: Unbatched,
 }
 
 impl ToCommitter<'_> {
     /// False when the committer has stopped (on an error, which it reports).
     async fn send(&self, piece: Piece) -> bool {
-        let held = self.buffer.hold(piece.orders.len()).await;
-        self.sender.send((piece, held)).await.is_ok()
+        let orders = piece.orders.len();
+        let held = self.buffer.hold(orders).await;
+        let sent = self.sender.send((piece, held)).await.is_ok();
+        if sent {
+            self.unbatched.add(orders);
+        }
+        sent
+    }
+}
+
+/// Orders of one run handed to the committer and not yet in a batch. Counted only once sent,
+/// so it never counts orders that may not come: a batch told that more follow (see
+/// [`CommitDone::followed_while`]) is always followed. The committer may take them off before
+/// they are counted; the count is then briefly below zero, which says only that none wait.
+#[derive(Clone, Default)]
+struct Unbatched(Arc<AtomicI64>);
+
+impl Unbatched {
+    fn add(&self, orders: usize) {
+        self.0.fetch_add(orders as i64, Ordering::Relaxed);
+    }
+
+    fn take(&self, orders: usize) {
+        self.0.fetch_sub(orders as i64, Ordering::Relaxed);
+    }
+
+    fn any(&self) -> bool {
+        self.0.load(Ordering::Relaxed) > 0
     }
 }
 
@@ -394,9 +422,11 @@ impl WindowSync {
         let depth =
             (batch_orders / 2 / self.plan.page_size.max(1) as usize).clamp(2, MAX_WAITING_PIECES);
         let (sender, receiver) = mpsc::channel(depth);
+        let unbatched = Unbatched::default();
         let to_committer = ToCommitter {
             sender,
             buffer: &self.buffer,
+            unbatched: unbatched.clone(),
         };
         let fetching = self.fetch_pieces(windows, frame, to_committer, shutdown);
         // Committing runs as its own task, so on a multi-threaded runtime it binds and sends
@@ -406,6 +436,7 @@ impl WindowSync {
             store: Arc::clone(&self.store),
             stream: self.stream().clone(),
             progress: Arc::clone(&self.progress),
+            unbatched,
         };
         let committing = AbortOnDrop(tokio::spawn(committer.run(
             receiver,
@@ -856,6 +887,7 @@ struct Committer {
     store: Arc<dyn Store>,
     stream: StreamKey,
     progress: Arc<StreamProgress>,
+    unbatched: Unbatched,
 }
 
 impl Committer {
@@ -874,6 +906,8 @@ impl Committer {
             ..RunSummary::default()
         };
         let mut issued_cursor = start_cursor;
+        let mut issued_orders = 0;
+        let backlog_orders = batch_orders.saturating_mul(2);
         let mut in_flight = FuturesOrdered::new();
         // One per batch still writing its rows. A batch that has written them and waits for
         // the one before it to commit holds a connection but no core, so another batch is
@@ -918,7 +952,20 @@ impl Committer {
                     }
                     let advance = piece.window.before > issued_cursor;
                     issued_cursor = issued_cursor.max(piece.window.before);
+                    self.unbatched.take(piece.orders.len());
                     let (done, next) = EarlierCommit::pair();
+                    // In a backlog, while more of the stream's orders wait, the store may keep
+                    // this batch's transaction open for them: they are the next batch. A run's
+                    // first orders commit batch by batch, so a short run's commits, and the
+                    // checkpoints copying them, go on while it reads: chained from the first
+                    // batch, 10,000 orders on SQLite took 6% longer.
+                    let done = if issued_orders >= backlog_orders {
+                        let unbatched = self.unbatched.clone();
+                        done.followed_while(Arc::new(move || unbatched.any()))
+                    } else {
+                        done
+                    };
+                    issued_orders += piece.orders.len();
                     let (written, written_heard) = tokio::sync::oneshot::channel();
                     writing.push(written_heard);
                     let before = std::mem::replace(&mut earlier, next).tell_when_written(written);
@@ -928,11 +975,27 @@ impl Committer {
                 else => break,
             }
         }
+        // Every batch told that more follow was followed, so none is left open; should one
+        // be, it is committed rather than rolled back behind a run that reports it done.
+        if let Some(left_open) = earlier.left_open() {
+            let (done, _nothing_follows) = EarlierCommit::pair();
+            let nothing = Batch {
+                stream: &self.stream,
+                orders: &[],
+                quarantined: &[],
+                cursor: None,
+                seen_at: Utc::now(),
+            };
+            self.store
+                .commit_batch_handing_on(&nothing, left_open, done)
+                .await?;
+        }
         Ok(committed)
     }
 
-    /// Writes one batch after `earlier` and reports to the batch after it through `done`. Its
-    /// room in the order buffer is given back once it is written.
+    /// Writes one batch after `earlier` and reports to the batch after it through `done`: the
+    /// store commits it, or leaves it to commit with the next batch. Its room in the order
+    /// buffer is given back once it is written.
     async fn commit(
         &self,
         piece: Piece,
@@ -945,7 +1008,7 @@ impl Committer {
         let started = std::time::Instant::now();
         let outcome = self
             .store
-            .commit_batch_after(
+            .commit_batch_handing_on(
                 &Batch {
                     stream: &self.stream,
                     orders: &piece.orders,
@@ -954,9 +1017,9 @@ impl Committer {
                     seen_at: Utc::now(),
                 },
                 earlier,
+                done,
             )
             .await?;
-        done.committed();
         drop(room);
         tracing::debug!(
             stream = %self.stream,
