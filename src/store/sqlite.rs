@@ -54,9 +54,9 @@ struct OpenBatchesMost {
 const WRITER_CACHE_KIB: i64 = 2 * 1024;
 /// A backlog's batches share one transaction up to this many orders: at 1,000,000 orders with
 /// random ids every commit rewrites nearly all of the unique index (into the log, then by the
-/// checkpoint into the file), so four 8,000-order batches to a commit wrote 28% less for the
-/// disk and ran 8% faster; 64,000 gained nothing more (docs/performance.md). The memory is
-/// the writer's page cache, as for one batch: the orders leave the buffer once written.
+/// checkpoint into the file), so about four batches to a commit wrote a third less for the
+/// disk and ran 9% faster; 64,000 was no faster (docs/performance.md). The memory is the
+/// writer's page cache, as for one batch: the orders leave the buffer once written.
 const OPEN_BATCHES_MOST_ORDERS: u64 = 32_000;
 /// ... and for at most this long, as every other write to the database (another account's
 /// batches, a webhook's delivery, a run's record) waits for the commit.
