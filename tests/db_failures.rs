@@ -778,6 +778,89 @@ async fn order_batches_are_planned_without_their_values() {
     store.close().await;
 }
 
+/// A batch's rows stream from its arrays into the insert: unnested in `FROM`, Postgres would
+/// first copy the whole batch, payloads and all, into a tuplestore (fresh memory for every
+/// batch, on disk beyond `work_mem`). The statement the store prepared is read back from
+/// `pg_prepared_statements` and its plan checked for such a scan, then run on a batch whose
+/// columns differ by row, to see them unnested side by side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(ordersync_pg), ignore = "needs Postgres: set ORDERSYNC_TEST_PG")]
+async fn order_batches_stream_into_the_insert() {
+    use ordersync::store::Batch;
+    let db = TestDb::new(Backend::Postgres, "batch_stream");
+    let config = ordersync::config::Config::from_toml(&db.toml()).unwrap();
+    let store = open_store(&config).await;
+    let mut conn = db.pg_connection().await;
+    sqlx::raw_sql(
+        "CREATE TABLE upsert_text (statement text); \
+         CREATE FUNCTION note_upsert_text() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+         INSERT INTO upsert_text SELECT statement FROM pg_prepared_statements \
+         WHERE statement LIKE 'INSERT INTO orders %'; RETURN NULL; END $$; \
+         CREATE TRIGGER note_upsert_text AFTER INSERT ON orders \
+         FOR EACH STATEMENT EXECUTE FUNCTION note_upsert_text()",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let stream = orders_stream("main");
+    store
+        .commit_batch(&Batch {
+            stream: &stream,
+            orders: &[order("main", "seen-first", "new", 1_800_000_000)],
+            quarantined: &[],
+            cursor: Some("1800000050"),
+            seen_at: Utc::now(),
+        })
+        .await
+        .unwrap();
+    let statement: String = sqlx::query_scalar("SELECT statement FROM upsert_text")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+
+    let types = "text[], text[], text[], text[], text[], text[], text[], int8[], text[], \
+                 timestamptz[], timestamptz[], text[], timestamptz";
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "PREPARE upsert ({types}) AS {statement}"
+    )))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let batch = concat!(
+        "'{graas,graas}', '{main,main}', '{web,web}', '{a,b}', '{new,paid}', ",
+        "'{NULL,NULL}', '{NULL,NULL}', '{100,250}', '{EUR,SEK}', ",
+        "'{2027-01-01T00:00:00Z,2027-01-02T00:00:00Z}', ",
+        "'{2027-01-03T00:00:00Z,2027-01-04T00:00:00Z}', ",
+        r#"'{"{\"id\": \"a\"}","{\"id\": \"b\"}"}', now()"#,
+    );
+    let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) EXECUTE upsert ({batch})"
+    )))
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert!(
+        plan.iter().all(|line| !line.contains("Function Scan")),
+        "the batch is not copied into a function scan's tuplestore first: {plan:#?}"
+    );
+    let rows: Vec<String> = sqlx::query_scalar(
+        "SELECT concat_ws(' ', external_id, status, total_minor, currency, payload::text) \
+         FROM orders WHERE external_id IN ('a', 'b') ORDER BY external_id",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        [
+            r#"a new 100 EUR {"id": "a"}"#,
+            r#"b paid 250 SEK {"id": "b"}"#
+        ],
+        "each row's columns come from the same place in every array"
+    );
+    store.close().await;
+}
+
 /// Postgres writes two batches at once; a batch written and waiting for the one before it to
 /// commit lets one more batch be written meanwhile, and no more. Here the run's first commit
 /// is held at its cursor by a lock, so every batch after it waits for its turn.
