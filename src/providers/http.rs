@@ -45,8 +45,13 @@ impl RateGate {
         let quota = Quota::with_period(rate.interval())
             .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
             .allow_burst(NonZeroU32::MIN);
+        let limiter = DefaultDirectRateLimiter::direct(quota);
+        // Its one permit starts spent, so the first request waits one interval: the process
+        // before this one (killed, or a `run --once` that just ended) may have sent a moment
+        // ago, and the upstream counts both.
+        let _ = limiter.check();
         RateGate {
-            limiter: DefaultDirectRateLimiter::direct(quota),
+            limiter,
             window: RateWindow::new(rate.requests.get(), rate.per),
             period: rate.per,
             paused_until: Mutex::new(None),
@@ -494,6 +499,22 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_new_gate_waits_one_interval_before_its_first_request() {
+        let rate = RateLimit::parse("10/s").expect("a rate");
+        let gate = RateGate::new(rate);
+        let started = std::time::Instant::now();
+        let first = gate.ready().await.expect("sent");
+        // The limiter's clock is not tokio's, so a little slack below the 100 ms interval.
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(90), "waited {waited:?}");
+        drop(first);
+        let second = gate.ready().await.expect("sent");
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(190), "waited {waited:?}");
+        drop(second);
+    }
 
     #[test]
     fn retry_after_accepts_seconds_and_http_dates() {
