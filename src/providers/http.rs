@@ -506,7 +506,7 @@ mod tests {
         let gate = RateGate::new(rate);
         let started = std::time::Instant::now();
         let first = gate.ready().await.expect("sent");
-        // The limiter's clock is not tokio's, so a little slack below the 100 ms interval.
+        // A little slack below the 100 ms interval: the limiter's wait is rounded to its timer.
         let waited = started.elapsed();
         assert!(waited >= Duration::from_millis(90), "waited {waited:?}");
         drop(first);
