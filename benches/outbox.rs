@@ -1,7 +1,8 @@
 //! Outbox benchmark: enqueue 10,000 Graas accept actions, then drain them against the sandbox
 //! with no rate limit and with a 50/s limit. Prints enqueue and drain rates, the request rate the
-//! sandbox saw against the limit, and p50/p99 enqueue→done latency. SQLite, and Postgres when
-//! `ORDERSYNC_TEST_PG` (or `ORDERSYNC_BENCH_PG`) is set.
+//! sandbox saw against the limit and how many requests went over it in any one second (the
+//! sandbox answers those 429, as an upstream would), and p50/p99 enqueue→done latency. SQLite,
+//! and Postgres when `ORDERSYNC_TEST_PG` (or `ORDERSYNC_BENCH_PG`) is set.
 //!
 //!     cargo bench --bench outbox
 //!
@@ -13,7 +14,7 @@ use common::env_number;
 use ordersync::app::{App, Daemon};
 use ordersync::config::Config;
 use ordersync::outbox::request::ActionRequest;
-use ordersync::sandbox::{Sandbox, SandboxConfig};
+use ordersync::sandbox::{Faults, Sandbox, SandboxConfig};
 use ordersync::store::{self, ActionFilter};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -53,6 +54,13 @@ async fn run_case(
     store.migrate().await.map_err(|e| e.to_string())?;
 
     let truth = sandbox.graas().truth(&account.account_number);
+    // The sandbox refuses (429) whatever goes over the limit in any one second, as an upstream
+    // counts it: where the daemon's requests arrive, not where they were sent.
+    sandbox.graas().set_faults(Faults {
+        rate_limit_per_sec: case.limit_per_sec.map(|limit| limit as u32),
+        retry_after_secs: 1,
+        ..Faults::default()
+    });
     let before = sandbox
         .graas()
         .stats(&account.account_number)
@@ -120,11 +128,13 @@ async fn run_case(
         .graas()
         .stats(&account.account_number)
         .unwrap_or_default();
+    sandbox.graas().set_faults(Faults::default());
     let requests = after.traffic.requests - before.traffic.requests;
+    let over_limit = after.traffic.over_limit - before.traffic.over_limit;
     let request_rate = requests as f64 / drain_time.as_secs_f64();
     let limit = match case.limit_per_sec {
         Some(limit) => format!(
-            "{request_rate:.1} req/s = {:.0}% of the {limit}/s limit",
+            "{request_rate:.1} req/s = {:.0}% of the {limit}/s limit, {over_limit} over it",
             request_rate / limit * 100.0
         ),
         None => format!("{request_rate:.1} req/s, no limit"),
