@@ -162,7 +162,7 @@ fn is_loopback(options: &PgConnectOptions) -> bool {
 /// on loopback never leaves the kernel, so TLS there protects nothing, and with `sslmode=prefer`
 /// (the default otherwise) it does not check the server either. It costs a handshake per
 /// connection and encryption of every batch on both sides: a 10,000-order backfill took 20 ms
-/// longer with it (100 pairs, see docs/performance.md).
+/// longer with it (100 pairs, see docs/performance-log.md).
 async fn connect_plain_first(
     pool_options: PgPoolOptions,
     options: PgConnectOptions,
@@ -243,7 +243,7 @@ const CONCURRENT_COMMITS: usize = 2;
 /// The arrays are unnested in a select list, where their rows stream into the insert one by
 /// one; unnested in `FROM`, Postgres first copies the whole batch, payloads and all, into a
 /// tuplestore, fresh memory for every batch (100,000 orders: 4% faster without that copy, see
-/// docs/performance.md). Arrays of one length unnest side by side either way.
+/// docs/performance-log.md). Arrays of one length unnest side by side either way.
 const UPSERT_ORDERS: &str = "INSERT INTO orders (provider, account, channel, external_id, status, \
      payment_status, shipping_status, total_minor, currency, upstream_created_at, \
      upstream_updated_at, payload, first_seen_at, synced_at) \
@@ -501,7 +501,7 @@ impl Store for PostgresStore {
     /// A quarter. Postgres writes small batches nearly as fast per order as large ones (3%
     /// slower at 100,000 orders with a 2,000-order buffer throughout), and memory a process
     /// touches for the first time is dear (2–3 µs a page on the machine in
-    /// `docs/performance.md`): a 10,000-order run starting with the whole buffer took a third
+    /// `docs/performance-log.md`): a 10,000-order run starting with the whole buffer took a third
     /// more page faults, in ordersync and in the server processes, and about 12 ms longer.
     fn buffer_starts_at(&self, buffered: usize) -> usize {
         buffered.div_ceil(4)
