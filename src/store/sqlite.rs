@@ -50,12 +50,12 @@ struct OpenBatchesMost {
 /// 1,000,000 orders with random ids, 8,000 buffered with a 16 MB cache wrote 31,700-35,300
 /// orders/s at 83-85 MB peak RSS, 16,000 with 2 MB 40,200-41,000/s at 84-86 MB. For several
 /// accounts backfilling at once a 16 MB cache was faster in one sitting and not in the next
-/// (docs/performance.md), always at about 20 MB more.
+/// (docs/performance-log.md), always at about 20 MB more.
 const WRITER_CACHE_KIB: i64 = 2 * 1024;
 /// A backlog's batches share one transaction up to this many orders: at 1,000,000 orders with
 /// random ids every commit rewrites nearly all of the unique index (into the log, then by the
 /// checkpoint into the file), so about four batches to a commit wrote a third less for the
-/// disk and ran 9% faster; 64,000 was no faster (docs/performance.md). The memory is the
+/// disk and ran 9% faster; 64,000 was no faster (docs/performance-log.md). The memory is the
 /// writer's page cache, as for one batch: the orders leave the buffer once written.
 const OPEN_BATCHES_MOST_ORDERS: u64 = 32_000;
 /// ... and for at most this long, as every other write to the database (another account's
