@@ -143,6 +143,54 @@ async fn accounts_backfilling_at_once_share_one_order_buffer(db: TestDb) {
 }
 on_both_backends!(accounts_backfilling_at_once_share_one_order_buffer);
 
+/// Pages read ahead hold room too, a quarter of the order buffer more for every stream together:
+/// four accounts backfilling at once, with room for two pages read ahead, have at most their
+/// four pages needed now and two more asked for at once (each alone would ask for three), and
+/// still read ahead; each ends equal to the upstream.
+async fn accounts_backfilling_at_once_share_the_room_for_reads_ahead(db: TestDb) {
+    // A quarter of 400: room for two pages of 50 read ahead.
+    const BUFFERED: usize = 400;
+    let mut spec = SandboxConfig::graas(4, 1_500);
+    spec.faults.slow_ratio = 1.0;
+    spec.faults.slow_ms = 30;
+    let sandbox = sandbox(&spec).await;
+    let account = AccountToml {
+        page_size: 50,
+        ..AccountToml::default()
+    };
+    let text = config_toml(&db, &sandbox, &spec, &account).replacen(
+        "[database]\n",
+        &format!("[database]\nbuffered_orders = {BUFFERED}\n"),
+        1,
+    );
+    let config = Config::from_toml(&text).expect("valid test config");
+    let store = open_store(&config).await;
+    let app = App::build(&config, &store).unwrap();
+    let buffer = app
+        .order_buffer
+        .clone()
+        .expect("Graas accounts have an order buffer");
+    catch_up(&app.runners).await;
+    assert_matches_truth(&store, &sandbox, &spec).await;
+    let at_once = sandbox.graas().max_reads_in_flight();
+    assert!(
+        at_once <= 4 + 2,
+        "{at_once} reads at once: reads ahead came on top of the buffer's room for them"
+    );
+    let most_by_one = (0..4)
+        .filter_map(|i| sandbox.graas().stats(&spec.graas[i].account_number))
+        .map(|stats| stats.max_reads_in_flight)
+        .max();
+    assert!(
+        most_by_one >= Some(2),
+        "no account read ahead ({most_by_one:?} reads at once at most)"
+    );
+    assert_eq!(buffer.held_ahead(), 0, "room for reads ahead was kept");
+    store.close().await;
+    sandbox.stop().await;
+}
+on_both_backends!(accounts_backfilling_at_once_share_the_room_for_reads_ahead);
+
 /// Once a run's reads are done, its orders reach the SQLite database file itself, not only its
 /// write-ahead log: a daemon that then idles (or closes) has little left to copy, and a copy of
 /// the file alone already holds them. A few MB are far below the checkpoint every 16 MB.

@@ -101,6 +101,8 @@ struct ReadInFlight {
 impl ReadInFlight {
     fn start(sim: &Arc<GraasSim>, index: usize) -> Self {
         let mut state = sim.lock();
+        state.reads_in_flight += 1;
+        state.max_reads_in_flight = state.max_reads_in_flight.max(state.reads_in_flight);
         let stats = &mut state.accounts[index].stats;
         stats.reads_in_flight += 1;
         stats.max_reads_in_flight = stats.max_reads_in_flight.max(stats.reads_in_flight);
@@ -114,6 +116,7 @@ impl ReadInFlight {
 impl Drop for ReadInFlight {
     fn drop(&mut self) {
         let mut state = self.sim.lock();
+        state.reads_in_flight = state.reads_in_flight.saturating_sub(1);
         let stats = &mut state.accounts[self.index].stats;
         stats.reads_in_flight = stats.reads_in_flight.saturating_sub(1);
     }
@@ -136,6 +139,9 @@ struct SimState {
     accounts: Vec<SimAccount>,
     faults: Faults,
     rng: SmallRng,
+    /// Order-list requests being answered now, over every account, and the most at once.
+    reads_in_flight: u64,
+    max_reads_in_flight: u64,
 }
 
 pub struct GraasSim {
@@ -259,6 +265,8 @@ impl GraasSim {
                 accounts,
                 faults: config.faults.clone(),
                 rng,
+                reads_in_flight: 0,
+                max_reads_in_flight: 0,
             }),
             mutating: AtomicBool::new(true),
         }
@@ -294,6 +302,11 @@ impl GraasSim {
             .iter()
             .find(|a| a.number == account_number)
             .map(|a| a.stats.clone())
+    }
+
+    /// The most order-list requests answered at once, over every account (held ones included).
+    pub fn max_reads_in_flight(&self) -> u64 {
+        self.lock().max_reads_in_flight
     }
 
     /// Every order of an account as the sandbox holds it now, sorted by (channel, order id).

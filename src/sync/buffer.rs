@@ -8,6 +8,11 @@
 //! long one, does not fill memory it cannot use yet, while a long backfill reaches its large
 //! batches within its first few.
 //!
+//! Pages asked for before they are needed (see `read_ahead`) are held too: every stream's reads
+//! ahead share room for a quarter of the buffer's orders more, which none of them waits for. A
+//! stream that finds none reads its next page when it needs it, so memory does not grow with the
+//! number of accounts backfilling at once.
+//!
 //! [`Store::buffer_starts_at`]: crate::store::Store::buffer_starts_at
 
 use std::sync::Arc;
@@ -16,6 +21,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub struct OrderBuffer {
     growth: Arc<Growth>,
+    /// Room for pages read ahead, in orders, over every stream.
+    ahead: Arc<Semaphore>,
+    ahead_orders: usize,
 }
 
 /// The buffer's room, how much of it has been given out so far, and what has gone through it.
@@ -58,11 +66,17 @@ impl Drop for Held {
     }
 }
 
+/// Room for one page read ahead, given back when dropped (once the page is taken).
+pub struct AheadRoom {
+    _permit: OwnedSemaphorePermit,
+}
+
 impl OrderBuffer {
     /// A buffer for `orders` that starts with room for `start` of them (see the module's note).
     pub fn new(orders: usize, start: usize) -> Self {
         let orders = orders.clamp(1, Semaphore::MAX_PERMITS);
         let start = start.clamp(1, orders);
+        let ahead_orders = (orders / 4).max(1);
         OrderBuffer {
             growth: Arc::new(Growth {
                 room: Arc::new(Semaphore::new(start)),
@@ -70,7 +84,31 @@ impl OrderBuffer {
                 granted: AtomicUsize::new(start),
                 passed: AtomicUsize::new(0),
             }),
+            ahead: Arc::new(Semaphore::new(ahead_orders)),
+            ahead_orders,
         }
+    }
+
+    /// Room for a page of `orders` asked for before it is needed, if there is some now; never
+    /// waits. A page larger than all the room for reads ahead takes all of it, so it is still
+    /// read ahead, alone.
+    pub fn read_ahead_room(&self, orders: usize) -> Option<AheadRoom> {
+        let wanted = u32::try_from(orders.clamp(1, self.ahead_orders)).unwrap_or(u32::MAX);
+        Arc::clone(&self.ahead)
+            .try_acquire_many_owned(wanted)
+            .ok()
+            .map(|permit| AheadRoom { _permit: permit })
+    }
+
+    /// Whether [`read_ahead_room`](Self::read_ahead_room) would find room for `orders` now.
+    pub fn has_read_ahead_room(&self, orders: usize) -> bool {
+        self.ahead.available_permits() >= orders.clamp(1, self.ahead_orders)
+    }
+
+    /// Orders' room taken by pages read ahead now.
+    pub fn held_ahead(&self) -> usize {
+        self.ahead_orders
+            .saturating_sub(self.ahead.available_permits())
     }
 
     /// How many orders the buffer holds when full, once grown.
@@ -208,6 +246,31 @@ mod tests {
         assert_eq!(buffer.held(), 1_000);
         drop(all);
         assert_eq!(buffer.held(), 0);
+    }
+
+    #[test]
+    fn reads_ahead_share_a_quarter_more_and_never_wait() {
+        let buffer = OrderBuffer::new(4_000, 4_000);
+        // Two pages of 500 fit the 1,000 orders of room for reads ahead; a third does not.
+        let first = buffer.read_ahead_room(500);
+        let second = buffer.read_ahead_room(500);
+        assert!(first.is_some() && second.is_some());
+        assert!(!buffer.has_read_ahead_room(500));
+        assert!(buffer.read_ahead_room(500).is_none());
+        assert_eq!(buffer.held_ahead(), 1_000);
+        // Apart from the room of fetched orders, which stays whole.
+        assert_eq!(buffer.held(), 0);
+        drop(first);
+        assert!(buffer.has_read_ahead_room(500));
+        let third = buffer.read_ahead_room(500);
+        assert!(third.is_some());
+        drop((second, third));
+        assert_eq!(buffer.held_ahead(), 0);
+        // A page larger than all of it is read ahead alone.
+        let large = buffer.read_ahead_room(5_000);
+        assert!(large.is_some());
+        assert_eq!(buffer.held_ahead(), 1_000);
+        assert!(buffer.read_ahead_room(1).is_none());
     }
 
     #[tokio::test]

@@ -10,7 +10,11 @@
 //! An upstream at its limit refuses every read in flight at once, where one at a time it refuses
 //! one. So reads are started ahead only after the account's last few answers came without a 429
 //! in between, and not again after one until as many have.
+//!
+//! A page read ahead holds room in the process's [`OrderBuffer`] until it is taken; where every
+//! stream's reads ahead have taken all of it, a page is read when it is needed.
 
+use super::buffer::{AheadRoom, OrderBuffer};
 use super::window::AbortOnDrop;
 use crate::providers::{ProviderError, TimeWindow, WindowPage, WindowSource};
 use std::collections::VecDeque;
@@ -37,17 +41,19 @@ pub(super) struct ReadAhead<'a> {
     /// `read_ahead` more.
     limit: usize,
     warmth: &'a Warmth,
-    started: VecDeque<(TimeWindow, u32, PageRead)>,
+    buffer: &'a OrderBuffer,
+    started: VecDeque<(TimeWindow, u32, PageRead, AheadRoom)>,
 }
 
 impl<'a> ReadAhead<'a> {
     /// Up to `read_ahead` pages may be asked for before they are needed (0: every page is read
-    /// when it is needed).
+    /// when it is needed), while `buffer` has room for them.
     pub(super) fn new(
         source: Arc<dyn WindowSource>,
         page_size: u32,
         read_ahead: u32,
         warmth: &'a Warmth,
+        buffer: &'a OrderBuffer,
     ) -> Self {
         ReadAhead {
             source,
@@ -57,6 +63,7 @@ impl<'a> ReadAhead<'a> {
                 more => more as usize + 1,
             },
             warmth,
+            buffer,
             started: VecDeque::new(),
         }
     }
@@ -86,31 +93,35 @@ impl<'a> ReadAhead<'a> {
         }
     }
 
-    /// Starts reading `page_number` of `window` unless it was started already or as many reads
-    /// as allowed are waiting; returns whether a request was started. Dropped with the run, a
-    /// read still waiting is aborted.
+    /// Starts reading `page_number` of `window` unless it was started already, as many reads
+    /// as allowed are waiting or the buffer has no room for it; returns whether a request was
+    /// started. Dropped with the run, a read still waiting is aborted.
     pub(super) fn start(&mut self, window: TimeWindow, page_number: u32) -> bool {
         if self.started.len() >= self.allowed() || self.is_started(window, page_number) {
             return false;
         }
+        let Some(room) = self.buffer.read_ahead_room(self.page_size as usize) else {
+            return false;
+        };
         let source = Arc::clone(&self.source);
         let page_size = self.page_size;
         let read = AbortOnDrop(tokio::spawn(async move {
             source.page(window, page_number, page_size).await
         }));
-        self.started.push_back((window, page_number, read));
+        self.started.push_back((window, page_number, read, room));
         true
     }
 
     /// Whether another read can be started ahead now.
     pub(super) fn has_room(&self) -> bool {
         self.started.len() < self.allowed()
+            && self.buffer.has_read_ahead_room(self.page_size as usize)
     }
 
     fn is_started(&self, window: TimeWindow, page_number: u32) -> bool {
         self.started
             .iter()
-            .any(|(w, p, _)| *w == window && *p == page_number)
+            .any(|(w, p, _, _)| *w == window && *p == page_number)
     }
 
     /// The page if it was started ahead (waiting for its answer); `None` when it was not.
@@ -122,8 +133,10 @@ impl<'a> ReadAhead<'a> {
         let at = self
             .started
             .iter()
-            .position(|(w, p, _)| *w == window && *p == page_number)?;
-        let (_, _, read) = self.started.remove(at)?;
+            .position(|(w, p, _, _)| *w == window && *p == page_number)?;
+        // The page's room is given back once it is here: the caller holds its orders in the
+        // buffer with the piece they go into.
+        let (_, _, read, _room) = self.started.remove(at)?;
         Some(match read.await {
             Ok(page) => page,
             // The task panicked or was aborted: what a failed request would report.
@@ -135,6 +148,91 @@ impl<'a> ReadAhead<'a> {
 
     /// Drops (and aborts) the reads started for `window`: it is read differently after all.
     pub(super) fn forget(&mut self, window: TimeWindow) {
-        self.started.retain(|(w, _, _)| *w != window);
+        self.started.retain(|(w, _, _, _)| *w != window);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ProviderKind, StreamKey};
+    use async_trait::async_trait;
+
+    /// Answers every page at once, empty.
+    struct EmptyPages(StreamKey);
+
+    #[async_trait]
+    impl WindowSource for EmptyPages {
+        fn stream(&self) -> &StreamKey {
+            &self.0
+        }
+
+        async fn page(
+            &self,
+            _window: TimeWindow,
+            _page_number: u32,
+            _page_size: u32,
+        ) -> Result<WindowPage, ProviderError> {
+            Ok(WindowPage {
+                number_of_pages: 1,
+                number_of_records: 0,
+                orders: Vec::new(),
+                quarantined: Vec::new(),
+            })
+        }
+
+        fn rate_limited_count(&self) -> u64 {
+            0
+        }
+    }
+
+    fn source(account: &str) -> Arc<dyn WindowSource> {
+        Arc::new(EmptyPages(StreamKey {
+            provider: ProviderKind::Graas,
+            account: account.to_owned(),
+            resource: "orders".to_owned(),
+        }))
+    }
+
+    fn warm() -> Warmth {
+        Warmth {
+            answered_since_refusal: AtomicU32::new(WARM_UP_READS),
+            refusals_seen: AtomicU64::new(0),
+        }
+    }
+
+    fn window(after: i64) -> TimeWindow {
+        TimeWindow {
+            after,
+            before: after + 60,
+        }
+    }
+
+    #[tokio::test]
+    async fn streams_share_the_buffers_room_for_reads_ahead() {
+        // Room for 1,000 orders read ahead: two pages of 500, over both streams.
+        let buffer = OrderBuffer::new(4_000, 4_000);
+        let (warm_a, warm_b) = (warm(), warm());
+        let mut a = ReadAhead::new(source("a"), 500, 2, &warm_a, &buffer);
+        let mut b = ReadAhead::new(source("b"), 500, 2, &warm_b, &buffer);
+        assert!(a.start(window(0), 1));
+        assert!(a.start(window(0), 2));
+        // `a` may read three at once, but the room is taken; `b` reads when it needs to.
+        assert!(!a.has_room() && !b.has_room());
+        assert!(!a.start(window(0), 3));
+        assert!(!b.start(window(100), 1));
+        assert_eq!(buffer.held_ahead(), 1_000);
+
+        // A page taken gives its room back, to whichever stream asks next.
+        let page = a.take(window(0), 1).await;
+        assert!(matches!(page, Some(Ok(_))));
+        assert!(b.has_room());
+        assert!(b.start(window(100), 1));
+        // So does a run's end, with the reads it had started.
+        drop(a);
+        assert!(b.start(window(100), 2));
+        assert_eq!(buffer.held_ahead(), 1_000);
+        b.forget(window(100));
+        assert_eq!(buffer.held_ahead(), 0);
     }
 }

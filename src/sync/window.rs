@@ -488,6 +488,7 @@ impl WindowSync {
             self.plan.page_size,
             self.plan.read_ahead,
             &self.read_ahead,
+            &self.buffer,
         );
         let mut density = self.density.lock().await;
         let mut recheck = self.recheck.lock().await;
