@@ -11,6 +11,7 @@ use ordersync::config::Config;
 use ordersync::model::{OrderKey, ProviderKind};
 use ordersync::sandbox::{Faults, Mutations, Sandbox, SandboxConfig};
 use ordersync::store::Store;
+use ordersync::sync::buffer::OrderBuffer;
 use ordersync::sync::window::RunSummary;
 use ordersync::sync::{self, StreamRunner};
 use std::sync::Arc;
@@ -38,6 +39,30 @@ async fn synced_store(
     let store = open_store(&config).await;
     let runners = App::build(&config, &store).unwrap().runners;
     (store, runners)
+}
+
+/// A store and the app of a config against every account of `sandbox`, with an order buffer of
+/// `buffered` orders, and that buffer.
+async fn app_with_buffer(
+    db: &TestDb,
+    sandbox: &Sandbox,
+    spec: &SandboxConfig,
+    account: &AccountToml,
+    buffered: usize,
+) -> (Arc<dyn Store>, App, Arc<OrderBuffer>) {
+    let text = config_toml(db, sandbox, spec, account).replacen(
+        "[database]\n",
+        &format!("[database]\nbuffered_orders = {buffered}\n"),
+        1,
+    );
+    let config = Config::from_toml(&text).expect("valid test config");
+    let store = open_store(&config).await;
+    let app = App::build(&config, &store).unwrap();
+    let buffer = app
+        .order_buffer
+        .clone()
+        .expect("Graas accounts have an order buffer");
+    (store, app, buffer)
 }
 
 /// Runs every stream until it has caught up; a failed run fails the test, naming its stream.
@@ -105,18 +130,7 @@ async fn accounts_backfilling_at_once_share_one_order_buffer(db: TestDb) {
         page_size: 50,
         ..AccountToml::default()
     };
-    let text = config_toml(&db, &sandbox, &spec, &account).replacen(
-        "[database]\n",
-        &format!("[database]\nbuffered_orders = {BUFFERED}\n"),
-        1,
-    );
-    let config = Config::from_toml(&text).expect("valid test config");
-    let store = open_store(&config).await;
-    let app = App::build(&config, &store).unwrap();
-    let buffer = app
-        .order_buffer
-        .clone()
-        .expect("Graas accounts have an order buffer");
+    let (store, app, buffer) = app_with_buffer(&db, &sandbox, &spec, &account, BUFFERED).await;
     assert_eq!(buffer.orders(), BUFFERED);
     let runners = app.runners;
     let backfill = tokio::spawn(async move { catch_up(&runners).await });
@@ -158,18 +172,7 @@ async fn accounts_backfilling_at_once_share_the_room_for_reads_ahead(db: TestDb)
         page_size: 50,
         ..AccountToml::default()
     };
-    let text = config_toml(&db, &sandbox, &spec, &account).replacen(
-        "[database]\n",
-        &format!("[database]\nbuffered_orders = {BUFFERED}\n"),
-        1,
-    );
-    let config = Config::from_toml(&text).expect("valid test config");
-    let store = open_store(&config).await;
-    let app = App::build(&config, &store).unwrap();
-    let buffer = app
-        .order_buffer
-        .clone()
-        .expect("Graas accounts have an order buffer");
+    let (store, app, buffer) = app_with_buffer(&db, &sandbox, &spec, &account, BUFFERED).await;
     catch_up(&app.runners).await;
     assert_matches_truth(&store, &sandbox, &spec).await;
     let at_once = sandbox.graas().max_reads_in_flight();

@@ -10,8 +10,8 @@
 //!
 //! Pages asked for before they are needed (see `read_ahead`) are held too: every stream's reads
 //! ahead share room for a quarter of the buffer's orders more, which none of them waits for. A
-//! stream that finds none reads its next page when it needs it, so memory does not grow with the
-//! number of accounts backfilling at once.
+//! stream that finds none reads its next page when it needs it, so what the reads ahead hold does
+//! not grow with the number of accounts backfilling at once.
 //!
 //! [`Store::buffer_starts_at`]: crate::store::Store::buffer_starts_at
 
