@@ -93,7 +93,7 @@ impl OrderBuffer {
     /// waits. A page larger than all the room for reads ahead takes all of it, so it is still
     /// read ahead, alone.
     pub fn read_ahead_room(&self, orders: usize) -> Option<AheadRoom> {
-        let wanted = u32::try_from(orders.clamp(1, self.ahead_orders)).unwrap_or(u32::MAX);
+        let wanted = u32::try_from(self.ahead_wanted(orders)).unwrap_or(u32::MAX);
         Arc::clone(&self.ahead)
             .try_acquire_many_owned(wanted)
             .ok()
@@ -102,7 +102,14 @@ impl OrderBuffer {
 
     /// Whether [`read_ahead_room`](Self::read_ahead_room) would find room for `orders` now.
     pub fn has_read_ahead_room(&self, orders: usize) -> bool {
-        self.ahead.available_permits() >= orders.clamp(1, self.ahead_orders)
+        self.ahead.available_permits() >= self.ahead_wanted(orders)
+    }
+
+    /// The room a page of `orders` read ahead takes. Both the check and the taking use it: a
+    /// check that promised room the taking then refused would let the fetcher plan window
+    /// after window without reading any of them ahead.
+    fn ahead_wanted(&self, orders: usize) -> usize {
+        orders.clamp(1, self.ahead_orders)
     }
 
     /// Orders' room taken by pages read ahead now.
