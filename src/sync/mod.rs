@@ -59,19 +59,47 @@ pub async fn run_until_caught_up(
 }
 
 /// Runs every job once, all at once, until each is done (for `ordersync run --once`): its
-/// report as JSON, or its error. A job that was busy or stopped reports nothing.
+/// report as JSON, or its error. A job that was busy or stopped reports nothing; one that
+/// panicked reports the panic as its error, and the others run on.
 pub async fn run_jobs_once(
     jobs: &[Arc<dyn ScheduledJob>],
     shutdown: &CancellationToken,
 ) -> Vec<(StreamKey, Result<serde_json::Value, String>)> {
-    let runs = jobs.iter().map(|job| async move {
-        let result = job
-            .tick(shutdown)
-            .await
-            .unwrap_or_else(|| Ok(serde_json::json!({})));
-        (job.stream().clone(), result)
-    });
-    futures_util::future::join_all(runs).await
+    // Each job is a task on the runtime's threads, as under the daemon's scheduler, rather than
+    // a future polled on the caller's thread: what a job parses and frees then stays in those
+    // threads' malloc arenas instead of spreading over one more.
+    let mut runs = tokio::task::JoinSet::new();
+    let mut slots = std::collections::HashMap::with_capacity(jobs.len());
+    for (slot, job) in jobs.iter().enumerate() {
+        let job = job.clone();
+        let shutdown = shutdown.clone();
+        let task = runs.spawn(async move {
+            job.tick(&shutdown)
+                .await
+                .unwrap_or_else(|| Ok(serde_json::json!({})))
+        });
+        slots.insert(task.id(), slot);
+    }
+    let mut results: Vec<Option<Result<serde_json::Value, String>>> = vec![None; jobs.len()];
+    while let Some(joined) = runs.join_next_with_id().await {
+        let (id, result) = match joined {
+            Ok((id, result)) => (id, result),
+            Err(error) => (
+                error.id(),
+                Err(format!("the job ended abnormally: {error}")),
+            ),
+        };
+        if let Some(slot) = slots.get(&id) {
+            results[*slot] = Some(result);
+        }
+    }
+    jobs.iter()
+        .zip(results)
+        .map(|(job, result)| {
+            let result = result.unwrap_or_else(|| Err("the job did not report".to_owned()));
+            (job.stream().clone(), result)
+        })
+        .collect()
 }
 
 /// Reads one order upstream and stores it as any read is stored (an older version never
@@ -108,4 +136,88 @@ pub trait Worker: Send + Sync {
     async fn run(&self, shutdown: &CancellationToken);
     /// Does everything there is to do now, without waiting for more (`run --once`).
     async fn drain(&self, shutdown: &CancellationToken) -> Result<serde_json::Value, String>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ProviderKind;
+
+    /// A job that reports the thread it ran on, or panics, or did not run.
+    struct Probe {
+        stream: StreamKey,
+        behaviour: Behaviour,
+    }
+
+    enum Behaviour {
+        ReportThread,
+        Panic,
+        Busy,
+    }
+
+    #[async_trait::async_trait]
+    impl ScheduledJob for Probe {
+        fn stream(&self) -> &StreamKey {
+            &self.stream
+        }
+
+        fn schedule(&self) -> &str {
+            "* * * * * *"
+        }
+
+        async fn tick(
+            &self,
+            _shutdown: &CancellationToken,
+        ) -> Option<Result<serde_json::Value, String>> {
+            match self.behaviour {
+                Behaviour::ReportThread => Some(Ok(serde_json::json!({
+                    "thread": format!("{:?}", std::thread::current().id()),
+                }))),
+                Behaviour::Panic => panic!("probe panicked on purpose"),
+                Behaviour::Busy => None,
+            }
+        }
+    }
+
+    fn probe(resource: &str, behaviour: Behaviour) -> Arc<dyn ScheduledJob> {
+        Arc::new(Probe {
+            stream: StreamKey {
+                provider: ProviderKind::Graas,
+                account: "acme".to_owned(),
+                resource: resource.to_owned(),
+            },
+            behaviour,
+        })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn jobs_run_once_on_the_runtimes_threads_and_report_in_their_order() {
+        let caller = format!("{:?}", std::thread::current().id());
+        let jobs = vec![
+            probe("first", Behaviour::ReportThread),
+            probe("panics", Behaviour::Panic),
+            probe("busy", Behaviour::Busy),
+            probe("last", Behaviour::ReportThread),
+        ];
+
+        let results = run_jobs_once(&jobs, &CancellationToken::new()).await;
+
+        let resources: Vec<&str> = results.iter().map(|(s, _)| s.resource.as_str()).collect();
+        assert_eq!(resources, ["first", "panics", "busy", "last"]);
+        for index in [0, 3] {
+            let Ok(report) = &results[index].1 else {
+                panic!("job {index} should have reported: {:?}", results[index].1);
+            };
+            assert_ne!(
+                report["thread"].as_str(),
+                Some(caller.as_str()),
+                "job {index} ran on the caller's thread, not the runtime's"
+            );
+        }
+        let Err(panicked) = &results[1].1 else {
+            panic!("a panicking job must report an error: {:?}", results[1].1);
+        };
+        assert!(panicked.contains("panicked"), "{panicked}");
+        assert_eq!(results[2].1, Ok(serde_json::json!({})));
+    }
 }
