@@ -198,8 +198,8 @@ fn repeats_per_round(sizes: &[usize], orders: usize) -> usize {
 fn cpu_by_stage(threads: &serde_json::Map<String, serde_json::Value>) -> String {
     fn stage(name: &str) -> &str {
         match name {
-            "ordersync" => "fetch+parse (main thread)",
-            "tokio-rt-worker" => "commit tasks, HTTP (runtime workers)",
+            "ordersync" => "start and stop (main thread)",
+            "tokio-rt-worker" => "fetch, parse, commit tasks (runtime workers)",
             "sqlx-sqlite-wor" => "SQLite connections",
             _ => name,
         }

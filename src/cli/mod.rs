@@ -448,8 +448,9 @@ async fn run_once(app: &App, signal: ShutdownSignal) -> bool {
     failed
 }
 
-/// CPU time so far per thread name (the main thread fetches and parses, `tokio-rt-worker`s run
-/// the spawned tasks, each `sqlx-sqlite-wor` is one SQLite connection), where /proc tells it.
+/// CPU time so far per thread name (the main thread starts and stops the run, `tokio-rt-worker`s
+/// run the jobs: fetching, parsing, commits; each `sqlx-sqlite-wor` is one SQLite connection),
+/// where /proc tells it.
 fn cpu_ms_by_thread() -> std::collections::BTreeMap<String, u64> {
     let mut by_name = std::collections::BTreeMap::new();
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
