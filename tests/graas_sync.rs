@@ -194,6 +194,36 @@ async fn accounts_backfilling_at_once_share_the_room_for_reads_ahead(db: TestDb)
 }
 on_both_backends!(accounts_backfilling_at_once_share_the_room_for_reads_ahead);
 
+/// A page asked for when it is needed takes its room in the order buffer first: eight accounts
+/// backfilling at once into room for two pages have at most two pages on their way or in hand,
+/// where each would otherwise fetch its next page and hold it while waiting for room. Each ends
+/// equal to the upstream.
+async fn accounts_backfilling_at_once_fetch_no_more_than_the_buffer_has_room_for(db: TestDb) {
+    // Two pages of 50; nothing read ahead.
+    const BUFFERED: usize = 100;
+    let mut spec = SandboxConfig::graas(8, 300);
+    spec.faults.slow_ratio = 1.0;
+    spec.faults.slow_ms = 30;
+    let sandbox = sandbox(&spec).await;
+    let account = AccountToml {
+        page_size: 50,
+        extra: "read_ahead = 0\n",
+        ..AccountToml::default()
+    };
+    let (store, app, buffer) = app_with_buffer(&db, &sandbox, &spec, &account, BUFFERED).await;
+    catch_up(&app.runners).await;
+    assert_matches_truth(&store, &sandbox, &spec).await;
+    let at_once = sandbox.graas().max_reads_in_flight();
+    assert!(
+        at_once <= 2,
+        "{at_once} reads at once: streams fetched pages the buffer had no room for"
+    );
+    assert_eq!(buffer.held(), 0, "room taken for pages was kept");
+    store.close().await;
+    sandbox.stop().await;
+}
+on_both_backends!(accounts_backfilling_at_once_fetch_no_more_than_the_buffer_has_room_for);
+
 /// Once a run's reads are done, its orders reach the SQLite database file itself, not only its
 /// write-ahead log: a daemon that then idles (or closes) has little left to copy, and a copy of
 /// the file alone already holds them. A few MB are far below the checkpoint every 16 MB.

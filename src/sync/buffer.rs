@@ -8,6 +8,10 @@
 //! long one, does not fill memory it cannot use yet, while a long backfill reaches its large
 //! batches within its first few.
 //!
+//! A page asked for when it is needed takes its room before the request ([`PageRoom`]), so a
+//! stream waiting for room holds no page: however many accounts backfill at once, the pages
+//! fetched and not yet written stay within the buffer.
+//!
 //! Pages asked for before they are needed (see `read_ahead`) are held too: every stream's reads
 //! ahead share room for a quarter of the buffer's orders more, which none of them waits for. A
 //! stream that finds none reads its next page when it needs it, so what the reads ahead hold does
@@ -64,6 +68,14 @@ impl Drop for Held {
             growth.passed(orders);
         }
     }
+}
+
+/// Room for a page taken before the page is asked for ([`OrderBuffer::page_room`]): given back
+/// when dropped, and counted as passed through the buffer only once its orders go to the
+/// committer (in a [`Held`]), so room taken for a page never used does not grow the buffer.
+#[derive(Default)]
+pub struct PageRoom {
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 /// Room for one page read ahead, given back when dropped (once the page is taken).
@@ -153,6 +165,42 @@ impl OrderBuffer {
                 growth: Some(Arc::clone(&self.growth)),
             },
             Err(_) => Held::default(),
+        }
+    }
+}
+
+impl OrderBuffer {
+    /// Waits for room for a page of `orders` before it is asked for, as [`hold`](Self::hold)
+    /// does. Take it only while holding no room for orders not yet sent: otherwise streams
+    /// waiting for more room could hold all of it between them.
+    pub async fn page_room(&self, orders: usize) -> PageRoom {
+        let mut held = self.hold(orders).await;
+        PageRoom {
+            permit: held.permit.take(),
+        }
+    }
+
+    /// Room for a piece of `orders` going to the committer, out of the room taken for its page
+    /// when that is enough (what it does not need is given back now). When it is not (a
+    /// crowded second read over several pages), that room is given back first and the whole
+    /// waited for, as for a piece read without room: never waiting while holding some.
+    pub async fn hold_with(&self, room: PageRoom, orders: usize) -> Held {
+        let wanted = orders.min(self.growth.granted.load(Ordering::Relaxed));
+        let Some(mut permit) = room.permit else {
+            return self.hold(orders).await;
+        };
+        if permit.num_permits() < wanted {
+            drop(permit);
+            return self.hold(orders).await;
+        }
+        if wanted == 0 {
+            return Held::default();
+        }
+        let spare = permit.num_permits() - wanted;
+        drop(permit.split(spare));
+        Held {
+            permit: Some(permit),
+            growth: Some(Arc::clone(&self.growth)),
         }
     }
 }
@@ -278,6 +326,57 @@ mod tests {
         assert!(large.is_some());
         assert_eq!(buffer.held_ahead(), 1_000);
         assert!(buffer.read_ahead_room(1).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_pages_room_goes_with_its_orders_and_the_spare_is_given_back() {
+        let buffer = OrderBuffer::new(1_000, 1_000);
+        let room = buffer.page_room(500).await;
+        assert_eq!(buffer.held(), 500);
+        // The page held 320 orders: the other 180 are free at once.
+        let held = buffer.hold_with(room, 320).await;
+        assert_eq!(buffer.held(), 320);
+        drop(held);
+        assert_eq!(buffer.held(), 0);
+
+        // A page that was never sent gives its room back without it counting as passed: the
+        // room of a buffer that grows stays where it was.
+        let growing = OrderBuffer::new(1_000, 100);
+        drop(growing.page_room(100).await);
+        let all = growing.hold(1_000).await;
+        assert_eq!(growing.held(), 100);
+        drop(all);
+    }
+
+    #[tokio::test]
+    async fn pieces_larger_than_their_pages_room_never_wait_while_holding_it() {
+        let buffer = Arc::new(OrderBuffer::new(1_000, 1_000));
+        // Two streams each took room for a page, then read a crowded second of 700 orders
+        // over two pages. Held while waiting, their rooms would leave neither enough.
+        let first = buffer.page_room(500).await;
+        let second = buffer.page_room(500).await;
+        assert_eq!(buffer.held(), 1_000);
+        let pieces = [(first, 700), (second, 700)].map(|(room, orders)| {
+            let buffer = Arc::clone(&buffer);
+            tokio::spawn(async move {
+                let held = buffer.hold_with(room, orders).await;
+                // Written, then given back.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                drop(held);
+            })
+        });
+        tokio::time::timeout(Duration::from_secs(5), async {
+            for piece in pieces {
+                piece.await.unwrap();
+            }
+        })
+        .await
+        .expect("each piece gets its room in turn");
+        assert_eq!(buffer.held(), 0);
+        // Without a page's room, as for a page read ahead: the piece takes its room now.
+        let plain = buffer.hold_with(PageRoom::default(), 300).await;
+        assert_eq!(buffer.held(), 300);
+        drop(plain);
     }
 
     #[tokio::test]

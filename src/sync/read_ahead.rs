@@ -118,7 +118,7 @@ impl<'a> ReadAhead<'a> {
             && self.buffer.has_read_ahead_room(self.page_size as usize)
     }
 
-    fn is_started(&self, window: TimeWindow, page_number: u32) -> bool {
+    pub(super) fn is_started(&self, window: TimeWindow, page_number: u32) -> bool {
         self.started
             .iter()
             .any(|(w, p, _, _)| *w == window && *p == page_number)

@@ -15,7 +15,7 @@
 //! The cursor (Unix seconds: everything updated before it has been read) is committed with each
 //! piece's orders and never moves backwards.
 
-use super::buffer::{Held, OrderBuffer};
+use super::buffer::{Held, OrderBuffer, PageRoom};
 use super::job::{Job, RunReport};
 use super::progress::StreamProgress;
 use super::read_ahead::{ReadAhead, Warmth};
@@ -89,7 +89,8 @@ impl Piece {
 /// [`Piece::early_pages`]) with the records the window held, or the record count to split it
 /// by.
 enum PieceRead {
-    Piece(Piece, u64),
+    /// The piece, its records, and the room taken for its last page.
+    Piece(Piece, u64, PageRoom),
     Split(u64),
 }
 
@@ -157,7 +158,8 @@ pub struct WindowSync {
     buffer: Arc<OrderBuffer>,
 }
 
-/// The way to the committer: a piece goes once the process's order buffer has room for it.
+/// The way to the committer: a piece goes once the process's order buffer has room for it,
+/// which its page may have taken before it was asked for.
 struct ToCommitter<'a> {
     sender: mpsc::Sender<(Piece, Held)>,
     buffer: &'a OrderBuffer,
@@ -166,9 +168,9 @@ struct ToCommitter<'a> {
 
 impl ToCommitter<'_> {
     /// False when the committer has stopped (on an error, which it reports).
-    async fn send(&self, piece: Piece) -> bool {
+    async fn send(&self, piece: Piece, room: PageRoom) -> bool {
         let orders = piece.orders.len();
-        let held = self.buffer.hold(orders).await;
+        let held = self.buffer.hold_with(room, orders).await;
         let sent = self.sender.send((piece, held)).await.is_ok();
         if sent {
             self.unbatched.add(orders);
@@ -542,8 +544,8 @@ impl WindowSync {
                 _ = shutdown.cancelled() => return Ok((requests, false)),
                 read = self.read_piece(window, closed, &recheck, &mut ahead, &mut requests, &to_committer) => read?,
             };
-            let (piece, records) = match read {
-                PieceRead::Piece(piece, records) => (piece, records),
+            let (piece, records, room) = match read {
+                PieceRead::Piece(piece, records, room) => (piece, records, room),
                 PieceRead::Split(records) => {
                     density.observe(window.covered_seconds(), records);
                     pending.extend(
@@ -557,7 +559,7 @@ impl WindowSync {
             };
             density.observe(piece.window.covered_seconds(), records);
             recheck.read(&piece.orders, frame.horizon);
-            if !to_committer.send(piece).await {
+            if !to_committer.send(piece, room).await {
                 // The committer stopped on an error; it reports it.
                 return Ok((requests, false));
             }
@@ -680,23 +682,23 @@ impl WindowSync {
         to_committer: &ToCommitter<'_>,
     ) -> Result<PieceRead, SyncError> {
         let page_size = self.plan.page_size;
-        let mut first = self.fetch(window, 1, ahead, requests).await?;
+        let (mut first, mut room) = self.fetch_with_room(window, 1, ahead, requests).await?;
         let fits = first.number_of_pages <= 1 && first.number_of_records <= u64::from(page_size);
         // Up to twice the planned pages: a window a little fuller than expected is still read
         // in one go rather than split with a request wasted.
         let pages = self.pages_per_read();
         if !fits && closed && pages > 1 && first.number_of_pages <= pages.saturating_mul(2) {
             let read = self
-                .read_closed(window, first, ahead, requests, to_committer)
+                .read_closed(window, (first, room), ahead, requests, to_committer)
                 .await;
             // Pages started ahead for a read given up belong to it only.
             ahead.forget(window);
             match read? {
-                Ok((piece, records)) => return Ok(PieceRead::Piece(piece, records)),
+                Ok((piece, records, room)) => return Ok(PieceRead::Piece(piece, records, room)),
                 Err(records) if window.covered_seconds() > 1 => {
                     return Ok(PieceRead::Split(records));
                 }
-                Err(_) => first = self.fetch(window, 1, ahead, requests).await?,
+                Err(_) => (first, room) = self.fetch_with_room(window, 1, ahead, requests).await?,
             }
         }
         Ok(if fits {
@@ -706,7 +708,7 @@ impl WindowSync {
                 orders: first.orders,
                 quarantined: first.quarantined,
             };
-            PieceRead::Piece(piece, records)
+            PieceRead::Piece(piece, records, room)
         } else if window.covered_seconds() <= 1 {
             let known = recheck.keys_at(window.after + 1);
             let (orders, quarantined) = self
@@ -718,7 +720,9 @@ impl WindowSync {
                 orders,
                 quarantined,
             };
-            PieceRead::Piece(piece, records)
+            // The first page's room goes with the whole second's orders; more is waited for
+            // only once this room is given back (`OrderBuffer::hold_with`).
+            PieceRead::Piece(piece, records, room)
         } else {
             PieceRead::Split(first.number_of_records)
         })
@@ -736,6 +740,25 @@ impl WindowSync {
             *requests += 1;
             self.progress.add_request();
         }
+    }
+
+    /// The page with room for its orders in the buffer: a page read now first waits for that
+    /// room, so a stream waiting for room holds no page in hand; a page read ahead had room of
+    /// its own while it was on its way, and takes its room in the buffer when it is sent.
+    async fn fetch_with_room(
+        &self,
+        window: TimeWindow,
+        page_number: u32,
+        ahead: &mut ReadAhead<'_>,
+        requests: &mut u64,
+    ) -> Result<(WindowPage, PageRoom), SyncError> {
+        let room = if ahead.is_started(window, page_number) {
+            PageRoom::default()
+        } else {
+            self.buffer.page_room(self.plan.page_size as usize).await
+        };
+        let page = self.fetch(window, page_number, ahead, requests).await?;
+        Ok((page, room))
     }
 
     /// The page, as read ahead if it was started, else read now.
@@ -782,17 +805,18 @@ impl WindowSync {
     async fn read_closed(
         &self,
         window: TimeWindow,
-        first_page: WindowPage,
+        (first_page, first_room): (WindowPage, PageRoom),
         ahead: &mut ReadAhead<'_>,
         requests: &mut u64,
         to_committer: &ToCommitter<'_>,
-    ) -> Result<Result<(Piece, u64), u64>, SyncError> {
+    ) -> Result<Result<(Piece, u64, PageRoom), u64>, SyncError> {
         let records = first_page.number_of_records;
         let pages = first_page.number_of_pages;
         let capacity = (pages as usize).saturating_mul(self.plan.page_size as usize);
         let mut seen = HashSet::with_capacity(capacity);
         let mut quarantined = Vec::new();
         let mut page = first_page;
+        let mut room = first_room;
         let mut page_number = 1;
         loop {
             if page.number_of_records != records || page.number_of_pages != pages {
@@ -810,7 +834,7 @@ impl WindowSync {
             }
             // A committer that stopped has failed the run, which ends the read with it.
             let _ = to_committer
-                .send(Piece::early_pages(window, page.orders))
+                .send(Piece::early_pages(window, page.orders), room)
                 .await;
             page_number += 1;
             // The pages after this one are asked for while it is read.
@@ -820,7 +844,9 @@ impl WindowSync {
                 }
                 self.start_ahead(ahead, window, next, requests);
             }
-            page = self.fetch(window, page_number, ahead, requests).await?;
+            (page, room) = self
+                .fetch_with_room(window, page_number, ahead, requests)
+                .await?;
         }
         if seen.len() as u64 != records {
             return Ok(Err(records));
@@ -830,7 +856,7 @@ impl WindowSync {
             orders: page.orders,
             quarantined,
         };
-        Ok(Ok((piece, records)))
+        Ok(Ok((piece, records, room)))
     }
 
     /// Pages through a window (one second wide) until a complete read finds no order the earlier
