@@ -157,24 +157,36 @@ async fn accounts_backfilling_at_once_share_one_order_buffer(db: TestDb) {
 }
 on_both_backends!(accounts_backfilling_at_once_share_one_order_buffer);
 
+/// Accounts backfilling at once in pages of 50 into an order buffer of `buffered`, every answer
+/// held 30 ms so that reads overlap; each ends equal to the upstream.
+async fn backfill_slowly_at_once(
+    db: &TestDb,
+    spec: &mut SandboxConfig,
+    extra: &'static str,
+    buffered: usize,
+) -> (Arc<dyn Store>, Sandbox, Arc<OrderBuffer>) {
+    spec.faults.slow_ratio = 1.0;
+    spec.faults.slow_ms = 30;
+    let sandbox = sandbox(spec).await;
+    let account = AccountToml {
+        page_size: 50,
+        extra,
+        ..AccountToml::default()
+    };
+    let (store, app, buffer) = app_with_buffer(db, &sandbox, spec, &account, buffered).await;
+    catch_up(&app.runners).await;
+    assert_matches_truth(&store, &sandbox, spec).await;
+    (store, sandbox, buffer)
+}
+
 /// Pages read ahead hold room too, a quarter of the order buffer more for every stream together:
 /// four accounts backfilling at once, with room for two pages read ahead, have at most their
 /// four pages needed now and two more asked for at once (each alone would ask for three), and
-/// still read ahead; each ends equal to the upstream.
+/// still read ahead.
 async fn accounts_backfilling_at_once_share_the_room_for_reads_ahead(db: TestDb) {
-    // A quarter of 400: room for two pages of 50 read ahead.
-    const BUFFERED: usize = 400;
     let mut spec = SandboxConfig::graas(4, 1_500);
-    spec.faults.slow_ratio = 1.0;
-    spec.faults.slow_ms = 30;
-    let sandbox = sandbox(&spec).await;
-    let account = AccountToml {
-        page_size: 50,
-        ..AccountToml::default()
-    };
-    let (store, app, buffer) = app_with_buffer(&db, &sandbox, &spec, &account, BUFFERED).await;
-    catch_up(&app.runners).await;
-    assert_matches_truth(&store, &sandbox, &spec).await;
+    // A quarter of 400: room for two pages of 50 read ahead.
+    let (store, sandbox, buffer) = backfill_slowly_at_once(&db, &mut spec, "", 400).await;
     let at_once = sandbox.graas().max_reads_in_flight();
     assert!(
         at_once <= 4 + 2,
@@ -196,23 +208,12 @@ on_both_backends!(accounts_backfilling_at_once_share_the_room_for_reads_ahead);
 
 /// A page asked for when it is needed takes its room in the order buffer first: eight accounts
 /// backfilling at once into room for two pages have at most two pages on their way or in hand,
-/// where each would otherwise fetch its next page and hold it while waiting for room. Each ends
-/// equal to the upstream.
+/// where each would otherwise fetch its next page and hold it while waiting for room.
 async fn accounts_backfilling_at_once_fetch_no_more_than_the_buffer_has_room_for(db: TestDb) {
-    // Two pages of 50; nothing read ahead.
-    const BUFFERED: usize = 100;
     let mut spec = SandboxConfig::graas(8, 300);
-    spec.faults.slow_ratio = 1.0;
-    spec.faults.slow_ms = 30;
-    let sandbox = sandbox(&spec).await;
-    let account = AccountToml {
-        page_size: 50,
-        extra: "read_ahead = 0\n",
-        ..AccountToml::default()
-    };
-    let (store, app, buffer) = app_with_buffer(&db, &sandbox, &spec, &account, BUFFERED).await;
-    catch_up(&app.runners).await;
-    assert_matches_truth(&store, &sandbox, &spec).await;
+    // Two pages of 50; nothing read ahead.
+    let (store, sandbox, buffer) =
+        backfill_slowly_at_once(&db, &mut spec, "read_ahead = 0\n", 100).await;
     let at_once = sandbox.graas().max_reads_in_flight();
     assert!(
         at_once <= 2,
