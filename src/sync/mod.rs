@@ -67,39 +67,28 @@ pub async fn run_jobs_once(
 ) -> Vec<(StreamKey, Result<serde_json::Value, String>)> {
     // Each job is a task on the runtime's threads, as under the daemon's scheduler, rather than
     // a future polled on the caller's thread: what a job parses and frees then stays in those
-    // threads' malloc arenas instead of spreading over one more.
-    let mut runs = tokio::task::JoinSet::new();
-    let mut slots = std::collections::HashMap::with_capacity(jobs.len());
-    for (slot, job) in jobs.iter().enumerate() {
-        let job = job.clone();
-        let shutdown = shutdown.clone();
-        let task = runs.spawn(async move {
-            job.tick(&shutdown)
-                .await
-                .unwrap_or_else(|| Ok(serde_json::json!({})))
-        });
-        slots.insert(task.id(), slot);
-    }
-    let mut results: Vec<Option<Result<serde_json::Value, String>>> = vec![None; jobs.len()];
-    while let Some(joined) = runs.join_next_with_id().await {
-        let (id, result) = match joined {
-            Ok((id, result)) => (id, result),
-            Err(error) => (
-                error.id(),
-                Err(format!("the job ended abnormally: {error}")),
-            ),
-        };
-        if let Some(slot) = slots.get(&id) {
-            results[*slot] = Some(result);
-        }
-    }
-    jobs.iter()
-        .zip(results)
-        .map(|(job, result)| {
-            let result = result.unwrap_or_else(|| Err("the job did not report".to_owned()));
-            (job.stream().clone(), result)
+    // threads' malloc arenas instead of spreading over one more. All are spawned before any is
+    // awaited, so they run at once; dropping this future aborts them.
+    let tasks: Vec<_> = jobs
+        .iter()
+        .map(|job| {
+            let job = Arc::clone(job);
+            let shutdown = shutdown.clone();
+            window::AbortOnDrop(tokio::spawn(async move {
+                job.tick(&shutdown)
+                    .await
+                    .unwrap_or_else(|| Ok(serde_json::json!({})))
+            }))
         })
-        .collect()
+        .collect();
+    let mut results = Vec::with_capacity(jobs.len());
+    for (job, task) in jobs.iter().zip(tasks) {
+        let result = task
+            .await
+            .unwrap_or_else(|error| Err(format!("the job ended abnormally: {error}")));
+        results.push((job.stream().clone(), result));
+    }
+    results
 }
 
 /// Reads one order upstream and stores it as any read is stored (an older version never
