@@ -14,8 +14,9 @@
 //!
 //! Pages asked for before they are needed (see `read_ahead`) are held too: every stream's reads
 //! ahead share room for a quarter of the buffer's orders more, which none of them waits for. A
-//! stream that finds none reads its next page when it needs it, so what the reads ahead hold does
-//! not grow with the number of accounts backfilling at once.
+//! stream that finds none reads its next page when it needs it. A page read ahead keeps that room
+//! until its orders have room in the buffer, so what the reads ahead hold, on their way or in
+//! hand, does not grow with the number of accounts backfilling at once.
 //!
 //! [`Store::buffer_starts_at`]: crate::store::Store::buffer_starts_at
 
@@ -73,9 +74,23 @@ impl Drop for Held {
 /// Room for a page taken before the page is asked for ([`OrderBuffer::page_room`]): given back
 /// when dropped, and counted as passed through the buffer only once its orders go to the
 /// committer (in a [`Held`]), so room taken for a page never used does not grow the buffer.
+/// A page read ahead brings its room for reads ahead instead ([`PageRoom::read_ahead`]).
 #[derive(Default)]
 pub struct PageRoom {
     permit: Option<OwnedSemaphorePermit>,
+    ahead: Option<AheadRoom>,
+}
+
+impl PageRoom {
+    /// A page read ahead keeps the room it took for that until its orders have room in the
+    /// buffer: a stream waiting for that room holds the page, and the page stays counted
+    /// among the reads ahead, so no further page is read ahead on top of it.
+    pub fn read_ahead(room: AheadRoom) -> Self {
+        PageRoom {
+            permit: None,
+            ahead: Some(room),
+        }
+    }
 }
 
 /// Room for one page read ahead, given back when dropped (once the page is taken).
@@ -175,6 +190,7 @@ impl OrderBuffer {
         let mut held = self.hold(orders).await;
         PageRoom {
             permit: held.permit.take(),
+            ahead: None,
         }
     }
 
@@ -185,7 +201,10 @@ impl OrderBuffer {
     pub async fn hold_with(&self, room: PageRoom, orders: usize) -> Held {
         let wanted = orders.min(self.growth.granted.load(Ordering::Relaxed));
         let Some(mut permit) = room.permit else {
-            return self.hold(orders).await;
+            let held = self.hold(orders).await;
+            // Only now is a page read ahead counted in the buffer instead.
+            drop(room.ahead);
+            return held;
         };
         if permit.num_permits() < wanted {
             drop(permit);
@@ -373,10 +392,35 @@ mod tests {
         .await
         .expect("each piece gets its room in turn");
         assert_eq!(buffer.held(), 0);
-        // Without a page's room, as for a page read ahead: the piece takes its room now.
+        // Without a page's room: the piece takes its room now.
         let plain = buffer.hold_with(PageRoom::default(), 300).await;
         assert_eq!(buffer.held(), 300);
         drop(plain);
+    }
+
+    #[tokio::test]
+    async fn a_page_read_ahead_keeps_its_room_until_its_orders_have_room_in_the_buffer() {
+        let buffer = Arc::new(OrderBuffer::new(1_000, 1_000));
+        let full = buffer.hold(1_000).await;
+        // A quarter of the buffer for reads ahead: one page of 250 takes all of it.
+        let ahead = buffer.read_ahead_room(250).expect("room to read ahead");
+        let piece = tokio::spawn({
+            let buffer = Arc::clone(&buffer);
+            async move { buffer.hold_with(PageRoom::read_ahead(ahead), 200).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Its page is in hand while it waits: no other page is read ahead on top of it.
+        assert!(!piece.is_finished());
+        assert_eq!(buffer.held_ahead(), 250);
+        assert!(!buffer.has_read_ahead_room(1));
+
+        drop(full);
+        let held = tokio::time::timeout(Duration::from_secs(5), piece)
+            .await
+            .expect("room given back lets the piece in")
+            .unwrap();
+        assert_eq!((buffer.held(), buffer.held_ahead()), (200, 0));
+        drop(held);
     }
 
     #[tokio::test]

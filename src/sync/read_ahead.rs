@@ -14,7 +14,7 @@
 //! A page read ahead holds room in the process's [`OrderBuffer`] until it is taken; where every
 //! stream's reads ahead have taken all of it, a page is read when it is needed.
 
-use super::buffer::{AheadRoom, OrderBuffer};
+use super::buffer::{AheadRoom, OrderBuffer, PageRoom};
 use super::window::AbortOnDrop;
 use crate::providers::{ProviderError, TimeWindow, WindowPage, WindowSource};
 use std::collections::VecDeque;
@@ -124,26 +124,27 @@ impl<'a> ReadAhead<'a> {
             .any(|(w, p, _, _)| *w == window && *p == page_number)
     }
 
-    /// The page if it was started ahead (waiting for its answer); `None` when it was not.
+    /// The page if it was started ahead (waiting for its answer), with the room it took, kept
+    /// until its orders have room in the buffer ([`PageRoom::read_ahead`]); `None` when it was
+    /// not started.
     pub(super) async fn take(
         &mut self,
         window: TimeWindow,
         page_number: u32,
-    ) -> Option<Result<WindowPage, ProviderError>> {
+    ) -> Option<(Result<WindowPage, ProviderError>, PageRoom)> {
         let at = self
             .started
             .iter()
             .position(|(w, p, _, _)| *w == window && *p == page_number)?;
-        // The page's room is given back once it is here: the caller holds its orders in the
-        // buffer with the piece they go into.
-        let (_, _, read, _room) = self.started.remove(at)?;
-        Some(match read.await {
+        let (_, _, read, room) = self.started.remove(at)?;
+        let page = match read.await {
             Ok(page) => page,
             // The task panicked or was aborted: what a failed request would report.
             Err(error) => Err(ProviderError::Transport(format!(
                 "a page read started ahead did not finish: {error}"
             ))),
-        })
+        };
+        Some((page, PageRoom::read_ahead(room)))
     }
 
     /// Drops (and aborts) the reads started for `window`: it is read differently after all.
@@ -223,10 +224,14 @@ mod tests {
         assert!(!b.start(window(100), 1));
         assert_eq!(buffer.held_ahead(), 1_000);
 
-        // A page taken gives its room back, to whichever stream asks next.
-        let page = a.take(window(0), 1).await;
-        assert!(matches!(page, Some(Ok(_))));
+        // A page taken keeps its room until its orders have room in the buffer; then it goes to
+        // whichever stream asks next.
+        let (page, room) = a.take(window(0), 1).await.expect("the page was started");
+        assert!(page.is_ok());
+        assert!(!b.has_room());
+        let held = buffer.hold_with(room, 0).await;
         assert!(b.has_room());
+        drop(held);
         assert!(b.start(window(100), 1));
         // So does a run's end, with the reads it had started.
         drop(a);

@@ -742,9 +742,9 @@ impl WindowSync {
         }
     }
 
-    /// The page with room for its orders in the buffer: a page read now first waits for that
-    /// room, so a stream waiting for room holds no page in hand; a page read ahead had room of
-    /// its own while it was on its way, and takes its room in the buffer when it is sent.
+    /// The page with room for its orders: a page read now first waits for room in the buffer,
+    /// so a stream waiting for room holds no page in hand; a page read ahead keeps the room it
+    /// took for that until its orders have room in the buffer, when they are sent.
     async fn fetch_with_room(
         &self,
         window: TimeWindow,
@@ -757,8 +757,10 @@ impl WindowSync {
         } else {
             self.buffer.page_room(self.plan.page_size as usize).await
         };
-        let page = self.fetch(window, page_number, ahead, requests).await?;
-        Ok((page, room))
+        let (page, read_ahead) = self
+            .fetch_page(window, page_number, ahead, requests)
+            .await?;
+        Ok((page, read_ahead.unwrap_or(room)))
     }
 
     /// The page, as read ahead if it was started, else read now.
@@ -769,14 +771,30 @@ impl WindowSync {
         ahead: &mut ReadAhead<'_>,
         requests: &mut u64,
     ) -> Result<WindowPage, SyncError> {
-        let page = match ahead.take(window, page_number).await {
-            Some(read) => read?,
+        let (page, _) = self
+            .fetch_page(window, page_number, ahead, requests)
+            .await?;
+        Ok(page)
+    }
+
+    /// The page, with the room it took if it was read ahead.
+    async fn fetch_page(
+        &self,
+        window: TimeWindow,
+        page_number: u32,
+        ahead: &mut ReadAhead<'_>,
+        requests: &mut u64,
+    ) -> Result<(WindowPage, Option<PageRoom>), SyncError> {
+        let (page, room) = match ahead.take(window, page_number).await {
+            Some((read, room)) => (read?, Some(room)),
             None => {
                 *requests += 1;
                 self.progress.add_request();
-                self.source
+                let page = self
+                    .source
                     .page(window, page_number, self.plan.page_size)
-                    .await?
+                    .await?;
+                (page, None)
             }
         };
         ahead.answered();
@@ -789,7 +807,7 @@ impl WindowSync {
             pages = page.number_of_pages,
             "window page read"
         );
-        Ok(page)
+        Ok((page, room))
     }
 
     /// Pages through a closed window once. The read holds everything the window holds when every
