@@ -93,7 +93,8 @@ impl PageRoom {
     }
 }
 
-/// Room for one page read ahead, given back when dropped (once the page is taken).
+/// Room for one page read ahead, given back when dropped (once its orders have room in the
+/// buffer, or the page is not needed after all).
 pub struct AheadRoom {
     _permit: OwnedSemaphorePermit,
 }

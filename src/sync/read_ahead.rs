@@ -11,8 +11,9 @@
 //! one. So reads are started ahead only after the account's last few answers came without a 429
 //! in between, and not again after one until as many have.
 //!
-//! A page read ahead holds room in the process's [`OrderBuffer`] until it is taken; where every
-//! stream's reads ahead have taken all of it, a page is read when it is needed.
+//! A page read ahead holds room in the process's [`OrderBuffer`] until its orders have room in
+//! the buffer itself; where every stream's reads ahead have taken all of it, a page is read when
+//! it is needed.
 
 use super::buffer::{AheadRoom, OrderBuffer, PageRoom};
 use super::window::AbortOnDrop;
