@@ -225,6 +225,63 @@ async fn accounts_backfilling_at_once_fetch_no_more_than_the_buffer_has_room_for
 }
 on_both_backends!(accounts_backfilling_at_once_fetch_no_more_than_the_buffer_has_room_for);
 
+/// Every order fetched and not yet stored has room in the order buffer, a page read ahead's
+/// too: sampled while eight accounts backfill at once into a small buffer, the orders the
+/// upstream has answered with and the database does not hold yet never outnumber the room taken
+/// (a page read ahead used to give its room back when its stream took it, then wait for room
+/// in the buffer with the page in hand). On Postgres, where every batch commits before its room
+/// is given back; SQLite may leave a written batch to commit with the next, and a count from
+/// another connection does not see it yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(ordersync_pg), ignore = "needs Postgres: set ORDERSYNC_TEST_PG")]
+async fn every_order_fetched_and_not_yet_stored_has_room_in_the_buffer() {
+    let db = TestDb::new(common::Backend::Postgres, "fetched_orders_have_room");
+    // About 333 orders a day, seven pages of 50: no window is split, so every page fetched is
+    // stored.
+    let spec = SandboxConfig::graas(8, 1_000);
+    let sandbox = sandbox(&spec).await;
+    let account = AccountToml {
+        page_size: 50,
+        ..AccountToml::default()
+    };
+    // Room for eight pages, and a quarter more (two pages) for the reads ahead.
+    let (store, app, buffer) = app_with_buffer(&db, &sandbox, &spec, &account, 400).await;
+    // Writes slower than the upstream answers, as when many accounts backfill at once: the
+    // streams wait for room in the buffer.
+    let slow_writes = "CREATE FUNCTION slow_write() RETURNS trigger LANGUAGE plpgsql AS \
+        $$ BEGIN PERFORM pg_sleep(0.05); RETURN NULL; END $$; \
+        CREATE TRIGGER slow_write AFTER INSERT ON orders \
+        FOR EACH STATEMENT EXECUTE FUNCTION slow_write()";
+    sqlx::raw_sql(sqlx::AssertSqlSafe(slow_writes))
+        .execute(&mut db.pg_connection().await)
+        .await
+        .expect("a trigger that slows the writes");
+    let runners = app.runners.clone();
+    let backfill = tokio::spawn(async move { catch_up(&runners).await });
+    let (mut samples, mut worst) = (0, i64::MIN);
+    while !backfill.is_finished() {
+        // In this order: what was served before the room was read, stored after it; the room
+        // for reads ahead before the buffer's, as a page read ahead gives it back only once it
+        // has room in the buffer.
+        let served = sandbox.graas().orders_served() as i64;
+        let ahead = buffer.held_ahead() as i64;
+        let room = ahead + buffer.held() as i64;
+        let stored = execute_scalar(&db, "SELECT CAST(count(*) AS TEXT) FROM orders").await;
+        let stored: i64 = stored.parse().expect("a count");
+        worst = worst.max(served - stored - room);
+        samples += 1;
+    }
+    backfill.await.expect("the backfill ran");
+    assert_matches_truth(&store, &sandbox, &spec).await;
+    assert!(samples >= 10, "only {samples} samples during the backfill");
+    assert!(
+        worst <= 0,
+        "at one point {worst} orders fetched and not yet stored had no room in the buffer"
+    );
+    store.close().await;
+    sandbox.stop().await;
+}
+
 /// Once a run's reads are done, its orders reach the SQLite database file itself, not only its
 /// write-ahead log: a daemon that then idles (or closes) has little left to copy, and a copy of
 /// the file alone already holds them. A few MB are far below the checkpoint every 16 MB.

@@ -133,6 +133,8 @@ struct SimAccount {
     faults: FaultGate,
     stats: AccountStats,
     next_id: u64,
+    /// Which orders (by index) an order list has answered with at least once.
+    served: Vec<bool>,
 }
 
 struct SimState {
@@ -142,6 +144,8 @@ struct SimState {
     /// Order-list requests being answered now, over every account, and the most at once.
     reads_in_flight: u64,
     max_reads_in_flight: u64,
+    /// Distinct orders the order lists have answered with, over every account.
+    orders_served: u64,
 }
 
 pub struct GraasSim {
@@ -239,6 +243,7 @@ impl GraasSim {
                 faults: FaultGate::default(),
                 stats: AccountStats::default(),
                 next_id: 0,
+                served: Vec::new(),
             };
             let mut initial = Vec::with_capacity(spec.orders);
             for n in 0..spec.orders {
@@ -267,6 +272,7 @@ impl GraasSim {
                 rng,
                 reads_in_flight: 0,
                 max_reads_in_flight: 0,
+                orders_served: 0,
             }),
             mutating: AtomicBool::new(true),
         }
@@ -307,6 +313,12 @@ impl GraasSim {
     /// The most order-list requests answered at once, over every account (held ones included).
     pub fn max_reads_in_flight(&self) -> u64 {
         self.lock().max_reads_in_flight
+    }
+
+    /// How many distinct orders the order lists have answered with so far, over every account:
+    /// set against the orders stored, what a client has fetched and not yet written.
+    pub fn orders_served(&self) -> u64 {
+        self.lock().orders_served
     }
 
     /// Every order of an account as the sandbox holds it now, sorted by (channel, order id).
@@ -709,18 +721,25 @@ async fn list_orders(
         {
             drift(&mut state.accounts[index], after, before);
         }
-        let account = &state.accounts[index];
+        let account = &mut state.accounts[index];
         if after + 1 >= before {
             (0, Vec::new())
         } else {
             let in_window = account.by_updated.range((after + 1, 0)..(before, 0));
             let records = in_window.clone().count() as i64;
             let skip = usize::try_from((page_number - 1) * page_size).unwrap_or(usize::MAX);
-            let page: Vec<SimOrder> = in_window
+            let indexes: Vec<usize> = in_window
                 .skip(skip)
                 .take(page_size as usize)
-                .map(|(_, i)| account.orders[*i].clone())
+                .map(|(_, i)| *i)
                 .collect();
+            account.served.resize(account.orders.len(), false);
+            let mut first_served = 0;
+            for &i in &indexes {
+                first_served += u64::from(!std::mem::replace(&mut account.served[i], true));
+            }
+            let page = indexes.iter().map(|&i| account.orders[i].clone()).collect();
+            state.orders_served += first_served;
             (records, page)
         }
     };

@@ -153,11 +153,13 @@ impl OrderBuffer {
 
     /// How much room is taken now, including what a waiting hold has set aside so far.
     pub fn held(&self) -> usize {
-        // Room that grows in between the two reads is counted as free.
+        // Free room read first: room that grows before the second read counts as taken, so
+        // this is never less than the room taken when it is called.
+        let free = self.growth.room.available_permits();
         self.growth
             .granted
             .load(Ordering::Relaxed)
-            .saturating_sub(self.growth.room.available_permits())
+            .saturating_sub(free)
     }
 
     /// Waits until there is room for `orders` and takes it. Waits in turn: a stream asking for
