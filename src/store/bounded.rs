@@ -74,6 +74,10 @@ impl Store for Bounded {
         self.inner.concurrent_commits()
     }
 
+    fn commit_runtime(&self) -> Option<&tokio::runtime::Handle> {
+        self.inner.commit_runtime()
+    }
+
     fn buffer_starts_at(&self, buffered: usize) -> usize {
         self.inner.buffer_starts_at(buffered)
     }

@@ -31,6 +31,7 @@ macro_rules! shop_history_columns {
 }
 
 mod bounded;
+mod commit_runtime;
 mod handover;
 mod leases;
 mod postgres;
@@ -69,6 +70,10 @@ pub enum StoreError {
         "cannot open the SQLite database {path}: {error}; check that the file and its directory exist, are writable by this user and not on a read-only or full disk (SQLite also writes the -wal and -shm files beside it)"
     )]
     OpenSqlite { path: String, error: sqlx::Error },
+    #[error(
+        "cannot start the threads that commit to SQLite: {0}; the process may be at its limit of threads (ulimit -u, or the container's pids limit)"
+    )]
+    Thread(std::io::Error),
     #[error("database migration failed: {0}")]
     Migrate(sqlx::migrate::MigrateError),
     #[error("database error: {0}")]
@@ -353,6 +358,13 @@ pub trait Store: Send + Sync {
     /// server database works on several transactions together, SQLite has one writer.
     fn concurrent_commits(&self) -> usize {
         1
+    }
+
+    /// Where the task that commits a stream's batches runs ([`crate::sync::window`]): `None`
+    /// on the runtime's threads. SQLite gives it threads of their own, so its one writer gets
+    /// each next statement as soon as the one before is done.
+    fn commit_runtime(&self) -> Option<&tokio::runtime::Handle> {
+        None
     }
 
     /// How many of `buffered` orders a process's order buffer holds at first; it grows to all
@@ -882,10 +894,10 @@ pub enum RetryFilter {
     AllDead { account: Option<String> },
 }
 
-/// Opens the configured database (creating a SQLite file if needed), every call bounded by
-/// [`DatabaseConfig::call_timeout`]. Does not migrate.
 pub use run_lock::{RunLock, lock_for_run};
 
+/// Opens the configured database (creating a SQLite file if needed), every call bounded by
+/// [`DatabaseConfig::call_timeout`]. Does not migrate.
 pub async fn open(config: &DatabaseConfig) -> Result<Arc<dyn Store>, StoreError> {
     let opening = async {
         Ok::<Arc<dyn Store>, StoreError>(match config.backend {

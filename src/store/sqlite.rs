@@ -1,5 +1,6 @@
 //! The embedded default: one SQLite file in WAL mode.
 
+use super::commit_runtime::CommitRuntime;
 use super::outcome_columns;
 use super::rows;
 use super::shops::bind_shop_state;
@@ -34,6 +35,8 @@ pub struct SqliteStore {
     writer: SqlitePool,
     checkpoints: Checkpoints,
     open_batches_most: OpenBatchesMost,
+    /// Where the committers of upstream batches run (see [`CommitRuntime`]).
+    commits: CommitRuntime,
 }
 
 /// How far one transaction may be handed from batch to batch.
@@ -462,10 +465,12 @@ impl SqliteStore {
             .await
             .map_err(|error| StoreError::OpenSqlite { path, error })?;
         let checkpoints = Checkpoints::start(pool.clone(), config.buffered_orders);
+        let commits = CommitRuntime::start("sqlite-commits").map_err(StoreError::Thread)?;
         Ok(SqliteStore {
             pool,
             writer,
             checkpoints,
+            commits,
             open_batches_most: OpenBatchesMost {
                 orders: OPEN_BATCHES_MOST_ORDERS,
                 time: OPEN_BATCHES_MOST_TIME,
@@ -586,6 +591,10 @@ impl SqliteStore {
 
 #[async_trait]
 impl Store for SqliteStore {
+    fn commit_runtime(&self) -> Option<&tokio::runtime::Handle> {
+        Some(self.commits.handle())
+    }
+
     async fn migrate(&self) -> Result<(), StoreError> {
         sqlx::migrate!("migrations/sqlite").run(&self.pool).await?;
         Ok(())
@@ -1740,6 +1749,53 @@ mod tests {
             Err(error) => panic!("write: {error}"),
         }
         next
+    }
+
+    /// A stream's committer runs on the store's own threads (through the call bounds the
+    /// daemon wraps every store in), its batches land, and the threads end with the store.
+    #[tokio::test]
+    async fn batches_commit_from_the_stores_own_threads_until_the_store_is_dropped() {
+        let (_dir, _path, config) = temporary_database();
+        let sqlite: Arc<dyn Store> = Arc::new(migrated_store(&config).await);
+        let store: Arc<dyn Store> = Arc::new(crate::store::Bounded::new(
+            Arc::clone(&sqlite),
+            Duration::from_secs(5),
+        ));
+        let Some(runtime) = store.commit_runtime().cloned() else {
+            panic!("SQLite's committers run on a runtime of their own");
+        };
+        let committing = Arc::clone(&store);
+        let (thread, written) = runtime
+            .spawn(async move {
+                let orders = numbered_orders(0..1_200);
+                let stream = orders_stream();
+                let batch = Batch {
+                    stream: &stream,
+                    orders: &orders,
+                    quarantined: &[],
+                    cursor: Some("1200"),
+                    seen_at: chrono::Utc::now(),
+                };
+                let outcome = committing.commit_batch(&batch).await;
+                let thread = std::thread::current().name().map(str::to_owned);
+                (thread, outcome.map(|outcome| outcome.written))
+            })
+            .await
+            .unwrap();
+        assert_eq!(thread.as_deref(), Some("sqlite-commits"));
+        assert_eq!(written.unwrap(), 1_200);
+        assert_eq!(
+            store.cursor(&orders_stream()).await.unwrap().as_deref(),
+            Some("1200")
+        );
+
+        let waiting = runtime.spawn(std::future::pending::<()>());
+        drop((store, sqlite));
+        let ended = tokio::time::timeout(Duration::from_secs(5), waiting).await;
+        assert!(
+            matches!(&ended, Ok(Err(error)) if error.is_cancelled()),
+            "a task left on the threads was not dropped with the store: {ended:?}"
+        );
     }
 
     /// A batch followed by more is written and handed on uncommitted: another connection sees

@@ -431,20 +431,21 @@ impl WindowSync {
             unbatched: unbatched.clone(),
         };
         let fetching = self.fetch_pieces(windows, frame, to_committer, shutdown);
-        // Committing runs as its own task, so on a multi-threaded runtime it binds and sends
-        // statements on one core while this task fetches and parses on another (in one task
-        // they took turns). Dropping the run aborts it, and with it the open transaction.
+        // Committing runs as its own task, so it binds and sends statements on one core while
+        // this task fetches and parses on another (in one task they took turns); on the
+        // store's own threads where it has them (SQLite), so that it never waits behind the
+        // parsing. Dropping the run aborts it, and with it the open transaction.
         let committer = Committer {
             store: Arc::clone(&self.store),
             stream: self.stream().clone(),
             progress: Arc::clone(&self.progress),
             unbatched,
         };
-        let committing = AbortOnDrop(tokio::spawn(committer.run(
-            receiver,
-            run.cursor,
-            batch_orders,
-        )));
+        let commit_run = committer.run(receiver, run.cursor, batch_orders);
+        let committing = AbortOnDrop(match self.store.commit_runtime() {
+            Some(runtime) => runtime.spawn(commit_run),
+            None => tokio::spawn(commit_run),
+        });
         tokio::pin!(fetching, committing);
         let mut fetched = None;
         // The committer ends only once the fetcher has ended (its sender is dropped) or on an
