@@ -199,7 +199,7 @@ fn cpu_by_stage(threads: &serde_json::Map<String, serde_json::Value>) -> String 
     fn stage(name: &str) -> &str {
         match name {
             "ordersync" => "start and stop (main thread)",
-            "tokio-rt-worker" => "fetch, parse, commit tasks (runtime workers)",
+            "tokio-rt-worker" => "fetch, parse and Postgres commit tasks (runtime workers)",
             "sqlx-sqlite-wor" => "SQLite connections",
             "sqlite-commits" => "binding and sending SQLite's statements (commit threads)",
             _ => name,
