@@ -433,8 +433,8 @@ impl WindowSync {
         let fetching = self.fetch_pieces(windows, frame, to_committer, shutdown);
         // Committing runs as its own task, so it binds and sends statements on one core while
         // this task fetches and parses on another (in one task they took turns); on the
-        // store's own threads where it has them (SQLite), so that it never waits behind the
-        // parsing. Dropping the run aborts it, and with it the open transaction.
+        // store's own threads where it has them (SQLite), so that it does not queue behind
+        // pages being parsed. Dropping the run aborts it, and with it the open transaction.
         let committer = Committer {
             store: Arc::clone(&self.store),
             stream: self.stream().clone(),
