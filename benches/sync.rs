@@ -22,7 +22,8 @@
 //! stays as the database grows, measured within one sitting. A size below 100,000 orders runs
 //! up to 5 times a round. Each run also prints its syncing
 //! alone (`run --once`'s own timing of its jobs, without the process's start and stop), and
-//! the summary the same ratio for it: what a run pays once whatever its size, apart.
+//! the summary the same ratio for it, then each size's median milliseconds outside its
+//! syncing: what a run pays once whatever its size, apart.
 //!
 //! Before each run's clock starts, what earlier runs wrote is let reach the disk (a Postgres
 //! `CHECKPOINT`, then `sync`); `BENCH_NO_SETTLE=1` starts each run without waiting for it.
@@ -44,11 +45,13 @@ struct Shape {
     ids: String,
 }
 
-/// Orders/s of one run: over the whole process, and over its syncing alone.
+/// Orders/s of one run: over the whole process, and over its syncing alone; and the
+/// milliseconds outside its syncing (the process's start, the store's close, the exit).
 #[derive(Clone, Copy)]
 struct Speed {
     wall: f64,
     syncing: f64,
+    outside_ms: f64,
 }
 
 fn run_once(label: &str, database: &str, base_url: &str, shape: &Shape) -> Result<Speed, String> {
@@ -161,6 +164,7 @@ fn run_once(label: &str, database: &str, base_url: &str, shape: &Shape) -> Resul
     Ok(Speed {
         wall: orders as f64 / wall.as_secs_f64(),
         syncing: orders as f64 / syncing.as_secs_f64(),
+        outside_ms: wall.saturating_sub(syncing).as_secs_f64() * 1000.0,
     })
 }
 
@@ -239,6 +243,19 @@ impl Speeds {
             let within = if flatness >= 0.85 { "yes" } else { "no" };
             println!(
                 "  slowest size / fastest size: {flatness:.3}, within 15%: {within} (syncing alone: {syncing})"
+            );
+            // What a short run feels most: on SQLite mostly the close, which copies the last
+            // commits into the database file, syncs it and deletes the log.
+            let outside: Vec<String> = self
+                .medians(backend, |speed| speed.outside_ms)
+                .iter()
+                .map(|(size, median, low, high)| {
+                    format!("{size} {median:.0} ms ({low:.0}-{high:.0})")
+                })
+                .collect();
+            println!(
+                "  outside the syncing (start, close, exit), medians: {}",
+                outside.join(", ")
             );
         }
     }
