@@ -23,7 +23,10 @@
 //! up to 5 times a round. Each run also prints its syncing
 //! alone (`run --once`'s own timing of its jobs, without the process's start and stop), and
 //! the summary the same ratio for it, then each size's median milliseconds outside its
-//! syncing: what a run pays once whatever its size, apart.
+//! syncing: what a run pays once whatever its size, apart. Two lines say how far the sitting can
+//! tell: the smallest size's median round by round, against itself (how far the machine alone
+//! moves a median within minutes), and the ratio when each size's runs are resampled, with what
+//! it would read if every size were equally fast at those runs' spread.
 //!
 //! Before each run's clock starts, what earlier runs wrote is let reach the disk (a Postgres
 //! `CHECKPOINT`, then `sync`); `BENCH_NO_SETTLE=1` starts each run without waiting for it.
@@ -222,9 +225,10 @@ fn cpu_by_stage(threads: &serde_json::Map<String, serde_json::Value>) -> String 
         .join(", ")
 }
 
-/// Orders/s of every run, by backend and size, for the summary of a run over several sizes.
+/// Orders/s of every run, by backend, size and round, for the summary of a run over several
+/// sizes.
 #[derive(Default)]
-struct Speeds(Vec<(&'static str, usize, Speed)>);
+struct Speeds(Vec<(&'static str, usize, usize, Speed)>);
 
 impl Speeds {
     /// Per backend: each size's median and the range, and the slowest median against the
@@ -244,6 +248,20 @@ impl Speeds {
             println!(
                 "  slowest size / fastest size: {flatness:.3}, within 15%: {within} (syncing alone: {syncing})"
             );
+            if let Some(line) = self.round_by_round(backend) {
+                println!("{line}");
+            }
+            let runs = self.runs(backend, |speed| speed.wall);
+            if runs.len() > 1 && runs.iter().all(|(_, runs)| runs.len() > 1) {
+                let noise = resample(&runs);
+                println!(
+                    "  the runs resampled: the ratio reads {:.3}-{:.3} (90%); sizes equally fast, with these runs' spread, would read {:.3} (median) and below 0.85 in {:.0}% of the resamples",
+                    noise.low,
+                    noise.high,
+                    noise.flat_median,
+                    noise.flat_below * 100.0
+                );
+            }
             // What a short run feels most: on SQLite mostly the close, which copies the last
             // commits into the database file, syncs it and deletes the log.
             let outside: Vec<String> = self
@@ -266,28 +284,142 @@ impl Speeds {
         backend: &str,
         measure: impl Fn(&Speed) -> f64,
     ) -> Vec<(usize, f64, f64, f64)> {
+        self.runs(backend, measure)
+            .into_iter()
+            .map(|(size, mut runs)| {
+                runs.sort_by(f64::total_cmp);
+                (size, median(&runs), runs[0], runs[runs.len() - 1])
+            })
+            .collect()
+    }
+
+    /// The smallest size's median in each round, and the slowest against the fastest: one
+    /// size against itself, minutes apart, which is how far the machine alone moves a
+    /// comparison of medians. `None` unless that size ran more than once in several rounds.
+    fn round_by_round(&self, backend: &str) -> Option<String> {
+        let smallest = self
+            .0
+            .iter()
+            .filter(|(b, ..)| *b == backend)
+            .map(|(_, size, ..)| *size)
+            .min()?;
+        let rounds = self.0.iter().map(|(.., round, _)| *round).max()? + 1;
+        let medians: Vec<f64> = (0..rounds)
+            .filter_map(|round| {
+                let mut runs: Vec<f64> = self
+                    .0
+                    .iter()
+                    .filter(|(b, s, r, _)| *b == backend && *s == smallest && *r == round)
+                    .map(|(.., speed)| speed.wall)
+                    .collect();
+                runs.sort_by(f64::total_cmp);
+                (runs.len() > 1).then(|| median(&runs))
+            })
+            .collect();
+        if medians.len() < 2 {
+            return None;
+        }
+        let fastest = medians.iter().copied().fold(f64::MIN, f64::max);
+        let slowest = medians.iter().copied().fold(fastest, f64::min);
+        let listed: Vec<String> = medians.iter().map(|m| format!("{m:.0}/s")).collect();
+        Some(format!(
+            "  {smallest} orders against themselves, round by round (medians): {}; {:.3}",
+            listed.join(", "),
+            slowest / fastest
+        ))
+    }
+
+    /// Each size's runs by `measure`, smallest size first.
+    fn runs(&self, backend: &str, measure: impl Fn(&Speed) -> f64) -> Vec<(usize, Vec<f64>)> {
         let mut sizes: Vec<usize> = self
             .0
             .iter()
             .filter(|(b, ..)| *b == backend)
-            .map(|(_, size, _)| *size)
+            .map(|(_, size, ..)| *size)
             .collect();
         sizes.sort_unstable();
         sizes.dedup();
         sizes
             .iter()
             .map(|&size| {
-                let mut runs: Vec<f64> = self
+                let runs = self
                     .0
                     .iter()
-                    .filter(|(b, s, _)| *b == backend && *s == size)
+                    .filter(|(b, s, ..)| *b == backend && *s == size)
                     .map(|(.., speed)| measure(speed))
                     .collect();
-                runs.sort_by(f64::total_cmp);
-                let median = (runs[(runs.len() - 1) / 2] + runs[runs.len() / 2]) / 2.0;
-                (size, median, runs[0], runs[runs.len() - 1])
+                (size, runs)
             })
             .collect()
+    }
+}
+
+/// The median of sorted values.
+fn median(sorted: &[f64]) -> f64 {
+    (sorted[(sorted.len() - 1) / 2] + sorted[sorted.len() / 2]) / 2.0
+}
+
+/// How far the slowest-against-fastest ratio can be read on a sitting this noisy.
+struct Resampled {
+    /// The ratio's 5th and 95th percentiles when each size's runs are resampled.
+    low: f64,
+    high: f64,
+    /// Sizes equally fast, each with its own runs' spread: the ratio's median, and how often
+    /// it reads below 0.85.
+    flat_median: f64,
+    flat_below: f64,
+}
+
+/// Resamples each size's runs (with replacement, as many as it has) and takes the slowest
+/// median against the fastest, 4,000 times: once as measured, once with every size's runs
+/// scaled to one common median. The ratio of the slowest of a few noisy medians to the fastest
+/// reads below 1 even where the sizes are equally fast, and by how much depends on the hour's
+/// noise; this says how much. With three runs of a size the resampling is coarse: it shows the
+/// instrument's reach, it is not a test. Seeded, so the same runs print the same figures.
+fn resample(runs: &[(usize, Vec<f64>)]) -> Resampled {
+    use rand::{Rng, SeedableRng};
+    const DRAWS: usize = 4_000;
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(12);
+    let mut ratio_of = |runs: &[Vec<f64>]| -> f64 {
+        let medians: Vec<f64> = runs
+            .iter()
+            .map(|runs| {
+                let mut drawn: Vec<f64> = (0..runs.len())
+                    .map(|_| runs[rng.random_range(0..runs.len())])
+                    .collect();
+                drawn.sort_by(f64::total_cmp);
+                median(&drawn)
+            })
+            .collect();
+        let fastest = medians.iter().copied().fold(f64::MIN, f64::max);
+        medians.iter().copied().fold(fastest, f64::min) / fastest
+    };
+    let measured: Vec<Vec<f64>> = runs.iter().map(|(_, runs)| runs.clone()).collect();
+    let size_medians: Vec<f64> = measured
+        .iter()
+        .map(|runs| {
+            let mut sorted = runs.clone();
+            sorted.sort_by(f64::total_cmp);
+            median(&sorted)
+        })
+        .collect();
+    let mut common = size_medians.clone();
+    common.sort_by(f64::total_cmp);
+    let common = median(&common);
+    let flat: Vec<Vec<f64>> = measured
+        .iter()
+        .zip(&size_medians)
+        .map(|(runs, size_median)| runs.iter().map(|run| run * common / size_median).collect())
+        .collect();
+    let mut as_measured: Vec<f64> = (0..DRAWS).map(|_| ratio_of(&measured)).collect();
+    let mut if_flat: Vec<f64> = (0..DRAWS).map(|_| ratio_of(&flat)).collect();
+    as_measured.sort_by(f64::total_cmp);
+    if_flat.sort_by(f64::total_cmp);
+    Resampled {
+        low: as_measured[DRAWS / 20],
+        high: as_measured[DRAWS - DRAWS / 20 - 1],
+        flat_median: median(&if_flat),
+        flat_below: if_flat.iter().filter(|ratio| **ratio < 0.85).count() as f64 / DRAWS as f64,
     }
 }
 
@@ -390,7 +522,7 @@ fn main() {
             let orders = shape.accounts * shape.orders_each;
             for repeat in 0..repeats_per_round(&sizes, orders) {
                 match run_once("sqlite", &sqlite, base_url, shape) {
-                    Ok(speed) => speeds.0.push(("sqlite", orders, speed)),
+                    Ok(speed) => speeds.0.push(("sqlite", orders, round, speed)),
                     Err(error) => {
                         eprintln!("sqlite: {error}");
                         failed = true;
@@ -401,7 +533,7 @@ fn main() {
                     let database =
                         format!("[database]\nurl = \"{url}\"\nschema = \"{schema}\"\n{buffered}");
                     match run_once("postgres", &database, base_url, shape) {
-                        Ok(speed) => speeds.0.push(("postgres", orders, speed)),
+                        Ok(speed) => speeds.0.push(("postgres", orders, round, speed)),
                         Err(error) => {
                             eprintln!("postgres: {error}");
                             failed = true;
