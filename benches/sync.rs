@@ -306,26 +306,23 @@ impl Speeds {
         let rounds = self.0.iter().map(|(.., round, _)| *round).max()? + 1;
         let medians: Vec<f64> = (0..rounds)
             .filter_map(|round| {
-                let mut runs: Vec<f64> = self
+                let runs: Vec<f64> = self
                     .0
                     .iter()
                     .filter(|(b, s, r, _)| *b == backend && *s == smallest && *r == round)
                     .map(|(.., speed)| speed.wall)
                     .collect();
-                runs.sort_by(f64::total_cmp);
-                (runs.len() > 1).then(|| median(&runs))
+                (runs.len() > 1).then(|| median_of(&runs))
             })
             .collect();
         if medians.len() < 2 {
             return None;
         }
-        let fastest = medians.iter().copied().fold(f64::MIN, f64::max);
-        let slowest = medians.iter().copied().fold(fastest, f64::min);
         let listed: Vec<String> = medians.iter().map(|m| format!("{m:.0}/s")).collect();
         Some(format!(
             "  {smallest} orders against themselves, round by round (medians): {}; {:.3}",
             listed.join(", "),
-            slowest / fastest
+            slowest_over_fastest(&medians)
         ))
     }
 
@@ -359,6 +356,19 @@ fn median(sorted: &[f64]) -> f64 {
     (sorted[(sorted.len() - 1) / 2] + sorted[sorted.len() / 2]) / 2.0
 }
 
+/// The median of values in any order.
+fn median_of(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    median(&sorted)
+}
+
+/// The smallest value against the largest (1.0: all equal).
+fn slowest_over_fastest(values: &[f64]) -> f64 {
+    let fastest = values.iter().copied().fold(f64::MIN, f64::max);
+    values.iter().copied().fold(fastest, f64::min) / fastest
+}
+
 /// How far the slowest-against-fastest ratio can be read on a sitting this noisy.
 struct Resampled {
     /// The ratio's 5th and 95th percentiles when each size's runs are resampled.
@@ -384,28 +394,17 @@ fn resample(runs: &[(usize, Vec<f64>)]) -> Resampled {
         let medians: Vec<f64> = runs
             .iter()
             .map(|runs| {
-                let mut drawn: Vec<f64> = (0..runs.len())
+                let drawn: Vec<f64> = (0..runs.len())
                     .map(|_| runs[rng.random_range(0..runs.len())])
                     .collect();
-                drawn.sort_by(f64::total_cmp);
-                median(&drawn)
+                median_of(&drawn)
             })
             .collect();
-        let fastest = medians.iter().copied().fold(f64::MIN, f64::max);
-        medians.iter().copied().fold(fastest, f64::min) / fastest
+        slowest_over_fastest(&medians)
     };
     let measured: Vec<Vec<f64>> = runs.iter().map(|(_, runs)| runs.clone()).collect();
-    let size_medians: Vec<f64> = measured
-        .iter()
-        .map(|runs| {
-            let mut sorted = runs.clone();
-            sorted.sort_by(f64::total_cmp);
-            median(&sorted)
-        })
-        .collect();
-    let mut common = size_medians.clone();
-    common.sort_by(f64::total_cmp);
-    let common = median(&common);
+    let size_medians: Vec<f64> = measured.iter().map(|runs| median_of(runs)).collect();
+    let common = median_of(&size_medians);
     let flat: Vec<Vec<f64>> = measured
         .iter()
         .zip(&size_medians)
@@ -438,13 +437,12 @@ fn print_medians(medians: &[(usize, f64, f64, f64)]) -> f64 {
 
 /// The medians on one line, `size: orders/s`, and the slowest against the fastest.
 fn medians_on_one_line(medians: &[(usize, f64, f64, f64)]) -> String {
-    let fastest = medians.iter().map(|m| m.1).fold(f64::MIN, f64::max);
-    let slowest = medians.iter().map(|m| m.1).fold(fastest, f64::min);
     let sizes: Vec<String> = medians
         .iter()
         .map(|(size, median, ..)| format!("{size} {median:.0}/s"))
         .collect();
-    format!("{}; {:.3}", sizes.join(", "), slowest / fastest)
+    let values: Vec<f64> = medians.iter().map(|m| m.1).collect();
+    format!("{}; {:.3}", sizes.join(", "), slowest_over_fastest(&values))
 }
 
 fn main() {
