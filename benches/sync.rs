@@ -20,9 +20,10 @@
 //! `BENCH_ROUNDS` times (default 1), and ends with each size's median orders/s against the
 //! fastest size's (three decimals, and whether the slowest is within 15%): how flat speed
 //! stays as the database grows, measured within one sitting. A size below 100,000 orders runs
-//! up to 5 times a round. Each run also prints its syncing
-//! alone (`run --once`'s own timing of its jobs, without the process's start and stop), and
-//! the summary the same ratio for it, then each size's median milliseconds outside its
+//! up to 5 times a round, and every size at least `BENCH_LEAST_REPEATS` times (default 1:
+//! three runs of 1,000,000 orders in three rounds make a coarse median). Each run also prints
+//! its syncing alone (`run --once`'s own timing of its jobs, without the process's start and
+//! stop), and the summary the same ratio for it, then each size's median milliseconds outside its
 //! syncing: what a run pays once whatever its size, apart. Two lines say how far the sitting can
 //! tell: the smallest size's median round by round, against itself (how far the machine alone
 //! moves a median within minutes), and the ratio when each size's runs are resampled, with what
@@ -193,12 +194,14 @@ fn settle(database: &str) {
 
 /// Runs of one size per round in a sitting of sizes: a size below 100,000 orders runs more
 /// often (up to 5 times), so its median rests on more than a few runs of a few tenths of a
-/// second each, where the machine's noise is as large as the differences measured.
-fn repeats_per_round(sizes: &[usize], orders: usize) -> usize {
+/// second each, where the machine's noise is as large as the differences measured. Every size
+/// runs at least `least` times a round (`BENCH_LEAST_REPEATS`, default 1), for medians of the
+/// large sizes that the machine's noise moves less, at the sitting's time.
+fn repeats_per_round(sizes: &[usize], orders: usize, least: usize) -> usize {
     if sizes.len() < 2 {
         return 1;
     }
-    (100_000 / orders.max(1)).clamp(1, 5)
+    (100_000 / orders.max(1)).clamp(1, 5).max(least)
 }
 
 /// The daemon's CPU per thread, named by what each thread does in a backfill.
@@ -470,6 +473,7 @@ fn main() {
         Err(_) => vec![env_number("BENCH_ORDERS", 100_000)],
     };
     let rounds = env_number("BENCH_ROUNDS", 1).max(1);
+    let least_repeats = env_number("BENCH_LEAST_REPEATS", 1).max(1);
     if !matches!(ids.as_str(), "random" | "creation") {
         eprintln!("BENCH_IDS = {ids:?}: use \"random\" or \"creation\"");
         std::process::exit(2);
@@ -518,7 +522,7 @@ fn main() {
     for round in 0..rounds {
         for (shape, _sandbox, base_url) in &sandboxes {
             let orders = shape.accounts * shape.orders_each;
-            for repeat in 0..repeats_per_round(&sizes, orders) {
+            for repeat in 0..repeats_per_round(&sizes, orders, least_repeats) {
                 match run_once("sqlite", &sqlite, base_url, shape) {
                     Ok(speed) => speeds.0.push(("sqlite", orders, round, speed)),
                     Err(error) => {
