@@ -247,7 +247,7 @@ impl Speeds {
             let flatness = print_medians(&wall);
             let syncing = medians_on_one_line(&self.medians(backend, |speed| speed.syncing));
             // Three decimals: 0.846 printed as 0.85 would read as within 15%.
-            let within = if flatness >= 0.85 { "yes" } else { "no" };
+            let within = if flatness >= FLAT_ENOUGH { "yes" } else { "no" };
             println!(
                 "  slowest size / fastest size: {flatness:.3}, within 15%: {within} (syncing alone: {syncing})"
             );
@@ -258,7 +258,7 @@ impl Speeds {
             if runs.len() > 1 && runs.iter().all(|(_, runs)| runs.len() > 1) {
                 let noise = resample(&runs);
                 println!(
-                    "  the runs resampled: the ratio reads {:.3}-{:.3} (90%); sizes equally fast, with these runs' spread, would read {:.3} (median) and below 0.85 in {:.0}% of the resamples",
+                    "  the runs resampled: the ratio reads {:.3}-{:.3} (90%); sizes equally fast, with these runs' spread, would read {:.3} (median) and below {FLAT_ENOUGH} in {:.0}% of the resamples",
                     noise.low,
                     noise.high,
                     noise.flat_median,
@@ -354,6 +354,9 @@ impl Speeds {
     }
 }
 
+/// The slowest size's orders/s against the fastest's that counts as flat: within 15%.
+const FLAT_ENOUGH: f64 = 0.85;
+
 /// The median of sorted values.
 fn median(sorted: &[f64]) -> f64 {
     (sorted[(sorted.len() - 1) / 2] + sorted[sorted.len() / 2]) / 2.0
@@ -421,7 +424,8 @@ fn resample(runs: &[(usize, Vec<f64>)]) -> Resampled {
         low: as_measured[DRAWS / 20],
         high: as_measured[DRAWS - DRAWS / 20 - 1],
         flat_median: median(&if_flat),
-        flat_below: if_flat.iter().filter(|ratio| **ratio < 0.85).count() as f64 / DRAWS as f64,
+        flat_below: if_flat.iter().filter(|ratio| **ratio < FLAT_ENOUGH).count() as f64
+            / DRAWS as f64,
     }
 }
 
@@ -435,7 +439,8 @@ fn print_medians(medians: &[(usize, f64, f64, f64)]) -> f64 {
             median / fastest
         );
     }
-    medians.iter().map(|m| m.1).fold(fastest, f64::min) / fastest
+    let values: Vec<f64> = medians.iter().map(|m| m.1).collect();
+    slowest_over_fastest(&values)
 }
 
 /// The medians on one line, `size: orders/s`, and the slowest against the fastest.
