@@ -27,7 +27,10 @@
 //! syncing: what a run pays once whatever its size, apart. Two lines say how far the sitting can
 //! tell: the smallest size's median round by round, against itself (how far the machine alone
 //! moves a median within minutes), and the ratio when each size's runs are resampled, with what
-//! it would read if every size were equally fast at those runs' spread.
+//! it would read if every size were equally fast at those runs' spread. A round runs each size's
+//! runs in a row, smallest first; `BENCH_SHUFFLE=1` runs them in a seeded random order instead,
+//! so that no size always follows the same others (on this machine a short run's speed depends
+//! on what ran in the seconds before it).
 //!
 //! Before each run's clock starts, what earlier runs wrote is let reach the disk (a Postgres
 //! `CHECKPOINT`, then `sync`); `BENCH_NO_SETTLE=1` starts each run without waiting for it.
@@ -170,6 +173,28 @@ fn run_once(label: &str, database: &str, base_url: &str, shape: &Shape) -> Resul
         syncing: orders as f64 / syncing.as_secs_f64(),
         outside_ms: wall.saturating_sub(syncing).as_secs_f64() * 1000.0,
     })
+}
+
+/// A round's runs as (sandbox, repeat): each size's in a row, smallest first, or in a seeded
+/// random order (`BENCH_SHUFFLE`), so that no size always runs right after the same others.
+fn round_order(
+    orders_by_sandbox: &[usize],
+    sizes: &[usize],
+    least_repeats: usize,
+    shuffle: Option<&mut rand::rngs::SmallRng>,
+) -> Vec<(usize, usize)> {
+    let mut runs: Vec<(usize, usize)> = orders_by_sandbox
+        .iter()
+        .enumerate()
+        .flat_map(|(index, &orders)| {
+            (0..repeats_per_round(sizes, orders, least_repeats)).map(move |repeat| (index, repeat))
+        })
+        .collect();
+    if let Some(rng) = shuffle {
+        use rand::seq::SliceRandom;
+        runs.shuffle(rng);
+    }
+    runs
 }
 
 /// Lets what earlier runs wrote reach the disk before the clock starts. A 1,000,000-order run
@@ -524,30 +549,38 @@ fn main() {
     let sqlite = format!("[database]\nurl = \"sqlite://{{dir}}/bench.db\"\n{buffered}");
     let pg = common::pg_url();
     let mut speeds = Speeds::default();
+    let mut shuffle = std::env::var_os("BENCH_SHUFFLE").map(|_| {
+        use rand::SeedableRng;
+        rand::rngs::SmallRng::seed_from_u64(7)
+    });
+    let orders_by_sandbox: Vec<usize> = sandboxes
+        .iter()
+        .map(|(shape, ..)| shape.accounts * shape.orders_each)
+        .collect();
     for round in 0..rounds {
-        for (shape, _sandbox, base_url) in &sandboxes {
-            let orders = shape.accounts * shape.orders_each;
-            for repeat in 0..repeats_per_round(&sizes, orders, least_repeats) {
-                match run_once("sqlite", &sqlite, base_url, shape) {
-                    Ok(speed) => speeds.0.push(("sqlite", orders, round, speed)),
+        let runs = round_order(&orders_by_sandbox, &sizes, least_repeats, shuffle.as_mut());
+        for (index, repeat) in runs {
+            let (shape, _sandbox, base_url) = &sandboxes[index];
+            let orders = orders_by_sandbox[index];
+            match run_once("sqlite", &sqlite, base_url, shape) {
+                Ok(speed) => speeds.0.push(("sqlite", orders, round, speed)),
+                Err(error) => {
+                    eprintln!("sqlite: {error}");
+                    failed = true;
+                }
+            }
+            if let Some(url) = &pg {
+                let schema = format!("bench_{}_{round}_{repeat}_{orders}", std::process::id());
+                let database =
+                    format!("[database]\nurl = \"{url}\"\nschema = \"{schema}\"\n{buffered}");
+                match run_once("postgres", &database, base_url, shape) {
+                    Ok(speed) => speeds.0.push(("postgres", orders, round, speed)),
                     Err(error) => {
-                        eprintln!("sqlite: {error}");
+                        eprintln!("postgres: {error}");
                         failed = true;
                     }
                 }
-                if let Some(url) = &pg {
-                    let schema = format!("bench_{}_{round}_{repeat}_{orders}", std::process::id());
-                    let database =
-                        format!("[database]\nurl = \"{url}\"\nschema = \"{schema}\"\n{buffered}");
-                    match run_once("postgres", &database, base_url, shape) {
-                        Ok(speed) => speeds.0.push(("postgres", orders, round, speed)),
-                        Err(error) => {
-                            eprintln!("postgres: {error}");
-                            failed = true;
-                        }
-                    }
-                    common::drop_schema(url, &schema);
-                }
+                common::drop_schema(url, &schema);
             }
         }
     }
