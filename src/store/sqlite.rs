@@ -21,9 +21,10 @@ use sqlx::sqlite::{
     SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{Arguments, Connection, Row, Sqlite, SqlitePool};
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
@@ -74,6 +75,16 @@ const CHECKPOINT_SOON_MIN_BYTES: u64 = 1 << 20;
 /// WAL pages after which a committing connection checkpoints by itself: only reached when the
 /// background checkpoint falls behind, so the WAL cannot grow without bound.
 const WRITER_AUTOCHECKPOINT_PAGES: &str = "16384";
+/// The WAL file's size above which it is cut back once a backfill is done. A busy writer never
+/// leaves the background checkpoint the moment in which the log could start over, so a backfill
+/// grows the file by about 1.8 KB an order (354 MB at 1,000,000 orders), and SQLite keeps a
+/// file's largest size until the process stops. Four checkpoint intervals: a daemon's usual log
+/// stays below it and is not cut and regrown.
+#[cfg(not(test))]
+const WAL_FILE_MOST_BYTES: u64 = 4 * CHECKPOINT_EVERY_BYTES;
+/// Small enough for a test to pass it quickly.
+#[cfg(test)]
+const WAL_FILE_MOST_BYTES: u64 = 4 << 20;
 
 /// Copies the WAL into the database file on a connection of its own, so the writer does not
 /// stop for it (a checkpoint of a busy backfill is a third of the writer's time otherwise).
@@ -87,25 +98,56 @@ struct Checkpoints {
     draining_orders: AtomicU64,
     /// The most orders a caller can still hold when its reads end: the order buffer.
     buffered_orders: u64,
+    /// Set when a caller's reads end: the next checkpoint that copies every frame checks the
+    /// WAL file's size. Only then: mid-backfill, the writer's own checkpoints leave such moments
+    /// every 256 MB, and cutting the file there (as `journal_size_limit` does) made 1,000,000
+    /// orders 0.6–1.1 s slower (docs/performance-log.md).
+    cut_wanted: Arc<AtomicBool>,
+    /// Set while the WAL file is over [`WAL_FILE_MOST_BYTES`] and a writer kept it from being cut
+    /// back: the next caller done writing wakes the checkpoint however little it wrote.
+    cut_pending: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Checkpoints {
-    fn start(pool: SqlitePool, buffered_orders: usize) -> Self {
+    fn start(
+        pool: SqlitePool,
+        wal: PathBuf,
+        busy_timeout: Duration,
+        buffered_orders: usize,
+    ) -> Self {
         let wake = Arc::new(Notify::new());
         let woken = Arc::clone(&wake);
+        let cut_wanted = Arc::new(AtomicBool::new(false));
+        let cut_pending = Arc::new(AtomicBool::new(false));
+        let (wanted, pending) = (Arc::clone(&cut_wanted), Arc::clone(&cut_pending));
         let task = tokio::spawn(async move {
             loop {
                 woken.notified().await;
                 // PASSIVE copies what no reader still needs and never waits for the writer.
-                if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-                    .execute(&pool)
-                    .await
-                {
-                    if pool.is_closed() {
-                        return;
+                let checkpoint: Result<(i64, i64, i64), _> =
+                    sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
+                        .fetch_one(&pool)
+                        .await;
+                match checkpoint {
+                    // Every frame copied after a caller's reads ended: nothing was committed
+                    // meanwhile, so the log can start over now, and a file grown by a backfill
+                    // is cut back.
+                    Ok((0, frames, copied))
+                        if frames == copied && wanted.swap(false, Ordering::Relaxed) =>
+                    {
+                        let size = tokio::fs::metadata(&wal).await.map_or(0, |file| file.len());
+                        let left = size > WAL_FILE_MOST_BYTES
+                            && !cut_back(&pool, size, busy_timeout).await;
+                        pending.store(left, Ordering::Relaxed);
                     }
-                    tracing::warn!(%error, "background WAL checkpoint failed; the writer checkpoints by itself");
+                    Ok(_) => {}
+                    Err(error) => {
+                        if pool.is_closed() {
+                            return;
+                        }
+                        tracing::warn!(%error, "background WAL checkpoint failed; the writer checkpoints by itself");
+                    }
                 }
             }
         });
@@ -114,6 +156,8 @@ impl Checkpoints {
             since_last: AtomicU64::new(0),
             draining_orders: AtomicU64::new(0),
             buffered_orders: buffered_orders as u64,
+            cut_wanted,
+            cut_pending,
             task,
         }
     }
@@ -124,7 +168,13 @@ impl Checkpoints {
     fn soon(&self) {
         self.draining_orders
             .store(self.buffered_orders, Ordering::Relaxed);
-        self.wake_from(CHECKPOINT_SOON_MIN_BYTES);
+        self.cut_wanted.store(true, Ordering::Relaxed);
+        if self.cut_pending.load(Ordering::Relaxed) {
+            self.since_last.store(0, Ordering::Relaxed);
+            self.wake.notify_one();
+        } else {
+            self.wake_from(CHECKPOINT_SOON_MIN_BYTES);
+        }
     }
 
     fn committed(&self, orders: u64, bytes: u64) {
@@ -156,6 +206,46 @@ impl Checkpoints {
 impl Drop for Checkpoints {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// Starts the log over and truncates its file, holding new writers back while it truncates;
+/// true when done. It does not wait: with the connection's busy timeout, TRUNCATE would wait
+/// for a writer that began meanwhile and hold off every checkpoint while it waited (a daemon's
+/// backfill grew its log to 918 MB so), so a writer at work leaves the file for the next time.
+async fn cut_back(pool: &SqlitePool, size: u64, busy_timeout: Duration) -> bool {
+    let Ok(mut conn) = pool.acquire().await else {
+        return false;
+    };
+    // A number: nothing from outside the process.
+    let restore = format!("PRAGMA busy_timeout = {}", busy_timeout.as_millis());
+    let cut = async {
+        sqlx::query("PRAGMA busy_timeout = 0")
+            .execute(&mut *conn)
+            .await?;
+        let cut: (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+            .fetch_one(&mut *conn)
+            .await?;
+        sqlx::query(sqlx::AssertSqlSafe(restore))
+            .execute(&mut *conn)
+            .await?;
+        Ok::<_, sqlx::Error>(cut)
+    }
+    .await;
+    match cut {
+        Ok((0, _, _)) => {
+            tracing::debug!(bytes = size, "WAL file cut back");
+            true
+        }
+        Ok(_) => false,
+        Err(error) => {
+            // Its busy timeout may not be restored: the connection is not used again.
+            let _ = conn.close().await;
+            if !pool.is_closed() {
+                tracing::warn!(%error, "cutting back the WAL file failed; tried again when a run's writes end");
+            }
+            false
+        }
     }
 }
 
@@ -429,6 +519,7 @@ impl SqliteStore {
             .pragma("temp_store", "memory")
             .pragma("page_size", "16384");
         let path = options.get_filename().display().to_string();
+        let wal = PathBuf::from(format!("{path}-wal"));
         let reader_options = options
             .clone()
             .pragma("cache_size", (-READER_CACHE_KIB).to_string())
@@ -464,7 +555,12 @@ impl SqliteStore {
             .connect_with(writer_options)
             .await
             .map_err(|error| StoreError::OpenSqlite { path, error })?;
-        let checkpoints = Checkpoints::start(pool.clone(), config.buffered_orders);
+        let checkpoints = Checkpoints::start(
+            pool.clone(),
+            wal,
+            config.statement_timeout,
+            config.buffered_orders,
+        );
         let commits = CommitRuntime::start("sqlite-commits").map_err(StoreError::Thread)?;
         Ok(SqliteStore {
             pool,
@@ -1634,7 +1730,7 @@ impl SqliteStore {
 
 #[cfg(test)]
 mod tests {
-    use super::SqliteStore;
+    use super::{SqliteStore, WAL_FILE_MOST_BYTES};
     use crate::config::{Backend, DatabaseConfig, Secret};
     use crate::model::{ProviderKind, StreamKey, test_order};
     use crate::store::{Batch, EarlierCommit, Store};
@@ -2312,6 +2408,73 @@ mod tests {
         commit_padded(&store, 300..305, 100).await;
         store.writes_ending();
         file_stays(&path, copied, "a few KB were checkpointed early").await;
+        store.close().await;
+    }
+
+    /// A backfill's log file is cut back once its reads have ended and the log is copied in,
+    /// instead of keeping its largest size on disk for as long as the process runs; a log
+    /// below the limit keeps its file.
+    #[tokio::test]
+    async fn an_oversized_log_file_is_cut_back_once_the_reads_end() {
+        let (_dir, path, mut config) = temporary_database();
+        // A caller done writing may still commit this many orders, each megabyte of them
+        // copied straight away; the log grows past them.
+        config.buffered_orders = 300;
+        let store = migrated_store(&config).await;
+        let wal = std::path::PathBuf::from(format!("{}-wal", path.display()));
+        let before = file_size(&path);
+
+        // 1.2 MB of orders, a log file below the limit: copied in, and the file stays.
+        commit_padded(&store, 0..300, 4000).await;
+        let small = file_size(&wal);
+        store.writes_ending();
+        file_reaches(&path, before + 300 * 4000).await;
+        file_stays(&wal, small, "a log file below the limit was cut").await;
+
+        // 8.4 MB more, 7.2 MB of it below the background checkpoint's threshold: in the log.
+        for start in (300..2_400).step_by(300) {
+            commit_padded(&store, start..start + 300, 4000).await;
+        }
+        let grown = file_size(&wal);
+        assert!(
+            grown > 2 * WAL_FILE_MOST_BYTES,
+            "the log reached only {grown} bytes"
+        );
+        store.writes_ending();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while file_size(&wal) > WAL_FILE_MOST_BYTES {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the log file kept {} of {grown} bytes, over the limit of {WAL_FILE_MOST_BYTES}",
+                file_size(&wal)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(file_size(&path) >= before + 2_400 * 4000);
+
+        // The log goes on from its start.
+        commit_padded(&store, 2_400..2_401, 100).await;
+        assert!(file_size(&wal) <= WAL_FILE_MOST_BYTES);
+        store.close().await;
+    }
+
+    /// Mid-backfill a checkpoint may copy every frame as well (the writer between two commits);
+    /// the file is left alone then: cut and grown again there, it made long backfills slower.
+    #[tokio::test]
+    async fn a_log_file_is_not_cut_back_while_a_caller_still_reads() {
+        let (_dir, path, config) = temporary_database();
+        let store = migrated_store(&config).await;
+        let wal = std::path::PathBuf::from(format!("{}-wal", path.display()));
+        let before = file_size(&path);
+
+        // 18 MB: past the background checkpoint's threshold, and nothing committed after it.
+        for start in (0..4_500).step_by(300) {
+            commit_padded(&store, start..start + 300, 4000).await;
+        }
+        let grown = file_size(&wal);
+        file_reaches(&path, before + 4_000 * 4000).await;
+        file_stays(&wal, grown, "the log file was cut back mid-backfill").await;
+        assert!(grown > WAL_FILE_MOST_BYTES);
         store.close().await;
     }
 
