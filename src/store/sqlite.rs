@@ -2458,6 +2458,58 @@ mod tests {
         store.close().await;
     }
 
+    /// A writer at work when the log could be cut makes the cut give up at once, holding no
+    /// checkpoint off, and the next caller done writing tries again however little it wrote.
+    #[tokio::test]
+    async fn a_cut_held_off_by_a_writer_is_tried_again_when_the_next_reads_end() {
+        let (_dir, path, config) = temporary_database();
+        let store = migrated_store(&config).await;
+        let wal = std::path::PathBuf::from(format!("{}-wal", path.display()));
+        let before = file_size(&path);
+        for start in (0..1_800).step_by(300) {
+            commit_padded(&store, start..start + 300, 4000).await;
+        }
+        let grown = file_size(&wal);
+        assert!(grown > 2 * WAL_FILE_MOST_BYTES);
+
+        let writer = store.pool.acquire().await;
+        let Ok(mut writer) = writer else {
+            panic!("acquire: {writer:?}")
+        };
+        if let Err(error) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *writer).await {
+            panic!("begin: {error}");
+        }
+        store.writes_ending();
+        file_reaches(&path, before + 1_800 * 4000).await;
+        file_stays(&wal, grown, "the log file was cut under a writer").await;
+        // The cut is not left waiting for the writer: another checkpoint can run.
+        let checkpoint: Result<(i64, i64, i64), _> =
+            sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
+                .fetch_one(&store.pool)
+                .await;
+        assert!(
+            matches!(checkpoint, Ok((0, _, _))),
+            "a checkpoint was held off: {checkpoint:?}"
+        );
+        if let Err(error) = sqlx::query("ROLLBACK").execute(&mut *writer).await {
+            panic!("rollback: {error}");
+        }
+        drop(writer);
+
+        // Nothing more written: the next caller done writing has the file cut all the same.
+        store.writes_ending();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while file_size(&wal) > WAL_FILE_MOST_BYTES {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the log file kept {} of {grown} bytes once the writer was done",
+                file_size(&wal)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        store.close().await;
+    }
+
     /// Mid-backfill a checkpoint may copy every frame as well (the writer between two commits);
     /// the file is left alone then: cut and grown again there, it made long backfills slower.
     #[tokio::test]
