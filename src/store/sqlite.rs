@@ -2390,6 +2390,31 @@ mod tests {
         }
     }
 
+    /// Waits up to 10 s for the file at `path` to fall to `most` bytes.
+    async fn file_falls_to(path: &std::path::Path, most: u64, why: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while file_size(path) > most {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{why}: {} bytes left, over {most}",
+                file_size(path)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The WAL file beside the database at `path`.
+    fn wal_file(path: &std::path::Path) -> std::path::PathBuf {
+        std::path::PathBuf::from(format!("{}-wal", path.display()))
+    }
+
+    /// Commits orders `ids` with payloads of 4,000 bytes, 300 to a batch.
+    async fn commit_in_batches(store: &SqliteStore, ids: std::ops::Range<usize>) {
+        for start in ids.clone().step_by(300) {
+            commit_padded(store, start..(start + 300).min(ids.end), 4000).await;
+        }
+    }
+
     #[tokio::test]
     async fn a_caller_done_writing_gets_the_log_copied_into_the_database_file() {
         let (_dir, path, config) = temporary_database();
@@ -2421,7 +2446,7 @@ mod tests {
         // copied straight away; the log grows past them.
         config.buffered_orders = 300;
         let store = migrated_store(&config).await;
-        let wal = std::path::PathBuf::from(format!("{}-wal", path.display()));
+        let wal = wal_file(&path);
         let before = file_size(&path);
 
         // 1.2 MB of orders, a log file below the limit: copied in, and the file stays.
@@ -2432,24 +2457,19 @@ mod tests {
         file_stays(&wal, small, "a log file below the limit was cut").await;
 
         // 8.4 MB more, 7.2 MB of it below the background checkpoint's threshold: in the log.
-        for start in (300..2_400).step_by(300) {
-            commit_padded(&store, start..start + 300, 4000).await;
-        }
+        commit_in_batches(&store, 300..2_400).await;
         let grown = file_size(&wal);
         assert!(
             grown > 2 * WAL_FILE_MOST_BYTES,
             "the log reached only {grown} bytes"
         );
         store.writes_ending();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while file_size(&wal) > WAL_FILE_MOST_BYTES {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the log file kept {} of {grown} bytes, over the limit of {WAL_FILE_MOST_BYTES}",
-                file_size(&wal)
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        file_falls_to(
+            &wal,
+            WAL_FILE_MOST_BYTES,
+            "the oversized log file was not cut back",
+        )
+        .await;
         assert!(file_size(&path) >= before + 2_400 * 4000);
 
         // The log goes on from its start.
@@ -2464,11 +2484,9 @@ mod tests {
     async fn a_cut_held_off_by_a_writer_is_tried_again_when_the_next_reads_end() {
         let (_dir, path, config) = temporary_database();
         let store = migrated_store(&config).await;
-        let wal = std::path::PathBuf::from(format!("{}-wal", path.display()));
+        let wal = wal_file(&path);
         let before = file_size(&path);
-        for start in (0..1_800).step_by(300) {
-            commit_padded(&store, start..start + 300, 4000).await;
-        }
+        commit_in_batches(&store, 0..1_800).await;
         let grown = file_size(&wal);
         assert!(grown > 2 * WAL_FILE_MOST_BYTES);
 
@@ -2498,15 +2516,12 @@ mod tests {
 
         // Nothing more written: the next caller done writing has the file cut all the same.
         store.writes_ending();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while file_size(&wal) > WAL_FILE_MOST_BYTES {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the log file kept {} of {grown} bytes once the writer was done",
-                file_size(&wal)
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        file_falls_to(
+            &wal,
+            WAL_FILE_MOST_BYTES,
+            "the log file was not cut back once the writer was done",
+        )
+        .await;
         store.close().await;
     }
 
@@ -2516,13 +2531,11 @@ mod tests {
     async fn a_log_file_is_not_cut_back_while_a_caller_still_reads() {
         let (_dir, path, config) = temporary_database();
         let store = migrated_store(&config).await;
-        let wal = std::path::PathBuf::from(format!("{}-wal", path.display()));
+        let wal = wal_file(&path);
         let before = file_size(&path);
 
         // 18 MB: past the background checkpoint's threshold, and nothing committed after it.
-        for start in (0..4_500).step_by(300) {
-            commit_padded(&store, start..start + 300, 4000).await;
-        }
+        commit_in_batches(&store, 0..4_500).await;
         let grown = file_size(&wal);
         file_reaches(&path, before + 4_000 * 4000).await;
         file_stays(&wal, grown, "the log file was cut back mid-backfill").await;
